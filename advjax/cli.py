@@ -1,0 +1,62 @@
+"""What train.py and eval.py share: flags, config loading and error reporting.
+
+Both scripts take `--config configs/<name>.py[:arg]`, `--config.<field>=<value>`
+overrides and `--workdir DIR`. Any mistake in them (a missing config file, a
+field that does not exist, a value of the wrong type, a bad name, an
+unwritable workdir, missing data) ends the program with one line on stderr
+naming the problem and exit status 2, before anything is written.
+"""
+
+import os
+import sys
+from collections.abc import Callable
+
+from absl import app, flags
+from ml_collections import config_flags
+
+from advjax.errors import AdvjaxError
+
+EXIT_USAGE = 2
+
+_CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config file (configs/*.py).")
+_WORKDIR = flags.DEFINE_string("workdir", None, "Run directory for checkpoints, metrics and results.")
+
+
+def fail(message: str) -> None:
+  """Prints one line naming the problem and exits with status 2."""
+  print(f"error: {message}", file=sys.stderr, flush=True)
+  sys.exit(EXIT_USAGE)
+
+
+def _parse_flags(argv: list[str]) -> list[str]:
+  try:
+    return flags.FLAGS(argv)
+  except flags.Error as e:
+    fail(str(e).splitlines()[0])
+  except (AttributeError, KeyError) as e:
+    fail(f"config override names a field that does not exist: {e}")
+  except Exception as e:  # config_flags raises plain errors for unloadable files/values.
+    fail(f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}")
+
+
+def run(main: Callable[[object, str], None]) -> None:
+  """Parses flags, loads the config and calls `main(config, workdir)`, mapping input errors to exit 2."""
+
+  def _main(argv):
+    if len(argv) > 1:
+      fail(f"unexpected arguments: {' '.join(argv[1:])}")
+    if not flags.FLAGS["config"].present:
+      fail("--config is required (e.g. --config configs/default.py)")
+    if not _WORKDIR.value:
+      fail("--workdir is required")
+    try:
+      config = _CONFIG.value
+      config.keys()  # An unloadable config file only raises when first used.
+    except Exception as e:
+      fail(f"cannot load config {flags.FLAGS['config'].config_filename!r}: {str(e).splitlines()[0] if str(e) else type(e).__name__}")
+    try:
+      main(config, os.path.abspath(_WORKDIR.value))
+    except AdvjaxError as e:
+      fail(str(e))
+
+  app.run(_main, flags_parser=_parse_flags)

@@ -1,0 +1,159 @@
+"""The base experiment config, its validation, and duration resolution.
+
+Every experiment in `configs/` starts from `base_config()` and changes a few
+fields. Configs hold only strings, numbers, booleans, tuples and nested
+ConfigDicts, so any field can be overridden from the command line
+(`--config.optimizer.learning_rate=0.01`) and logged. Names (`'convnet'`,
+`'relu'`, `'mnist_embedded'`) resolve through the registries of the modules
+that own them. Each field is documented once, here.
+
+`validate(config)` runs before any work starts and turns every mistake into a
+one-line `ConfigError` naming the field.
+"""
+
+from typing import Any
+
+import ml_collections
+
+from advjax.errors import ConfigError
+
+# Objectives with a train step in `advjax.training.objectives`.
+OBJECTIVES = ("erm", "pgd_at")
+OPTIMIZERS = ("sgd", "adam", "adamw", "rmsprop")
+SCHEDULES = ("constant", "piecewise", "cosine")
+
+
+def base_config() -> ml_collections.ConfigDict:
+  """Returns the config every experiment starts from, with each field documented."""
+  c = ml_collections.ConfigDict()
+  c.seed = 0  # One seed for init, data order, dropout and attacks.
+
+  c.data = ml_collections.ConfigDict()
+  c.data.name = "mnist_embedded"  # Registry name in advjax.data.
+  c.data.data_dir = ""  # tfds data_dir; '' means the tfds default.
+  c.data.image_size = 0  # Resize/crop side for ImageNet-like data; 0 keeps native size.
+  c.data.class_subset = 0  # Keep only the first N classes (ImageNet subsets); 0 keeps all.
+  c.data.augment = False  # Training augmentation (crop+flip for CIFAR/ImageNet).
+
+  c.model = ml_collections.ConfigDict()
+  c.model.name = "convnet"  # Registry name in advjax.models.
+  c.model.activation = "relu"  # Registry name of the activation.
+  c.model.norm = "batchnorm"  # 'batchnorm', 'groupnorm' or 'none'.
+  c.model.dtype = "float32"  # Compute dtype: 'float32' or 'bfloat16'.
+
+  c.objective = "erm"  # Training objective, one of OBJECTIVES.
+  # sigma in sigma * L(adv) + (1 - sigma) * L(clean) for adversarial objectives.
+  c.adv_weight = 1.0
+  c.label_smoothing = 0.0  # Weight of the uniform distribution in training targets.
+
+  # The attack used by adversarial training objectives; fields of
+  # advjax.attacks.pgd.AttackConfig, eps and step sizes in 0-255 pixel units.
+  c.attack = ml_collections.ConfigDict()
+  c.attack.norm = "linf"
+  c.attack.eps = 8.0
+  c.attack.step_size = 2.0
+  c.attack.num_steps = 7
+  c.attack.init = "uniform"
+  c.attack.loss = "cross_entropy"
+  c.attack.bn_mode = "eval"  # BatchNorm during the attack: 'eval' (running stats) or 'batch'.
+
+  c.batch_size = 128  # Global batch size, split over all devices and hosts.
+  c.num_epochs = 10.0  # Training length in epochs (used when num_steps is 0).
+  c.num_steps = 0  # Training length in steps; overrides num_epochs when > 0.
+
+  c.optimizer = ml_collections.ConfigDict()
+  c.optimizer.name = "sgd"  # One of OPTIMIZERS.
+  c.optimizer.learning_rate = 0.1  # Peak learning rate.
+  c.optimizer.momentum = 0.9  # SGD/RMSProp momentum.
+  c.optimizer.nesterov = False
+  c.optimizer.b1 = 0.9  # Adam betas.
+  c.optimizer.b2 = 0.999
+  c.optimizer.decay = 0.9  # RMSProp decay.
+  c.optimizer.eps = 1e-8  # Adam/RMSProp epsilon.
+  c.optimizer.weight_decay = 0.0  # L2 penalty on kernels only (biases and norm params excluded).
+
+  c.schedule = ml_collections.ConfigDict()
+  c.schedule.name = "constant"  # One of SCHEDULES.
+  c.schedule.boundaries = ()  # Piecewise: epochs at which the rate is multiplied by decay_factor.
+  c.schedule.decay_factor = 0.1
+  c.schedule.warmup_epochs = 0.0  # Linear warm-up from 0 before the schedule.
+
+  c.log_every_steps = 50  # Metrics cadence (metrics.jsonl, TensorBoard, progress line).
+  c.checkpoint_every_steps = 500  # Checkpoint cadence; one is always written at the end.
+  c.keep_checkpoints = 2  # Most recent checkpoints kept.
+
+  c.eval = ml_collections.ConfigDict()
+  c.eval.batch_size = 500  # Global evaluation batch size.
+  c.eval.split = "test"
+
+  # jax.distributed settings for multi-host runs; num_processes 1 means single host.
+  c.distributed = ml_collections.ConfigDict()
+  c.distributed.coordinator_address = ""
+  c.distributed.num_processes = 1
+  c.distributed.process_id = 0
+  return c
+
+
+def _require(condition: bool, field: str, message: str) -> None:
+  if not condition:
+    raise ConfigError(f"config.{field}: {message}")
+
+
+def _check_fields(config: ml_collections.ConfigDict, reference: ml_collections.ConfigDict, prefix: str = "") -> None:
+  """Every field of `config` must exist in the base config (catches typos in experiment files)."""
+  for key, value in config.items():
+    name = f"{prefix}{key}"
+    if key not in reference:
+      raise ConfigError(f"config.{name}: no such field")
+    if isinstance(value, ml_collections.ConfigDict) and isinstance(reference[key], ml_collections.ConfigDict):
+      _check_fields(value, reference[key], prefix=f"{name}.")
+
+
+def validate(config: ml_collections.ConfigDict, *, num_devices: int = 1) -> None:
+  """Checks a config before any work starts.
+
+  Registry names (model, activation, dataset, attack fields) are checked by
+  the modules that own them when they are built; this checks the fields that
+  the training loop itself interprets.
+
+  Args:
+    config: an experiment config derived from `base_config()`.
+    num_devices: total number of devices the global batch is split over.
+
+  Raises:
+    ConfigError: naming the first bad field.
+  """
+  _check_fields(config, base_config())
+  _require(config.objective in OBJECTIVES, "objective", f"unknown objective {config.objective!r}; known: {', '.join(OBJECTIVES)}")
+  _require(config.batch_size > 0, "batch_size", "must be positive")
+  _require(config.batch_size % num_devices == 0, "batch_size",
+           f"{config.batch_size} is not divisible by the {num_devices} devices")
+  _require(config.num_steps > 0 or config.num_epochs > 0, "num_epochs", "num_epochs or num_steps must be positive")
+  _require(0.0 <= config.adv_weight <= 1.0, "adv_weight", "sigma must be in [0, 1]")
+  _require(0.0 <= config.label_smoothing < 1.0, "label_smoothing", "must be in [0, 1)")
+  _require(config.optimizer.name in OPTIMIZERS, "optimizer.name",
+           f"unknown optimizer {config.optimizer.name!r}; known: {', '.join(OPTIMIZERS)}")
+  _require(config.optimizer.learning_rate >= 0, "optimizer.learning_rate", "must be non-negative")
+  _require(config.schedule.name in SCHEDULES, "schedule.name",
+           f"unknown schedule {config.schedule.name!r}; known: {', '.join(SCHEDULES)}")
+  _require(list(config.schedule.boundaries) == sorted(config.schedule.boundaries), "schedule.boundaries",
+           "must be increasing")
+  _require(config.log_every_steps > 0, "log_every_steps", "must be positive")
+  _require(config.checkpoint_every_steps > 0, "checkpoint_every_steps", "must be positive")
+  _require(config.keep_checkpoints > 0, "keep_checkpoints", "must be positive")
+  _require(config.eval.batch_size > 0 and config.eval.batch_size % num_devices == 0, "eval.batch_size",
+           f"{config.eval.batch_size} must be positive and divisible by the {num_devices} devices")
+  _require(config.model.dtype in ("float32", "bfloat16"), "model.dtype", "must be 'float32' or 'bfloat16'")
+  _require(config.attack.bn_mode in ("eval", "batch"), "attack.bn_mode", "must be 'eval' or 'batch'")
+
+
+def resolve_steps(config: ml_collections.ConfigDict, steps_per_epoch: int) -> int:
+  """Total number of training steps: `num_steps` if set, else epochs times steps per epoch."""
+  if config.num_steps > 0:
+    return int(config.num_steps)
+  return max(1, int(round(config.num_epochs * steps_per_epoch)))
+
+
+def to_dict(config: ml_collections.ConfigDict) -> dict[str, Any]:
+  """A JSON-serialisable copy of the config (tuples become lists)."""
+  return config.to_dict()

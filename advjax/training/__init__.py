@@ -1,0 +1,1 @@
+"""Training: the train state, objectives, step factories and the loop that runs them."""

@@ -1,0 +1,62 @@
+"""Training objectives: what loss a train step minimises.
+
+An objective is built from the model and the config and returns a pure
+`loss_fn(params, batch_stats, batch, rng) -> (loss, (batch_stats, metrics))`
+that `steps.make_train_step` differentiates with respect to `params`.
+
+- `erm`: empirical risk, the mean cross-entropy on clean examples.
+- `pgd_at`: adversarial training (Madry et al.) with the sigma-weighted mix
+  sigma * L(x_adv) + (1 - sigma) * L(x) of the shared-adversarial-training
+  paper (section 4); sigma = 1 is plain PGD adversarial training, whose
+  adversary has sharedness 1.
+
+Batches are dicts with `image` [batch, height, width, channels] in [0, 1] and
+`label` [batch] (or dense [batch, height, width]).
+"""
+
+from collections.abc import Callable
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import ml_collections
+
+from advjax.attacks import losses
+
+LossFn = Callable[[Any, Any, dict, jax.Array], tuple[jax.Array, tuple[Any, dict]]]
+
+
+def apply_train(model: nn.Module, params: Any, batch_stats: Any, images: jax.Array,
+                rng: jax.Array) -> tuple[jax.Array, Any]:
+  """A training-mode forward pass: batch statistics used and updated, dropout on.
+
+  Returns:
+    logits [batch, ..., classes] and the updated batch statistics.
+  """
+  logits, updates = model.apply(
+      {"params": params, "batch_stats": batch_stats}, images, train=True,
+      mutable=["batch_stats"], rngs={"dropout": rng})
+  return logits, updates.get("batch_stats", batch_stats)
+
+
+def make_erm_loss(model: nn.Module, config: ml_collections.ConfigDict) -> LossFn:
+  """Mean label-smoothed cross-entropy on the clean batch."""
+
+  def loss_fn(params, batch_stats, batch, rng):
+    logits, batch_stats = apply_train(model, params, batch_stats, batch["image"], rng)
+    loss = jnp.mean(losses.cross_entropy(logits, batch["label"], config.label_smoothing))
+    metrics = {"accuracy": jnp.mean(losses.correct(logits, batch["label"]))}
+    return loss, (batch_stats, metrics)
+
+  return loss_fn
+
+
+OBJECTIVES: dict[str, Callable[[nn.Module, ml_collections.ConfigDict], LossFn]] = {
+    "erm": make_erm_loss,
+}
+
+
+def make_loss_fn(model: nn.Module, config: ml_collections.ConfigDict) -> LossFn:
+  """The loss function of `config.objective`."""
+  return OBJECTIVES[config.objective](model, config)

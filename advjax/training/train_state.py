@@ -1,0 +1,47 @@
+"""The train state: everything a step reads and writes, as one pytree.
+
+`TrainState` extends Flax's with the BatchNorm statistics, the run's random
+key and a dict of `extras` for the leaves that later objectives keep in the
+state (a universal perturbation, its optimiser state). The whole state is
+replicated over the mesh and checkpointed as one tree.
+"""
+
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import optax
+from flax import struct
+from flax.training import train_state
+
+
+class TrainState(train_state.TrainState):
+  """Flax TrainState plus batch statistics, the run's key and extra leaves."""
+
+  batch_stats: Any = None
+  rng: jax.Array = None
+  extras: Any = struct.field(default_factory=dict)
+
+
+def init_variables(model: nn.Module, rng: jax.Array, image_shape: tuple[int, ...]) -> dict[str, Any]:
+  """Initialises a model's variables on a batch of one zero image."""
+  x = jnp.zeros((1, *image_shape), jnp.float32)
+  return model.init({"params": rng, "dropout": rng}, x, train=False)
+
+
+def create_train_state(model: nn.Module, tx: optax.GradientTransformation, rng: jax.Array,
+                       image_shape: tuple[int, ...]) -> TrainState:
+  """A fresh train state.
+
+  Args:
+    model: a classifier taking [batch, *image_shape] images in [0, 1].
+    tx: the optimiser.
+    rng: the run's root key; split into an init key and the state's key.
+    image_shape: (height, width, channels).
+  """
+  init_rng, state_rng = jax.random.split(rng)
+  variables = init_variables(model, init_rng, image_shape)
+  return TrainState.create(
+      apply_fn=model.apply, params=variables["params"], tx=tx,
+      batch_stats=variables.get("batch_stats", {}), rng=state_rng)

@@ -1,0 +1,23 @@
+"""ERM on the embedded MNIST digits (4,000 train / 1,000 test): what `make train` runs.
+
+The small convnet of the universality paper (appendix I) with Adam; a few
+minutes on 2 CPU cores.
+"""
+
+from advjax.config import base_config
+
+
+def get_config(arg=None):
+  del arg
+  c = base_config()
+  c.data.name = "mnist_embedded"
+  c.model.name = "convnet"
+  c.batch_size = 64
+  c.num_epochs = 15
+  c.optimizer.name = "adam"
+  c.optimizer.learning_rate = 1e-3
+  c.schedule.name = "cosine"
+  c.log_every_steps = 50
+  c.checkpoint_every_steps = 250
+  c.eval.batch_size = 200
+  return c

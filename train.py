@@ -1,0 +1,16 @@
+"""Trains a model: `python train.py --config configs/default.py --workdir runs/default`.
+
+Override any config field with `--config.<field>=<value>`. Rerunning with the
+same workdir resumes from the latest checkpoint.
+"""
+
+from advjax import cli
+
+
+def main(config, workdir):
+  from advjax.training import trainer  # Imported after flag parsing so bad flags fail fast.
+  trainer.train_and_evaluate(config, workdir)
+
+
+if __name__ == "__main__":
+  cli.run(main)
