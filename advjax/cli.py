@@ -11,7 +11,7 @@ import os
 import sys
 from collections.abc import Callable
 
-from absl import app, flags
+from absl import app, flags, logging
 from ml_collections import config_flags
 
 from advjax.errors import AdvjaxError
@@ -43,6 +43,7 @@ def run(main: Callable[[object, str], None]) -> None:
   """Parses flags, loads the config and calls `main(config, workdir)`, mapping input errors to exit 2."""
 
   def _main(argv):
+    logging.set_verbosity(logging.WARNING)  # orbax logs every save at INFO.
     if len(argv) > 1:
       fail(f"unexpected arguments: {' '.join(argv[1:])}")
     if not flags.FLAGS["config"].present:

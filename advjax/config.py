@@ -11,10 +11,12 @@ that own them. Each field is documented once, here.
 one-line `ConfigError` naming the field.
 """
 
+import dataclasses
 from typing import Any
 
 import ml_collections
 
+from advjax.attacks import pgd
 from advjax.errors import ConfigError
 
 # Objectives with a train step in `advjax.training.objectives`.
@@ -46,16 +48,10 @@ def base_config() -> ml_collections.ConfigDict:
   c.adv_weight = 1.0
   c.label_smoothing = 0.0  # Weight of the uniform distribution in training targets.
 
-  # The attack used by adversarial training objectives; fields of
-  # advjax.attacks.pgd.AttackConfig, eps and step sizes in 0-255 pixel units.
-  c.attack = ml_collections.ConfigDict()
-  c.attack.norm = "linf"
-  c.attack.eps = 8.0
-  c.attack.step_size = 2.0
-  c.attack.num_steps = 7
-  c.attack.init = "uniform"
-  c.attack.loss = "cross_entropy"
-  c.attack.bn_mode = "eval"  # BatchNorm during the attack: 'eval' (running stats) or 'batch'.
+  # The attack of adversarial training objectives: every field of
+  # advjax.attacks.pgd.AttackConfig (documented there), eps and step sizes in
+  # 0-255 pixel units. The default is PGD-7 with a random start at eps 8.
+  c.attack = attack_config_dict(pgd.AttackConfig(init="uniform", num_steps=7))
 
   c.batch_size = 128  # Global batch size, split over all devices and hosts.
   c.num_epochs = 10.0  # Training length in epochs (used when num_steps is 0).
@@ -85,6 +81,15 @@ def base_config() -> ml_collections.ConfigDict:
   c.eval = ml_collections.ConfigDict()
   c.eval.batch_size = 500  # Global evaluation batch size.
   c.eval.split = "test"
+  c.eval.num_examples = 0  # Evaluate on the first N held-out examples; 0 means all.
+  c.eval.pgd_eps = ()  # eps values (0-255) at which to report accuracy under PGD; () skips.
+  c.eval.pgd_steps = 40  # PGD-k steps of the evaluation attack.
+  c.eval.pgd_step_size = 0.0  # 0-255 units; 0 means 2.5 * eps / steps (Madry et al.).
+  c.eval.pgd_restarts = 1  # Random restarts, strongest kept per example.
+  c.eval.pgd_targeted = False  # Targeted PGD toward a random wrong class.
+  c.eval.eps_adv_delta = 0.0  # delta of the eps_adv(delta) search (shared-AT paper, 5.2); 0 skips.
+  c.eval.eps_adv_search_steps = 10  # b: binary-search iterations on [0, 255].
+  c.eval.eps_adv_attack_steps = 200  # PGD steps of each probe (annealed step size).
 
   # jax.distributed settings for multi-host runs; num_processes 1 means single host.
   c.distributed = ml_collections.ConfigDict()
@@ -92,6 +97,14 @@ def base_config() -> ml_collections.ConfigDict:
   c.distributed.num_processes = 1
   c.distributed.process_id = 0
   return c
+
+
+def attack_config_dict(attack: pgd.AttackConfig) -> ml_collections.ConfigDict:
+  """An AttackConfig as a ConfigDict whose every field can be overridden from the command line."""
+  values = dataclasses.asdict(attack)
+  # A None default still needs a type for command-line overrides.
+  return ml_collections.ConfigDict(
+      {k: ml_collections.config_dict.placeholder(float) if v is None else v for k, v in values.items()})
 
 
 def _require(condition: bool, field: str, message: str) -> None:
@@ -144,7 +157,13 @@ def validate(config: ml_collections.ConfigDict, *, num_devices: int = 1) -> None
   _require(config.eval.batch_size > 0 and config.eval.batch_size % num_devices == 0, "eval.batch_size",
            f"{config.eval.batch_size} must be positive and divisible by the {num_devices} devices")
   _require(config.model.dtype in ("float32", "bfloat16"), "model.dtype", "must be 'float32' or 'bfloat16'")
-  _require(config.attack.bn_mode in ("eval", "batch"), "attack.bn_mode", "must be 'eval' or 'batch'")
+  _require(config.eval.eps_adv_delta == 0 or 0 < config.eval.eps_adv_delta <= 1, "eval.eps_adv_delta",
+           "must be in (0, 1], or 0 to skip")
+  _require(all(0 < e <= 255 for e in config.eval.pgd_eps), "eval.pgd_eps", "eps values must be in (0, 255]")
+  try:
+    pgd.AttackConfig.from_config(config.attack)
+  except ConfigError as e:
+    raise ConfigError(f"config.attack: {e}") from e
 
 
 def resolve_steps(config: ml_collections.ConfigDict, steps_per_epoch: int) -> int:

@@ -22,7 +22,8 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
-from advjax.attacks import losses
+from advjax import attacks
+from advjax.attacks import losses, pgd
 
 LossFn = Callable[[Any, Any, dict, jax.Array], tuple[jax.Array, tuple[Any, dict]]]
 
@@ -52,8 +53,38 @@ def make_erm_loss(model: nn.Module, config: ml_collections.ConfigDict) -> LossFn
   return loss_fn
 
 
+def make_pgd_at_loss(model: nn.Module, config: ml_collections.ConfigDict) -> LossFn:
+  """sigma * L(x_adv) + (1 - sigma) * L(x), with x_adv from the attack of `config.attack`.
+
+  The adversary sees the current weights but no gradient flows through it
+  (Danskin's theorem: the gradient of the max is the gradient at the argmax).
+  The clean and adversarial halves go through the model in separate training
+  passes, so each is normalised with its own batch statistics; with
+  sigma = 1 the clean pass is skipped entirely.
+  """
+  attack_cfg = pgd.AttackConfig.from_config(config.attack)
+  sigma = float(config.adv_weight)
+
+  def loss_fn(params, batch_stats, batch, rng):
+    attack_rng, adv_rng, clean_rng = jax.random.split(rng, 3)
+    frozen = jax.lax.stop_gradient({"params": params, "batch_stats": batch_stats})
+    logits_fn = attacks.make_logits_fn(model, frozen, attack_cfg.bn_mode)
+    x_adv = jax.lax.stop_gradient(pgd.attack(logits_fn, batch["image"], batch["label"], attack_rng, attack_cfg))
+    adv_logits, batch_stats = apply_train(model, params, batch_stats, x_adv, adv_rng)
+    loss = sigma * jnp.mean(losses.cross_entropy(adv_logits, batch["label"], config.label_smoothing))
+    metrics = {"adv_accuracy": jnp.mean(losses.correct(adv_logits, batch["label"]))}
+    if sigma < 1.0:
+      clean_logits, batch_stats = apply_train(model, params, batch_stats, batch["image"], clean_rng)
+      loss += (1.0 - sigma) * jnp.mean(losses.cross_entropy(clean_logits, batch["label"], config.label_smoothing))
+      metrics["accuracy"] = jnp.mean(losses.correct(clean_logits, batch["label"]))
+    return loss, (batch_stats, metrics)
+
+  return loss_fn
+
+
 OBJECTIVES: dict[str, Callable[[nn.Module, ml_collections.ConfigDict], LossFn]] = {
     "erm": make_erm_loss,
+    "pgd_at": make_pgd_at_loss,
 }
 
 

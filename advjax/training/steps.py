@@ -9,8 +9,6 @@ repeats the uninterrupted one exactly.
 """
 
 from collections.abc import Callable
-from typing import Any
-
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -19,7 +17,6 @@ import optax
 from jax.sharding import Mesh
 
 from advjax import parallel
-from advjax.attacks import losses
 from advjax.training import objectives
 from advjax.training.train_state import TrainState
 
@@ -60,39 +57,3 @@ def compile_train_step(train_step: TrainStep, state: TrainState, mesh: Mesh) -> 
       in_shardings=(state_sharding, parallel.batch_sharded(mesh)),
       out_shardings=(state_sharding, parallel.replicated(mesh)),
       donate_argnums=0)
-
-
-def make_logits_fn(model: nn.Module, variables: dict[str, Any], bn_mode: str = "eval") -> Callable[[jax.Array], jax.Array]:
-  """A closure `x -> logits` for attacks and evaluation; it never changes model state.
-
-  Args:
-    model: the classifier.
-    variables: {'params': ..., 'batch_stats': ...}.
-    bn_mode: 'eval' normalises with the running statistics; 'batch' with the
-      statistics of the batch being attacked, whose update is discarded.
-  """
-  if bn_mode == "eval":
-    return lambda x: model.apply(variables, x, train=False)
-  if bn_mode == "batch":
-    return lambda x: model.apply(variables, x, train=False, use_batch_stats=True, mutable=["batch_stats"])[0]
-  raise ValueError(f"unknown bn_mode {bn_mode!r}; known: eval, batch")
-
-
-def state_variables(state: TrainState) -> dict[str, Any]:
-  """The model variables held by a train state."""
-  return {"params": state.params, "batch_stats": state.batch_stats}
-
-
-def make_eval_step(model: nn.Module) -> Callable[[TrainState, dict], dict]:
-  """`eval_step(state, batch) -> {'correct', 'count', 'loss'}` sums over real (mask 1) examples."""
-
-  def eval_step(state: TrainState, batch: dict) -> dict:
-    logits = make_logits_fn(model, state_variables(state))(batch["image"])
-    mask = batch["mask"]
-    return {
-        "correct": jnp.sum(losses.correct(logits, batch["label"]) * mask),
-        "loss": jnp.sum(losses.cross_entropy(logits, batch["label"]) * mask),
-        "count": jnp.sum(mask),
-    }
-
-  return eval_step

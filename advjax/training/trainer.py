@@ -19,6 +19,7 @@ Everything that can be wrong with the input is checked before anything in
 the workdir is written.
 """
 
+import functools
 import json
 import os
 import signal
@@ -30,7 +31,7 @@ import jax
 import ml_collections
 import numpy as np
 
-from advjax import checkpointing, config as config_lib, data, models, parallel
+from advjax import attacks, checkpointing, config as config_lib, data, evaluation, models, parallel
 from advjax.errors import CheckpointError, ConfigError
 from advjax.training import metrics_io, optim, steps
 from advjax.training.train_state import TrainState, create_train_state
@@ -100,12 +101,17 @@ class _Preemption:
       signal.signal(signal.SIGTERM, self._previous)
 
 
+def variables_of(state: TrainState) -> dict[str, Any]:
+  """The model variables held by a train state."""
+  return {"params": state.params, "batch_stats": state.batch_stats}
+
+
 class Experiment:
   """Everything built from a config before training starts: data, model, optimiser, mesh."""
 
-  def __init__(self, config: ml_collections.ConfigDict):
+  def __init__(self, config: ml_collections.ConfigDict, devices=None):
     self.config = config
-    self.mesh = parallel.make_mesh()
+    self.mesh = parallel.make_mesh(devices)
     config_lib.validate(config, num_devices=self.mesh.size)
     self.process_index, self.process_count = jax.process_index(), jax.process_count()
     self.train_source = data.make_train_source(
@@ -118,6 +124,8 @@ class Experiment:
     self.steps_per_epoch = self.train_source.steps_per_epoch
     self.total_steps = config_lib.resolve_steps(config, self.steps_per_epoch)
     self.tx, self.schedule = optim.make_optimizer(config, self.steps_per_epoch, self.total_steps)
+    # One builder per experiment: evaluators jit over it (static) and take the variables traced.
+    self.logits_fn_builder = functools.partial(attacks.make_logits_fn, self.model)
 
   def init_state(self) -> TrainState:
     """A fresh state, replicated over the mesh."""
@@ -127,22 +135,25 @@ class Experiment:
     return init(self.model, self.tx, rng, tuple(self.info.image_shape))
 
   def eval_batches(self, split: str | None = None):
-    """The held-out split as global sharded batches with a padding mask."""
-    for batch in data.make_eval_batches(
-        self.config.data, split or self.config.eval.split, batch_size=self.config.eval.batch_size,
-        process_index=self.process_index, process_count=self.process_count):
+    """The held-out split (its first `eval.num_examples`) as global sharded batches with a padding mask."""
+    limit = self.config.eval.num_examples
+    global_size = self.config.eval.batch_size
+    local_size = global_size // self.process_count
+    for i, batch in enumerate(data.make_eval_batches(
+        self.config.data, split or self.config.eval.split, batch_size=global_size,
+        process_index=self.process_index, process_count=self.process_count)):
+      if limit:
+        if i * global_size >= limit:
+          return
+        # Global index of each local row: this process holds rows [p*L, (p+1)*L) of batch i.
+        index = i * global_size + self.process_index * local_size + np.arange(local_size)
+        batch = dict(batch, mask=batch["mask"] * (index < limit))
       yield parallel.shard_batch(batch, self.mesh)
 
   def evaluate_clean(self, state: TrainState) -> dict[str, float]:
-    """Accuracy and mean loss on the held-out split."""
-    eval_step = jax.jit(steps.make_eval_step(self.model), out_shardings=parallel.replicated(self.mesh))
-    totals = None
-    for batch in self.eval_batches():
-      out = eval_step(state, batch)
-      totals = out if totals is None else jax.tree.map(np.add, totals, out)
-    totals = jax.device_get(totals)
-    count = float(totals["count"])
-    return {"test_accuracy": float(totals["correct"]) / count, "test_loss": float(totals["loss"]) / count}
+    """Accuracy on the held-out split."""
+    result = evaluation.clean_accuracy(self.logits_fn_builder, self.eval_batches(), variables=variables_of(state))
+    return {"test_accuracy": result["accuracy"]}
 
   def restore_latest(self, workdir: str, template: TrainState) -> TrainState:
     """The latest checkpoint of a run directory, restored into `template`'s structure."""
@@ -156,15 +167,21 @@ def _mean_metrics(history: list[dict]) -> dict[str, float]:
   return {k: float(np.mean([h[k] for h in history])) for k in history[0]}
 
 
-def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, devices=None) -> dict[str, Any]:
   """Trains (or resumes) the run of `config` in `workdir`, then evaluates it.
+
+  Args:
+    config: the experiment config.
+    workdir: the run directory (created if missing; resumed if it holds a run).
+    devices: the devices to run on; all global devices by default.
 
   Returns:
     The summary also written to `<workdir>/summary.json`; if the run was
     preempted by SIGTERM, a dict with `preempted_at_step` and no summary file.
   """
   t_start = time.time()
-  experiment = Experiment(config)
+  parallel.initialize_distributed(**config.distributed)
+  experiment = Experiment(config, devices)
   prepare_workdir(workdir, config)
   state = experiment.init_state()
   checkpointer = checkpointing.Checkpointer(workdir, keep=config.keep_checkpoints)

@@ -1,0 +1,60 @@
+"""Adversaries over a `logits_fn`: losses, threat models, the iterative core, DeepFool.
+
+An attack is a pure function `(logits_fn, x, y, rng, cfg) -> x_adv`, where
+`logits_fn(x) -> logits` closes over the model and its variables. It never sees
+the model class; `make_logits_fn` builds the closure and makes the BatchNorm
+mode during the attack an explicit choice.
+
+  losses     per-example losses, larger = stronger attack; registry by name
+  threat     eps balls (0-255 units in configs) intersected with [0, 1]
+  pgd        one iterative core: FGSM, BIM, PGD, MI-FGSM, DI2-FGSM, M-DI2-FGSM
+  diversity  DI2-FGSM's random resize and padding
+  ensemble   fused logits of several models (Xie thesis, eq. 3.8)
+  deepfool   minimal L2 / L-inf perturbations
+
+The presets `fgsm`, `bim`, `pgd`, `mi_fgsm`, `di2_fgsm`, `m_di2_fgsm` live in
+`advjax.attacks.pgd` (e.g. `attacks.pgd.pgd(eps=8.0)`) and DeepFool is
+`attacks.deepfool.deepfool`; they are not lifted here, because the package
+attributes `pgd` and `deepfool` must stay the modules.
+"""
+
+from advjax.attacks import deepfool, diversity, ensemble, losses, pgd, threat
+from advjax.attacks.deepfool import DeepFoolConfig
+from advjax.attacks.ensemble import ensemble_logits_fn
+from advjax.attacks.pgd import (BN_MODES, AttackConfig, attack, init_perturbation,
+                                optimize_perturbation, resolve_sizes)
+from advjax.errors import unknown_name
+
+
+def make_logits_fn(model, variables, bn_mode: str = "eval"):
+  """Binds a linen classifier and its variables into `x -> logits` for attacks.
+
+  Args:
+    model: linen Module with `__call__(x, train=False, use_batch_stats=None)`.
+    variables: its variables ({'params': ..., 'batch_stats': ...}).
+    bn_mode: 'eval' normalises with the running statistics; 'batch' with the
+      statistics of the attacked batch, whose update is discarded so the
+      attack never changes the model.
+
+  Returns:
+    `x -> [batch, classes]` logits for x [batch, height, width, channels] in [0, 1].
+
+  Raises:
+    ConfigError: unknown `bn_mode`.
+  """
+  if bn_mode == "eval":
+    return lambda x: model.apply(variables, x, train=False)
+  if bn_mode == "batch":
+    def logits_fn(x):
+      logits, _ = model.apply(variables, x, train=False, use_batch_stats=True,
+                              mutable=["batch_stats"])
+      return logits
+    return logits_fn
+  raise unknown_name("bn_mode", bn_mode, BN_MODES)
+
+
+__all__ = [
+    "AttackConfig", "BN_MODES", "DeepFoolConfig", "attack", "deepfool", "diversity", "ensemble",
+    "ensemble_logits_fn", "init_perturbation", "losses", "make_logits_fn",
+    "optimize_perturbation", "pgd", "resolve_sizes", "threat",
+]

@@ -1,0 +1,48 @@
+"""Config validation: every mistake is one ConfigError naming the field."""
+
+import pytest
+
+from advjax import config as config_lib
+from advjax.errors import ConfigError
+from configs import default, tiny
+
+
+@pytest.mark.parametrize("module", [default, tiny])
+def test_shipped_configs_validate(module):
+  config_lib.validate(module.get_config(), num_devices=8)
+
+
+@pytest.mark.parametrize("field,value,expected", [
+    ("objective", "nope", "config.objective"),
+    ("batch_size", 30, "not divisible by the 8 devices"),
+    ("optimizer.name", "lbfgs", "config.optimizer.name"),
+    ("schedule.name", "linear", "config.schedule.name"),
+    ("schedule.boundaries", (5.0, 2.0), "config.schedule.boundaries"),
+    ("adv_weight", 1.5, "config.adv_weight"),
+    ("model.dtype", "float16", "config.model.dtype"),
+    ("attack.bn_mode", "train", "config.attack"),
+    ("attack.norm", "l3", "config.attack"),
+    ("eval.pgd_eps", (0.0, 300.0), "config.eval.pgd_eps"),
+])
+def test_bad_values_name_the_field(field, value, expected):
+  config = tiny.get_config()
+  parent, _, leaf = field.rpartition(".")
+  target = config if not parent else config[parent]
+  target[leaf] = value
+  with pytest.raises(ConfigError, match=expected.replace(".", r"\.")):
+    config_lib.validate(config, num_devices=8)
+
+
+def test_unknown_field_in_an_experiment_file_is_named():
+  config = tiny.get_config()
+  config.optimizer.learning_rte = 0.1  # A typo in an experiment file.
+  with pytest.raises(ConfigError, match=r"config\.optimizer\.learning_rte: no such field"):
+    config_lib.validate(config)
+
+
+def test_resolve_steps_prefers_num_steps():
+  config = tiny.get_config()
+  assert config_lib.resolve_steps(config, steps_per_epoch=100) == 12
+  config.num_steps = 0
+  config.num_epochs = 2.5
+  assert config_lib.resolve_steps(config, steps_per_epoch=100) == 250
