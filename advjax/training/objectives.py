@@ -88,6 +88,17 @@ OBJECTIVES: dict[str, Callable[[nn.Module, ml_collections.ConfigDict], LossFn]] 
 }
 
 
+# Objectives that keep leaves of their own in `TrainState.extras` (such as a
+# universal perturbation) register a function `(config, image_shape) -> extras`.
+EXTRAS: dict[str, Callable[[ml_collections.ConfigDict, tuple[int, ...]], dict]] = {}
+
+
 def make_loss_fn(model: nn.Module, config: ml_collections.ConfigDict) -> LossFn:
   """The loss function of `config.objective`."""
   return OBJECTIVES[config.objective](model, config)
+
+
+def init_extras(config: ml_collections.ConfigDict, image_shape: tuple[int, ...]) -> dict:
+  """The initial `TrainState.extras` of `config.objective` ({} for most objectives)."""
+  init = EXTRAS.get(config.objective)
+  return {} if init is None else init(config, image_shape)

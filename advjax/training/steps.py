@@ -9,6 +9,7 @@ repeats the uninterrupted one exactly.
 """
 
 from collections.abc import Callable
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -21,6 +22,11 @@ from advjax.training import objectives
 from advjax.training.train_state import TrainState
 
 TrainStep = Callable[[TrainState, dict], tuple[TrainState, dict]]
+
+# Objectives whose step is more than "differentiate a loss, update the weights"
+# (e.g. universal adversarial training also updates a perturbation in
+# `state.extras`) register a factory `(model, config, schedule) -> train_step`.
+CUSTOM_STEPS: dict[str, Callable[[nn.Module, ml_collections.ConfigDict, optax.Schedule], TrainStep]] = {}
 
 
 def make_train_step(model: nn.Module, config: ml_collections.ConfigDict,
@@ -36,6 +42,8 @@ def make_train_step(model: nn.Module, config: ml_collections.ConfigDict,
     A pure `train_step(state, batch) -> (new_state, metrics)`; metrics are
     scalar means over the global batch.
   """
+  if config.objective in CUSTOM_STEPS:
+    return CUSTOM_STEPS[config.objective](model, config, schedule)
   loss_fn = objectives.make_loss_fn(model, config)
 
   def train_step(state: TrainState, batch: dict) -> tuple[TrainState, dict]:

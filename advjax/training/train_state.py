@@ -31,7 +31,7 @@ def init_variables(model: nn.Module, rng: jax.Array, image_shape: tuple[int, ...
 
 
 def create_train_state(model: nn.Module, tx: optax.GradientTransformation, rng: jax.Array,
-                       image_shape: tuple[int, ...]) -> TrainState:
+                       image_shape: tuple[int, ...], extras: Any = None) -> TrainState:
   """A fresh train state.
 
   Args:
@@ -39,9 +39,10 @@ def create_train_state(model: nn.Module, tx: optax.GradientTransformation, rng: 
     tx: the optimiser.
     rng: the run's root key; split into an init key and the state's key.
     image_shape: (height, width, channels).
+    extras: objective-specific leaves (e.g. a universal perturbation); {} if None.
   """
   init_rng, state_rng = jax.random.split(rng)
   variables = init_variables(model, init_rng, image_shape)
   return TrainState.create(
       apply_fn=model.apply, params=variables["params"], tx=tx,
-      batch_stats=variables.get("batch_stats", {}), rng=state_rng)
+      batch_stats=variables.get("batch_stats", {}), rng=state_rng, extras={} if extras is None else extras)

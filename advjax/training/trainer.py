@@ -33,7 +33,7 @@ import numpy as np
 
 from advjax import attacks, checkpointing, config as config_lib, data, evaluation, models, parallel
 from advjax.errors import CheckpointError, ConfigError
-from advjax.training import metrics_io, optim, steps
+from advjax.training import metrics_io, objectives, optim, steps
 from advjax.training.train_state import TrainState, create_train_state
 
 CONFIG_FILE = "config.json"
@@ -130,9 +130,13 @@ class Experiment:
   def init_state(self) -> TrainState:
     """A fresh state, replicated over the mesh."""
     rng = jax.random.PRNGKey(self.config.seed)
-    init = jax.jit(create_train_state, static_argnums=(0, 1, 3),
-                   out_shardings=parallel.replicated(self.mesh))
-    return init(self.model, self.tx, rng, tuple(self.info.image_shape))
+    image_shape = tuple(self.info.image_shape)
+
+    def init(rng):
+      extras = objectives.init_extras(self.config, image_shape)
+      return create_train_state(self.model, self.tx, rng, image_shape, extras)
+
+    return jax.jit(init, out_shardings=parallel.replicated(self.mesh))(rng)
 
   def eval_batches(self, split: str | None = None):
     """The held-out split (its first `eval.num_examples`) as global sharded batches with a padding mask."""
