@@ -1,0 +1,192 @@
+"""Post-activation residual networks (He et al., 2016, "Deep Residual Learning").
+
+A residual block computes y = act(F(x) + S(x)), where F is a small stack of
+conv-norm-act layers and S is the identity, or a projection (1x1 convolution
+with stride + normalisation) when F changes the width or resolution ("option
+B" of the paper). Two block types and two stems cover the models used here:
+
+* CIFAR ResNet-20 (`resnet20`): a 3x3 stem, three stages of three basic blocks
+  (two 3x3 convs each), stride 2 at the start of stages 2 and 3, global
+  average pooling and a dense layer: 6n+2 = 20 layers for n = 3. The
+  shared-adversarial-training paper widens the classic 16-32-64 feature maps
+  to 64-128-256 (4.33M parameters at 10 classes).
+* ImageNet ResNet-50/101/152 (`resnet50`, ...), torchvision layout: a 7x7
+  stride-2 stem, 3x3 stride-2 max pool, bottleneck blocks (1x1 reduce, 3x3,
+  1x1 expand by 4) with the stride on the 3x3 conv ("ResNet v1.5"), stages of
+  [3, 4, 6, 3], [3, 4, 23, 3] and [3, 8, 36, 3] blocks. `wide_resnet50_2`
+  doubles the inner width of every bottleneck (Zagoruyko & Komodakis, 2016).
+
+Submodules carry torchvision's names (conv1, bn1, layer{s}_{b}/conv1, ...,
+downsample_conv, downsample_bn, fc), which `advjax.bridge` maps to
+torchvision state-dict keys (layer{s}.{b}.conv1, downsample.0, ...).
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Sequence
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from advjax.models import layers
+
+
+class BasicBlock(nn.Module):
+  """Two 3x3 convolutions; output width `features`.
+
+  Attributes:
+    features: output channels.
+    stride: stride of the first convolution (and of the projection).
+    activation: `layers.ACTIVATIONS` name.
+    norm: `layers.NORMS` name.
+    dtype: jnp compute dtype.
+  """
+
+  features: int
+  stride: int
+  activation: str
+  norm: str
+  dtype: Any
+
+  @nn.compact
+  def __call__(self, x: jax.Array, use_batch_stats: bool) -> jax.Array:
+    """x: [batch, H, W, C] -> [batch, H / stride, W / stride, features]."""
+    norm = functools.partial(layers.make_norm, self.norm,
+                             use_running_average=not use_batch_stats, dtype=self.dtype)
+    y = layers.conv(self.features, 3, stride=self.stride, dtype=self.dtype, name="conv1")(x)
+    y = norm(name="bn1")(y)
+    y = layers.get_activation(self.activation)(y)
+    y = layers.conv(self.features, 3, dtype=self.dtype, name="conv2")(y)
+    y = norm(name="bn2")(y)
+    shortcut = _shortcut(x, self.features, self.stride, norm, self.dtype)
+    return layers.get_activation(self.activation)(y + shortcut)
+
+
+class Bottleneck(nn.Module):
+  """1x1 reduce, 3x3 (strided), 1x1 expand; output width 4 * features.
+
+  Attributes:
+    features: "planes": output channels are 4 * features.
+    stride: stride of the 3x3 convolution (and of the projection).
+    activation: `layers.ACTIVATIONS` name.
+    norm: `layers.NORMS` name.
+    dtype: jnp compute dtype.
+    width_multiplier: inner (3x3) width is features * width_multiplier.
+  """
+
+  features: int
+  stride: int
+  activation: str
+  norm: str
+  dtype: Any
+  width_multiplier: int = 1
+
+  expansion = 4
+
+  @nn.compact
+  def __call__(self, x: jax.Array, use_batch_stats: bool) -> jax.Array:
+    """x: [batch, H, W, C] -> [batch, H / stride, W / stride, 4 * features]."""
+    norm = functools.partial(layers.make_norm, self.norm,
+                             use_running_average=not use_batch_stats, dtype=self.dtype)
+    width = self.features * self.width_multiplier
+    out = self.features * self.expansion
+    y = layers.conv(width, 1, dtype=self.dtype, name="conv1")(x)
+    y = layers.get_activation(self.activation)(norm(name="bn1")(y))
+    y = layers.conv(width, 3, stride=self.stride, dtype=self.dtype, name="conv2")(y)
+    y = layers.get_activation(self.activation)(norm(name="bn2")(y))
+    y = layers.conv(out, 1, dtype=self.dtype, name="conv3")(y)
+    y = norm(name="bn3")(y)
+    shortcut = _shortcut(x, out, self.stride, norm, self.dtype)
+    return layers.get_activation(self.activation)(y + shortcut)
+
+
+def _shortcut(x: jax.Array, features: int, stride: int, norm, dtype) -> jax.Array:
+  """Identity if shapes agree, else a 1x1 strided projection + norm."""
+  if stride == 1 and x.shape[-1] == features:
+    return x
+  x = layers.conv(features, 1, stride=stride, dtype=dtype, name="downsample_conv")(x)
+  return norm(name="downsample_bn")(x)
+
+
+class ResNet(nn.Module):
+  """Post-activation ResNet with a CIFAR or ImageNet stem.
+
+  Attributes:
+    num_classes: number of logits.
+    stage_sizes: blocks per stage.
+    widths: per-stage block `features` (planes); the stem has widths[0].
+    block_cls: `BasicBlock` or a `Bottleneck` (possibly a partial of it).
+    stem: 'cifar' (3x3 conv) or 'imagenet' (7x7/2 conv + 3x3/2 max pool).
+    activation: `layers.ACTIVATIONS` name.
+    norm: `layers.NORMS` name.
+    mean, std: per-channel input normalisation (pixel space -> network input).
+    dtype: compute dtype name, 'float32' or 'bfloat16'.
+  """
+
+  num_classes: int
+  stage_sizes: Sequence[int]
+  widths: Sequence[int]
+  block_cls: Any = BasicBlock
+  stem: str = "cifar"
+  activation: str = "relu"
+  norm: str = "batchnorm"
+  mean: Sequence[float] = (0.5,)
+  std: Sequence[float] = (0.5,)
+  dtype: str = "float32"
+
+  @nn.compact
+  def __call__(self, x: jax.Array, train: bool = False,
+               use_batch_stats: bool | None = None) -> jax.Array:
+    """Computes logits.
+
+    Args:
+      x: [batch, height, width, channels] images in [0, 1].
+      train: training mode; by default also selects batch statistics.
+      use_batch_stats: whether BatchNorm uses batch statistics; None = train.
+
+    Returns:
+      [batch, num_classes] float32 logits.
+    """
+    dtype = layers.compute_dtype(self.dtype)
+    use_batch_stats = layers.resolve_batch_stats(train, use_batch_stats)
+    x = layers.normalize_input(x, self.mean, self.std, dtype)
+    kernel = 7 if self.stem == "imagenet" else 3
+    stride = 2 if self.stem == "imagenet" else 1
+    x = layers.conv(self.widths[0], kernel, stride=stride, dtype=dtype, name="conv1")(x)
+    x = layers.make_norm(self.norm, use_running_average=not use_batch_stats,
+                         dtype=dtype, name="bn1")(x)
+    x = layers.get_activation(self.activation)(x)
+    if self.stem == "imagenet":
+      x = nn.max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
+    for s, (num_blocks, width) in enumerate(zip(self.stage_sizes, self.widths)):
+      for b in range(num_blocks):
+        x = self.block_cls(
+            features=width,
+            stride=2 if s > 0 and b == 0 else 1,
+            activation=self.activation,
+            norm=self.norm,
+            dtype=dtype,
+            name=f"layer{s + 1}_{b}",
+        )(x, use_batch_stats)
+    x = jnp.mean(x, axis=(1, 2))
+    x = layers.dense(self.num_classes, dtype=dtype, name="fc")(x)
+    return x.astype(jnp.float32)
+
+
+CifarResNet = functools.partial(ResNet, block_cls=BasicBlock, stem="cifar")
+ResNet20 = functools.partial(CifarResNet, stage_sizes=(3, 3, 3), widths=(64, 128, 256))
+ResNet20Tiny = functools.partial(CifarResNet, stage_sizes=(1, 1, 1), widths=(8, 16, 32))
+
+ImageNetResNet = functools.partial(ResNet, block_cls=Bottleneck, stem="imagenet",
+                                   widths=(64, 128, 256, 512))
+ResNet50 = functools.partial(ImageNetResNet, stage_sizes=(3, 4, 6, 3))
+ResNet101 = functools.partial(ImageNetResNet, stage_sizes=(3, 4, 23, 3))
+ResNet152 = functools.partial(ImageNetResNet, stage_sizes=(3, 8, 36, 3))
+WideResNet50_2 = functools.partial(
+    ImageNetResNet, stage_sizes=(3, 4, 6, 3),
+    block_cls=functools.partial(Bottleneck, width_multiplier=2))
+ResNet50Tiny = functools.partial(ImageNetResNet, stage_sizes=(1, 1, 1, 1),
+                                 widths=(8, 16, 32, 64))

@@ -1,0 +1,314 @@
+"""PyTorch reference implementations of the advjax models.
+
+Each class mirrors a model family of `advjax.models` layer for layer, so that
+the same weights (moved with `advjax.bridge`) give the same logits in both
+frameworks. They serve two purposes: an independent cross-check of the Flax
+code (tests/test_bridge.py) and the PyTorch side of the speed benchmarks.
+
+Conventions shared with the Flax models:
+* forward takes NCHW images in [0, 1] and normalises `(x - mean) / std`
+  first, so both sides see the same pixel-space inputs;
+* BatchNorm2d with PyTorch's defaults (momentum 0.1, eps 1e-5);
+* every k x k convolution pads k // 2 on each side.
+
+State-dict names follow widely used public code, so published checkpoints
+load directly: torchvision for `ResNet` (CIFAR ResNet-20 reuses its names),
+Rice et al.'s robust-overfitting code for `PreActResNet`, and the
+TRADES/RobustBench `WideResNet` for the wide ResNets. The mean/std buffers are
+not persistent: they are constructor arguments, not learned state.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import nn
+
+ACTIVATIONS = {
+    "relu": nn.ReLU,
+    "softplus": nn.Softplus,
+    "silu": nn.SiLU,
+    "gelu": nn.GELU,
+    "elu": nn.ELU,
+    "tanh": nn.Tanh,
+}
+
+
+class _Normalize(nn.Module):
+  """(x - mean) / std with per-channel statistics on NCHW input."""
+
+  def __init__(self, mean: Sequence[float], std: Sequence[float]):
+    super().__init__()
+    self.register_buffer("mean", torch.tensor(mean).view(1, -1, 1, 1), persistent=False)
+    self.register_buffer("std", torch.tensor(std).view(1, -1, 1, 1), persistent=False)
+
+  def forward(self, x: torch.Tensor) -> torch.Tensor:
+    return (x - self.mean) / self.std
+
+
+def _conv(cin: int, cout: int, kernel: int, stride: int = 1, bias: bool = False) -> nn.Conv2d:
+  return nn.Conv2d(cin, cout, kernel, stride=stride, padding=kernel // 2, bias=bias)
+
+
+class ConvNet(nn.Module):
+  """C-C-MP-D x3, L(hidden)-D, L(classes); see advjax/models/convnet.py."""
+
+  def __init__(self, num_classes: int = 10, in_channels: int = 3, image_size: int = 32,
+               widths: Sequence[int] = (32, 32, 64, 64, 128, 128), hidden: int = 512,
+               conv_dropout: float = 0.2, head_dropout: float = 0.5,
+               activation: str = "relu", mean=(0.5,), std=(0.5,)):
+    super().__init__()
+    self.normalize = _Normalize(mean, std)
+    self.num_convs = len(widths)
+    cin = in_channels
+    for i, width in enumerate(widths):
+      setattr(self, f"conv{i + 1}", _conv(cin, width, 3, bias=True))
+      setattr(self, f"bn{i + 1}", nn.BatchNorm2d(width))
+      cin = width
+    self.act = ACTIVATIONS[activation]()
+    self.pool = nn.MaxPool2d(2)
+    self.conv_dropout = nn.Dropout(conv_dropout)
+    self.head_dropout = nn.Dropout(head_dropout)
+    side = image_size
+    for _ in range(len(widths) // 2):
+      side //= 2
+    self.fc1 = nn.Linear(cin * side * side, hidden)
+    self.fc2 = nn.Linear(hidden, num_classes)
+
+  def forward(self, x: torch.Tensor) -> torch.Tensor:
+    x = self.normalize(x)
+    for i in range(self.num_convs):
+      x = self.act(getattr(self, f"bn{i + 1}")(getattr(self, f"conv{i + 1}")(x)))
+      if i % 2 == 1:
+        x = self.conv_dropout(self.pool(x))
+    x = self.head_dropout(self.act(self.fc1(torch.flatten(x, 1))))
+    return self.fc2(x)
+
+
+class BasicBlock(nn.Module):
+  """conv3x3-bn-act-conv3x3-bn, + shortcut, act."""
+
+  expansion = 1
+
+  def __init__(self, cin: int, planes: int, stride: int, activation: str,
+               width_multiplier: int = 1):
+    super().__init__()
+    del width_multiplier  # Only bottlenecks have an inner width.
+    self.conv1 = _conv(cin, planes, 3, stride)
+    self.bn1 = nn.BatchNorm2d(planes)
+    self.conv2 = _conv(planes, planes, 3)
+    self.bn2 = nn.BatchNorm2d(planes)
+    self.act = ACTIVATIONS[activation]()
+    self.downsample = None
+    if stride != 1 or cin != planes:
+      self.downsample = nn.Sequential(_conv(cin, planes, 1, stride), nn.BatchNorm2d(planes))
+
+  def forward(self, x: torch.Tensor) -> torch.Tensor:
+    y = self.bn2(self.conv2(self.act(self.bn1(self.conv1(x)))))
+    return self.act(y + (x if self.downsample is None else self.downsample(x)))
+
+
+class Bottleneck(nn.Module):
+  """torchvision's v1.5 bottleneck: 1x1, 3x3 (strided), 1x1 (x4)."""
+
+  expansion = 4
+
+  def __init__(self, cin: int, planes: int, stride: int, activation: str,
+               width_multiplier: int = 1):
+    super().__init__()
+    width = planes * width_multiplier
+    cout = planes * self.expansion
+    self.conv1 = _conv(cin, width, 1)
+    self.bn1 = nn.BatchNorm2d(width)
+    self.conv2 = _conv(width, width, 3, stride)
+    self.bn2 = nn.BatchNorm2d(width)
+    self.conv3 = _conv(width, cout, 1)
+    self.bn3 = nn.BatchNorm2d(cout)
+    self.act = ACTIVATIONS[activation]()
+    self.downsample = None
+    if stride != 1 or cin != cout:
+      self.downsample = nn.Sequential(_conv(cin, cout, 1, stride), nn.BatchNorm2d(cout))
+
+  def forward(self, x: torch.Tensor) -> torch.Tensor:
+    y = self.act(self.bn1(self.conv1(x)))
+    y = self.act(self.bn2(self.conv2(y)))
+    y = self.bn3(self.conv3(y))
+    return self.act(y + (x if self.downsample is None else self.downsample(x)))
+
+
+class ResNet(nn.Module):
+  """Post-activation ResNet; `stem='cifar'` (3x3) or 'imagenet' (7x7/2 + pool)."""
+
+  def __init__(self, block: str = "basic", stage_sizes: Sequence[int] = (3, 3, 3),
+               widths: Sequence[int] = (64, 128, 256), stem: str = "cifar",
+               num_classes: int = 10, in_channels: int = 3, width_multiplier: int = 1,
+               activation: str = "relu", mean=(0.5,), std=(0.5,)):
+    super().__init__()
+    block_cls = {"basic": BasicBlock, "bottleneck": Bottleneck}[block]
+    self.normalize = _Normalize(mean, std)
+    imagenet = stem == "imagenet"
+    self.conv1 = _conv(in_channels, widths[0], 7 if imagenet else 3, 2 if imagenet else 1)
+    self.bn1 = nn.BatchNorm2d(widths[0])
+    self.act = ACTIVATIONS[activation]()
+    self.maxpool = nn.MaxPool2d(3, 2, 1) if imagenet else nn.Identity()
+    cin = widths[0]
+    for s, (num_blocks, planes) in enumerate(zip(stage_sizes, widths)):
+      blocks = []
+      for b in range(num_blocks):
+        blocks.append(block_cls(cin, planes, 2 if s > 0 and b == 0 else 1, activation,
+                                width_multiplier))
+        cin = planes * block_cls.expansion
+      setattr(self, f"layer{s + 1}", nn.Sequential(*blocks))
+    self.num_stages = len(stage_sizes)
+    self.fc = nn.Linear(cin, num_classes)
+
+  def forward(self, x: torch.Tensor) -> torch.Tensor:
+    x = self.maxpool(self.act(self.bn1(self.conv1(self.normalize(x)))))
+    for s in range(self.num_stages):
+      x = getattr(self, f"layer{s + 1}")(x)
+    return self.fc(x.mean(dim=(2, 3)))
+
+
+class PreActBlock(nn.Module):
+  """bn-act-conv3x3-bn-act-(dropout)-conv3x3 + shortcut of the activated input.
+
+  `shortcut_name` only renames the projection: 'shortcut' (a 1-element
+  Sequential, Rice et al.) or 'convShortcut' (TRADES wide ResNet).
+  """
+
+  def __init__(self, cin: int, planes: int, stride: int, activation: str,
+               dropout: float = 0.0, shortcut_name: str = "shortcut"):
+    super().__init__()
+    self.bn1 = nn.BatchNorm2d(cin)
+    self.conv1 = _conv(cin, planes, 3, stride)
+    self.bn2 = nn.BatchNorm2d(planes)
+    self.conv2 = _conv(planes, planes, 3)
+    self.act = ACTIVATIONS[activation]()
+    self.dropout = nn.Dropout(dropout)
+    self.shortcut_name = shortcut_name
+    self.has_projection = stride != 1 or cin != planes
+    if self.has_projection:
+      projection = _conv(cin, planes, 1, stride)
+      if shortcut_name == "shortcut":
+        projection = nn.Sequential(projection)
+      setattr(self, shortcut_name, projection)
+
+  def forward(self, x: torch.Tensor) -> torch.Tensor:
+    out = self.act(self.bn1(x))
+    shortcut = getattr(self, self.shortcut_name)(out) if self.has_projection else x
+    y = self.conv1(out)
+    y = self.conv2(self.dropout(self.act(self.bn2(y))))
+    return y + shortcut
+
+
+class _WideStage(nn.Module):
+  """TRADES' `NetworkBlock`: the blocks of a stage under `.layer`."""
+
+  def __init__(self, blocks: Sequence[nn.Module]):
+    super().__init__()
+    self.layer = nn.Sequential(*blocks)
+
+  def forward(self, x: torch.Tensor) -> torch.Tensor:
+    return self.layer(x)
+
+
+class PreActResNet(nn.Module):
+  """Pre-activation ResNet, CIFAR stem; names of Rice et al. (2020)."""
+
+  def __init__(self, stage_sizes: Sequence[int] = (2, 2, 2, 2),
+               widths: Sequence[int] = (64, 128, 256, 512), num_classes: int = 10,
+               in_channels: int = 3, activation: str = "relu", mean=(0.5,), std=(0.5,)):
+    super().__init__()
+    self.normalize = _Normalize(mean, std)
+    self.conv1 = _conv(in_channels, widths[0], 3)
+    cin = widths[0]
+    for s, (num_blocks, planes) in enumerate(zip(stage_sizes, widths)):
+      blocks = []
+      for b in range(num_blocks):
+        blocks.append(PreActBlock(cin, planes, 2 if s > 0 and b == 0 else 1, activation))
+        cin = planes
+      setattr(self, f"layer{s + 1}", nn.Sequential(*blocks))
+    self.num_stages = len(stage_sizes)
+    self.bn = nn.BatchNorm2d(cin)
+    self.act = ACTIVATIONS[activation]()
+    self.linear = nn.Linear(cin, num_classes)
+
+  def forward(self, x: torch.Tensor) -> torch.Tensor:
+    x = self.conv1(self.normalize(x))
+    for s in range(self.num_stages):
+      x = getattr(self, f"layer{s + 1}")(x)
+    return self.linear(self.act(self.bn(x)).mean(dim=(2, 3)))
+
+
+class WideResNet(nn.Module):
+  """Wide ResNet with "wide_basic" blocks; names of the TRADES/RobustBench code."""
+
+  def __init__(self, stage_sizes: Sequence[int] = (4, 4, 4),
+               widths: Sequence[int] = (160, 320, 640), stem_width: int = 16,
+               num_classes: int = 10, in_channels: int = 3, dropout: float = 0.0,
+               activation: str = "relu", mean=(0.5,), std=(0.5,)):
+    super().__init__()
+    self.normalize = _Normalize(mean, std)
+    self.conv1 = _conv(in_channels, stem_width, 3)
+    cin = stem_width
+    for s, (num_blocks, planes) in enumerate(zip(stage_sizes, widths)):
+      blocks = []
+      for b in range(num_blocks):
+        blocks.append(PreActBlock(cin, planes, 2 if s > 0 and b == 0 else 1, activation,
+                                  dropout, shortcut_name="convShortcut"))
+        cin = planes
+      setattr(self, f"block{s + 1}", _WideStage(blocks))
+    self.num_stages = len(stage_sizes)
+    self.bn1 = nn.BatchNorm2d(cin)
+    self.act = ACTIVATIONS[activation]()
+    self.fc = nn.Linear(cin, num_classes)
+
+  def forward(self, x: torch.Tensor) -> torch.Tensor:
+    x = self.conv1(self.normalize(x))
+    for s in range(self.num_stages):
+      x = getattr(self, f"block{s + 1}")(x)
+    return self.fc(self.act(self.bn1(x)).mean(dim=(2, 3)))
+
+
+# Same presets as advjax.models.MODELS, for the names the bridge supports.
+PRESETS = {
+    "convnet": dict(cls=ConvNet),
+    "convnet_tiny": dict(cls=ConvNet, widths=(8, 8, 16, 16, 16, 16), hidden=32),
+    "resnet20": dict(cls=ResNet, stage_sizes=(3, 3, 3), widths=(64, 128, 256)),
+    "resnet20_tiny": dict(cls=ResNet, stage_sizes=(1, 1, 1), widths=(8, 16, 32)),
+    "preact_resnet18": dict(cls=PreActResNet),
+    "preact_resnet18_tiny": dict(cls=PreActResNet, stage_sizes=(1, 1, 1, 1),
+                                 widths=(8, 16, 32, 64)),
+    "wrn28_10": dict(cls=WideResNet),
+    "wrn32_10": dict(cls=WideResNet, stage_sizes=(5, 5, 5)),
+    "wrn16_2": dict(cls=WideResNet, stage_sizes=(2, 2, 2), widths=(32, 64, 128)),
+    "wrn_tiny": dict(cls=WideResNet, stage_sizes=(1, 1, 1), widths=(8, 16, 32), stem_width=4),
+    "resnet50": dict(cls=ResNet, block="bottleneck", stem="imagenet",
+                     stage_sizes=(3, 4, 6, 3), widths=(64, 128, 256, 512)),
+    "resnet101": dict(cls=ResNet, block="bottleneck", stem="imagenet",
+                      stage_sizes=(3, 4, 23, 3), widths=(64, 128, 256, 512)),
+    "resnet152": dict(cls=ResNet, block="bottleneck", stem="imagenet",
+                      stage_sizes=(3, 8, 36, 3), widths=(64, 128, 256, 512)),
+    "wide_resnet50_2": dict(cls=ResNet, block="bottleneck", stem="imagenet",
+                            stage_sizes=(3, 4, 6, 3), widths=(64, 128, 256, 512),
+                            width_multiplier=2),
+    "resnet50_tiny": dict(cls=ResNet, block="bottleneck", stem="imagenet",
+                          stage_sizes=(1, 1, 1, 1), widths=(8, 16, 32, 64)),
+}
+
+
+def create_torch_model(name: str, **kwargs) -> nn.Module:
+  """Builds the PyTorch twin of `advjax.models.create_model(name, ...)`.
+
+  Args:
+    name: a key of `PRESETS`.
+    **kwargs: constructor arguments (num_classes, in_channels, activation,
+      mean, std, and `image_size` for the convnet).
+
+  Returns:
+    The torch module, in training mode as PyTorch constructs it.
+  """
+  preset = dict(PRESETS[name])
+  cls = preset.pop("cls")
+  return cls(**preset, **kwargs)
