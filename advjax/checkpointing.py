@@ -64,6 +64,31 @@ class Checkpointer:
       raise CheckpointError(
           f"checkpoint {step} in {self.directory} does not match this config's model/state: {first_line}") from e
 
+  def restore_variables(self, template: dict[str, Any], step: int | None = None) -> dict[str, Any]:
+    """Restores only the model variables of a checkpoint (to fine-tune from it).
+
+    Args:
+      template: {'params': ..., 'batch_stats': ...} of the model to load into;
+        the optimiser state and anything else in the checkpoint is ignored, so
+        the checkpoint may come from a run with another optimiser or objective.
+      step: which checkpoint; None for the latest.
+
+    Raises:
+      CheckpointError: no checkpoint, or its model differs from `template`'s.
+    """
+    step = self.latest_step() if step is None else step
+    if step is None:
+      raise CheckpointError(f"no checkpoint in {self.directory}")
+    abstract = _abstract(template)
+    args = ocp.args.PyTreeRestore(item=abstract, restore_args=ocp.checkpoint_utils.construct_restore_args(abstract),
+                                  partial_restore=True)
+    try:
+      return self._manager.restore(step, args=args)
+    except Exception as e:  # orbax raises many types for mismatched trees.
+      first_line = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+      raise CheckpointError(
+          f"checkpoint {step} in {self.directory} does not hold this config's model: {first_line}") from e
+
   def close(self) -> None:
     self._manager.wait_until_finished()
     self._manager.close()

@@ -19,10 +19,14 @@ import ml_collections
 from advjax.attacks import pgd
 from advjax.errors import ConfigError
 
-# Objectives with a train step in `advjax.training.objectives`.
-OBJECTIVES = ("erm", "pgd_at")
+# Objectives with a train step in `advjax.training.objectives` (or, for the
+# universal adversarial training ones, in `advjax.training.uat`; advprop in
+# `advjax.training.advprop`).
+OBJECTIVES = ("erm", "pgd_at", "uat_alternating", "uat_simultaneous", "advprop")
 OPTIMIZERS = ("sgd", "adam", "adamw", "rmsprop")
 SCHEDULES = ("constant", "piecewise", "cosine")
+# Ascent rules for the universal perturbation of `advjax.training.uat`.
+UAT_DELTA_RULES = ("fgsm", "sgd", "adam")
 
 
 def base_config() -> ml_collections.ConfigDict:
@@ -53,6 +57,43 @@ def base_config() -> ml_collections.ConfigDict:
   # 0-255 pixel units. The default is PGD-7 with a random start at eps 8.
   c.attack = attack_config_dict(pgd.AttackConfig(init="uniform", num_steps=7))
 
+  # Universal adversarial training (objectives uat_alternating, uat_simultaneous;
+  # Shafahi et al., algorithms 3 and 4): one perturbation delta, trained by
+  # ascent alongside the weights.
+  c.uat = ml_collections.ConfigDict()
+  # Ascent rule for delta, one of UAT_DELTA_RULES: 'fgsm' delta += eps * sign(g)
+  # (eq. 6), 'sgd' delta += step_size * g (eq. 7), 'adam' Adam ascent at rate step_size.
+  c.uat.delta_rule = "fgsm"
+  c.uat.eps = 8.0  # L-inf radius of delta, 0-255 units.
+  # tau_delta of the 'sgd' and 'adam' rules, 0-255 units (Adam moves a pixel by
+  # about this much per step; SGD scales the gradient on the [0, 1] image scale by it).
+  c.uat.step_size = 1.0
+  # beta of eq. 3: delta ascends the mean of min(CE, beta) so no single example
+  # dominates; 0 ascends the plain CE of algorithms 3-4. Weights always descend the plain CE.
+  c.uat.clip_beta = 0.0
+
+  # AdvProp and the mixture-BN strategies (objective advprop; Xie thesis ch. 7,
+  # algorithm 2, and ch. 6, sec. 6.4). Attack: c.attack (see
+  # advjax.training.advprop.configure_attacker for the thesis' attackers).
+  c.advprop = ml_collections.ConfigDict()
+  # BN set of the adversarial examples: an auxiliary set name (AdvProp, MBN_adv),
+  # or 'main' for the mixture BN (clean and adversarial images in one batch).
+  c.advprop.adv_bn = "adv"
+  # Auxiliary BN set of augmented clean images batch['image_aug'] (fine-grained AdvProp, 7.5.4); '' none.
+  c.advprop.aug_bn = ""
+  c.advprop.clean_ratio = 1.0  # x of "100% adv + x% clean": fraction of each clean batch trained on (fig. 6.1).
+  c.advprop.logit_pairing = 0.0  # Weight of adversarial logit pairing (ALP, sec. 6.4.1); 0 disables.
+  c.advprop.project_eps_ball = True  # False: the unprojected GD attacker of sec. 7.5.4.
+  c.advprop.running_stats_last_epochs = 0.0  # Train with running BN statistics for the last N epochs (table 6.2).
+  c.advprop.eval_bn = "main"  # BN set used for evaluation: 'main' or a trained auxiliary set (table 6.1, 7.3).
+
+  # Smooth adversarial training (Xie thesis ch. 5): smooth activations are
+  # c.model.activation names; this is table 5.1's diagnostic of ReLU forward with
+  # parametric softplus' derivative backward, for '' nobody, 'attacker', 'weights' or 'both'.
+  c.sat = ml_collections.ConfigDict()
+  c.sat.softplus_grad = ""
+  c.sat.softplus_alpha = 10.0  # alpha of that backward pass, sigmoid(alpha x) (eq. 5.3).
+
   c.batch_size = 128  # Global batch size, split over all devices and hosts.
   c.num_epochs = 10.0  # Training length in epochs (used when num_steps is 0).
   c.num_steps = 0  # Training length in steps; overrides num_epochs when > 0.
@@ -73,6 +114,10 @@ def base_config() -> ml_collections.ConfigDict:
   c.schedule.boundaries = ()  # Piecewise: epochs at which the rate is multiplied by decay_factor.
   c.schedule.decay_factor = 0.1
   c.schedule.warmup_epochs = 0.0  # Linear warm-up from 0 before the schedule.
+
+  # Run directory whose latest checkpoint initialises the model (params and
+  # batch statistics) of a fresh run, to fine-tune as the shared-AT paper does; '' starts from scratch.
+  c.init_checkpoint = ""
 
   c.log_every_steps = 50  # Metrics cadence (metrics.jsonl, TensorBoard, progress line).
   c.checkpoint_every_steps = 500  # Checkpoint cadence; one is always written at the end.
@@ -160,10 +205,38 @@ def validate(config: ml_collections.ConfigDict, *, num_devices: int = 1) -> None
   _require(config.eval.eps_adv_delta == 0 or 0 < config.eval.eps_adv_delta <= 1, "eval.eps_adv_delta",
            "must be in (0, 1], or 0 to skip")
   _require(all(0 < e <= 255 for e in config.eval.pgd_eps), "eval.pgd_eps", "eps values must be in (0, 255]")
+  _require(config.uat.delta_rule in UAT_DELTA_RULES, "uat.delta_rule",
+           f"unknown rule {config.uat.delta_rule!r}; known: {', '.join(UAT_DELTA_RULES)}")
+  _require(0 < config.uat.eps <= 255, "uat.eps", "must be in (0, 255]")
+  _require(config.uat.step_size >= 0, "uat.step_size", "must be non-negative")
+  _require(config.uat.clip_beta >= 0, "uat.clip_beta", "must be non-negative (0 means no clipping)")
+  _validate_advprop_sat(config)
   try:
     pgd.AttackConfig.from_config(config.attack)
   except ConfigError as e:
     raise ConfigError(f"config.attack: {e}") from e
+
+
+def _validate_advprop_sat(config: ml_collections.ConfigDict) -> None:
+  """The fields of the advprop and sat blocks."""
+  a = config.advprop
+  _require(bool(a.adv_bn) and (a.adv_bn == "main" or a.adv_bn.isidentifier()), "advprop.adv_bn",
+           "must be 'main' or an identifier naming an auxiliary BN set")
+  _require(a.aug_bn == "" or (a.aug_bn.isidentifier() and a.aug_bn not in ("main", a.adv_bn)),
+           "advprop.aug_bn", "must be '' or an auxiliary set name other than 'main' and adv_bn")
+  _require(0.0 <= a.clean_ratio <= 1.0, "advprop.clean_ratio", "must be in [0, 1]")
+  _require(a.logit_pairing >= 0, "advprop.logit_pairing", "must be non-negative")
+  _require(a.logit_pairing == 0 or a.clean_ratio > 0, "advprop.logit_pairing",
+           "pairs clean and adversarial logits, so clean_ratio must be positive")
+  _require(a.running_stats_last_epochs >= 0, "advprop.running_stats_last_epochs", "must be non-negative")
+  trained = ("main",) if config.objective != "advprop" else ("main", a.adv_bn, a.aug_bn)
+  _require(a.eval_bn in trained, "advprop.eval_bn",
+           f"{a.eval_bn!r} is not a trained BN set; known: {', '.join(repr(t) for t in trained if t)}")
+  _require(config.sat.softplus_grad in ("", "attacker", "weights", "both"), "sat.softplus_grad",
+           "must be '', 'attacker', 'weights' or 'both'")
+  _require(not config.sat.softplus_grad or config.model.activation == "relu", "sat.softplus_grad",
+           f"smooths ReLU's backward pass, so model.activation must be 'relu', not {config.model.activation!r}")
+  _require(config.sat.softplus_alpha > 0, "sat.softplus_alpha", "must be positive")
 
 
 def resolve_steps(config: ml_collections.ConfigDict, steps_per_epoch: int) -> int:

@@ -20,4 +20,9 @@ def get_config(arg=None):
   c.log_every_steps = 50
   c.checkpoint_every_steps = 250
   c.eval.batch_size = 200
+  # eval.py: robustness of the ERM model under the same attacks as configs/pgd_at_digits.py.
+  c.eval.pgd_eps = (25.5, 51.0, 76.5)
+  c.eval.pgd_steps = 40
+  c.eval.eps_adv_delta = 0.5
+  c.eval.eps_adv_attack_steps = 40
   return c

@@ -68,6 +68,13 @@ def test_missing_dataset_message_says_how_to_prepare(tmp_path):
   assert "tfds build" in result.stderr
 
 
+def test_fine_tuning_from_a_missing_run(tmp_path):
+  result = _run("train.py", "--config", TINY, "--workdir", str(tmp_path / "w"),
+                "--config.init_checkpoint=/nonexistent/run")
+  assert result.returncode == 2 and "no checkpoints in '/nonexistent/run'" in result.stderr
+  assert "Traceback" not in result.stderr
+
+
 def test_unwritable_workdir(tmp_path):
   blocker = tmp_path / "file"
   blocker.write_text("not a directory")

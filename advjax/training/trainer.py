@@ -33,8 +33,8 @@ import numpy as np
 
 from advjax import attacks, checkpointing, config as config_lib, data, evaluation, models, parallel
 from advjax.errors import CheckpointError, ConfigError
-from advjax.training import metrics_io, objectives, optim, steps
-from advjax.training.train_state import TrainState, create_train_state
+from advjax.training import advprop, metrics_io, objectives, optim, steps
+from advjax.training.train_state import AUX_BATCH_STATS, TrainState, create_train_state
 
 CONFIG_FILE = "config.json"
 SUMMARY_FILE = "summary.json"
@@ -102,8 +102,9 @@ class _Preemption:
 
 
 def variables_of(state: TrainState) -> dict[str, Any]:
-  """The model variables held by a train state."""
-  return {"params": state.params, "batch_stats": state.batch_stats}
+  """The model variables held by a train state, auxiliary BatchNorm sets (AdvProp) included."""
+  return {"params": state.params, "batch_stats": state.batch_stats,
+          **state.extras.get(AUX_BATCH_STATS, {})}
 
 
 class Experiment:
@@ -124,8 +125,10 @@ class Experiment:
     self.steps_per_epoch = self.train_source.steps_per_epoch
     self.total_steps = config_lib.resolve_steps(config, self.steps_per_epoch)
     self.tx, self.schedule = optim.make_optimizer(config, self.steps_per_epoch, self.total_steps)
+    # The BN set evaluation normalises with (AdvProp's main or auxiliary BNs, Xie thesis table 7.3).
+    self.eval_model = models.aux_bn.with_bn_set(self.model, config.advprop.eval_bn)
     # One builder per experiment: evaluators jit over it (static) and take the variables traced.
-    self.logits_fn_builder = functools.partial(attacks.make_logits_fn, self.model)
+    self.logits_fn_builder = functools.partial(attacks.make_logits_fn, self.eval_model)
 
   def init_state(self) -> TrainState:
     """A fresh state, replicated over the mesh."""
@@ -134,7 +137,8 @@ class Experiment:
 
     def init(rng):
       extras = objectives.init_extras(self.config, image_shape)
-      return create_train_state(self.model, self.tx, rng, image_shape, extras)
+      return create_train_state(self.model, self.tx, rng, image_shape, extras,
+                                aux_bn_sets=advprop.bn_sets(self.config))
 
     return jax.jit(init, out_shardings=parallel.replicated(self.mesh))(rng)
 
@@ -161,9 +165,18 @@ class Experiment:
 
   def restore_latest(self, workdir: str, template: TrainState) -> TrainState:
     """The latest checkpoint of a run directory, restored into `template`'s structure."""
-    if not os.path.isdir(os.path.join(workdir, checkpointing.CHECKPOINT_DIR)):
-      raise CheckpointError(f"no checkpoints in {workdir!r}")
-    return checkpointing.Checkpointer(workdir, create=False).restore(template)
+    return _existing_checkpointer(workdir).restore(template)
+
+  def init_from(self, workdir: str, state: TrainState) -> TrainState:
+    """`state` with the model variables of another run's latest checkpoint (fine-tuning)."""
+    loaded = _existing_checkpointer(workdir).restore_variables(variables_of(state))
+    return state.replace(params=loaded["params"], batch_stats=loaded["batch_stats"])
+
+
+def _existing_checkpointer(workdir: str) -> checkpointing.Checkpointer:
+  if not os.path.isdir(os.path.join(workdir, checkpointing.CHECKPOINT_DIR)):
+    raise CheckpointError(f"no checkpoints in {workdir!r}")
+  return checkpointing.Checkpointer(workdir, create=False)
 
 
 def _mean_metrics(history: list[dict]) -> dict[str, float]:
@@ -192,6 +205,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, devices=
   start_step = checkpointer.latest_step() or 0
   if start_step:
     state = checkpointer.restore(state, start_step)
+  elif config.init_checkpoint:
+    state = experiment.init_from(config.init_checkpoint, state)
   is_chief = jax.process_index() == 0
   if is_chief and not os.path.exists(os.path.join(workdir, CONFIG_FILE)):
     with open(os.path.join(workdir, CONFIG_FILE), "w") as f:

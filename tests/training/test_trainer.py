@@ -152,3 +152,15 @@ def test_two_processes_match_one_process(reference_run, tmp_path):
   with open(os.path.join(two, "summary.json")) as f:
     summary = json.load(f)
   assert summary["process_count"] == 2 and summary["device_count"] == 8
+
+
+def test_fine_tuning_starts_from_another_runs_model(reference_run, tmp_path):
+  """init_checkpoint loads params and batch statistics, whatever that run's optimiser was."""
+  workdir, _ = reference_run
+  config = tiny.get_config()
+  config.optimizer.name = "adam"  # A different optimiser state structure than the reference run's.
+  config.init_checkpoint = workdir
+  experiment = trainer.Experiment(config)
+  state = experiment.init_from(workdir, experiment.init_state())
+  jax.tree.map(np.testing.assert_array_equal, state.params, _final_params(workdir, tiny.get_config()))
+  assert int(state.step) == 0
