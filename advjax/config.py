@@ -16,13 +16,13 @@ from typing import Any
 
 import ml_collections
 
-from advjax.attacks import pgd
+from advjax.attacks import pgd, universal
 from advjax.errors import ConfigError
 
 # Objectives with a train step in `advjax.training.objectives` (or, for the
 # universal adversarial training ones, in `advjax.training.uat`; advprop in
 # `advjax.training.advprop`).
-OBJECTIVES = ("erm", "pgd_at", "uat_alternating", "uat_simultaneous", "advprop")
+OBJECTIVES = ("erm", "pgd_at", "shared_at", "uat_alternating", "uat_simultaneous", "advprop")
 OPTIMIZERS = ("sgd", "adam", "adamw", "rmsprop")
 SCHEDULES = ("constant", "piecewise", "cosine")
 # Ascent rules for the universal perturbation of `advjax.training.uat`.
@@ -51,11 +51,14 @@ def base_config() -> ml_collections.ConfigDict:
   # sigma in sigma * L(adv) + (1 - sigma) * L(clean) for adversarial objectives.
   c.adv_weight = 1.0
   c.label_smoothing = 0.0  # Weight of the uniform distribution in training targets.
+  # s of shared adversarial training: examples per heap sharing one perturbation;
+  # must divide the per-device batch so heaps never straddle devices.
+  c.sharedness = 1
 
   # The attack of adversarial training objectives: every field of
   # advjax.attacks.pgd.AttackConfig (documented there), eps and step sizes in
   # 0-255 pixel units. The default is PGD-7 with a random start at eps 8.
-  c.attack = attack_config_dict(pgd.AttackConfig(init="uniform", num_steps=7))
+  c.attack = as_config_dict(pgd.AttackConfig(init="uniform", num_steps=7))
 
   # Universal adversarial training (objectives uat_alternating, uat_simultaneous;
   # Shafahi et al., algorithms 3 and 4): one perturbation delta, trained by
@@ -135,6 +138,12 @@ def base_config() -> ml_collections.ConfigDict:
   c.eval.eps_adv_delta = 0.0  # delta of the eps_adv(delta) search (shared-AT paper, 5.2); 0 skips.
   c.eval.eps_adv_search_steps = 10  # b: binary-search iterations on [0, 255].
   c.eval.eps_adv_attack_steps = 200  # PGD steps of each probe (annealed step size).
+  c.eval.eps_uni_delta = 0.0  # delta of the eps_uni(delta) search (shared-AT paper, 5.2); 0 skips.
+  c.eval.eps_uni_search_steps = 10  # b: binary-search iterations on [0, 255].
+  c.eval.eps_uni_batch_size = 16  # m_k: training examples per stochastic-PGD iteration.
+  # The universal adversary of each probe: fields of advjax.attacks.universal.UniversalConfig
+  # (its eps is set by the search); default the paper's K = 200, beta = 4, gamma = 0.975.
+  c.eval.universal = as_config_dict(universal.shared_at_eval_config())
 
   # jax.distributed settings for multi-host runs; num_processes 1 means single host.
   c.distributed = ml_collections.ConfigDict()
@@ -144,12 +153,19 @@ def base_config() -> ml_collections.ConfigDict:
   return c
 
 
-def attack_config_dict(attack: pgd.AttackConfig) -> ml_collections.ConfigDict:
-  """An AttackConfig as a ConfigDict whose every field can be overridden from the command line."""
-  values = dataclasses.asdict(attack)
-  # A None default still needs a type for command-line overrides.
+def as_config_dict(params: Any) -> ml_collections.ConfigDict:
+  """A frozen config dataclass (AttackConfig, UniversalConfig) as a ConfigDict.
+
+  Every field can then be overridden from the command line; a None default
+  becomes a float placeholder so that it still has a type.
+  """
+  values = dataclasses.asdict(params)
   return ml_collections.ConfigDict(
       {k: ml_collections.config_dict.placeholder(float) if v is None else v for k, v in values.items()})
+
+
+# The name experiment files use for attack blocks.
+attack_config_dict = as_config_dict
 
 
 def _require(condition: bool, field: str, message: str) -> None:
@@ -205,6 +221,18 @@ def validate(config: ml_collections.ConfigDict, *, num_devices: int = 1) -> None
   _require(config.eval.eps_adv_delta == 0 or 0 < config.eval.eps_adv_delta <= 1, "eval.eps_adv_delta",
            "must be in (0, 1], or 0 to skip")
   _require(all(0 < e <= 255 for e in config.eval.pgd_eps), "eval.pgd_eps", "eps values must be in (0, 255]")
+  _require(config.eval.eps_uni_delta == 0 or 0 < config.eval.eps_uni_delta <= 1, "eval.eps_uni_delta",
+           "must be in (0, 1], or 0 to skip")
+  _require(config.eval.eps_uni_batch_size > 0 and config.eval.eps_uni_batch_size % num_devices == 0,
+           "eval.eps_uni_batch_size", f"must be positive and divisible by the {num_devices} devices")
+  per_device = config.batch_size // num_devices
+  _require(config.sharedness > 0 and per_device % config.sharedness == 0, "sharedness",
+           f"s={config.sharedness} must divide the per-device batch {per_device} "
+           f"(batch_size {config.batch_size} over {num_devices} devices) so heaps never straddle devices")
+  try:
+    universal.UniversalConfig.from_config(config.eval.universal)
+  except ConfigError as e:
+    raise ConfigError(f"config.eval.universal: {e}") from e
   _require(config.uat.delta_rule in UAT_DELTA_RULES, "uat.delta_rule",
            f"unknown rule {config.uat.delta_rule!r}; known: {', '.join(UAT_DELTA_RULES)}")
   _require(0 < config.uat.eps <= 255, "uat.eps", "must be in (0, 255]")

@@ -23,6 +23,8 @@ def test_shipped_configs_validate(module):
     ("attack.bn_mode", "train", "config.attack"),
     ("attack.norm", "l3", "config.attack"),
     ("eval.pgd_eps", (0.0, 300.0), "config.eval.pgd_eps"),
+    ("sharedness", 3, "config.sharedness: s=3 must divide the per-device batch 4"),
+    ("eval.eps_uni_delta", 2.0, "config.eval.eps_uni_delta"),
 ])
 def test_bad_values_name_the_field(field, value, expected):
   config = tiny.get_config()

@@ -11,6 +11,8 @@ mode during the attack an explicit choice.
   diversity  DI2-FGSM's random resize and padding
   ensemble   fused logits of several models (Xie thesis, eq. 3.8)
   deepfool   minimal L2 / L-inf perturbations
+  heap       heap adversaries: one perturbation shared by s examples (shared AT)
+  universal  universal perturbations by stochastic PGD / SGD over a data stream
 
 The presets `fgsm`, `bim`, `pgd`, `mi_fgsm`, `di2_fgsm`, `m_di2_fgsm` live in
 `advjax.attacks.pgd` (e.g. `attacks.pgd.pgd(eps=8.0)`) and DeepFool is
@@ -18,7 +20,7 @@ The presets `fgsm`, `bim`, `pgd`, `mi_fgsm`, `di2_fgsm`, `m_di2_fgsm` live in
 attributes `pgd` and `deepfool` must stay the modules.
 """
 
-from advjax.attacks import deepfool, diversity, ensemble, losses, pgd, threat
+from advjax.attacks import deepfool, diversity, ensemble, heap, losses, pgd, threat, universal
 from advjax.attacks.deepfool import DeepFoolConfig
 from advjax.attacks.ensemble import ensemble_logits_fn
 from advjax.attacks.pgd import (BN_MODES, AttackConfig, attack, init_perturbation,
@@ -55,6 +57,6 @@ def make_logits_fn(model, variables, bn_mode: str = "eval"):
 
 __all__ = [
     "AttackConfig", "BN_MODES", "DeepFoolConfig", "attack", "deepfool", "diversity", "ensemble",
-    "ensemble_logits_fn", "init_perturbation", "losses", "make_logits_fn",
+    "ensemble_logits_fn", "heap", "init_perturbation", "losses", "make_logits_fn", "universal",
     "optimize_perturbation", "pgd", "resolve_sizes", "threat",
 ]

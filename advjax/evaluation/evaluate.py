@@ -8,23 +8,31 @@ reports, on the held-out split:
     targeted toward a random wrong class);
   - eps_adv(delta) of the shared-adversarial-training paper (section 5.2):
     the smallest eps at which PGD with the annealed step size reaches
-    misclassification rate delta, by a b-step binary search on [0, 255].
+    misclassification rate delta, by a b-step binary search on [0, 255];
+  - eps_uni(delta), the same search around the universal adversary
+    (stochastic PGD on m_k-example training batches, measured on the
+    held-out split), with the perturbation found saved as
+    `universal_perturbation.npy` and an amplified `universal_perturbation.png`.
 Results go to `<workdir>/eval.json` and are appended to the run's metrics.
 """
 
+import itertools
 import json
 import os
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import jax
 import ml_collections
 
-from advjax.attacks import pgd
+from advjax import data, parallel, viz
+from advjax.attacks import pgd, universal
 from advjax.evaluation import robustness
 from advjax.training import metrics_io
 from advjax.training.trainer import Experiment, variables_of
 
 EVAL_FILE = "eval.json"
+UNIVERSAL_FILE = "universal_perturbation"
 
 
 def pgd_eval_config(eval_cfg: ml_collections.ConfigDict, eps: float) -> pgd.AttackConfig:
@@ -35,8 +43,31 @@ def pgd_eval_config(eval_cfg: ml_collections.ConfigDict, eps: float) -> pgd.Atta
                           restart_select="misclassified")
 
 
-def robustness_report(experiment: Experiment, variables: Any, batches: list[dict]) -> dict[str, float]:
-  """Clean accuracy, PGD-k accuracies and eps_adv(delta) as `config.eval` asks."""
+def universal_attack_batches(experiment: Experiment) -> Callable[[], Iterator[dict]]:
+  """A restartable stream of m_k-example training batches for the universal adversary.
+
+  The adversary is fitted on training data and measured on held-out data, as
+  the paper fits on validation images and measures on test images.
+  """
+  data_cfg = experiment.config.data.copy_and_resolve_references()
+  data_cfg.augment = False
+  source = data.make_train_source(
+      data_cfg, global_batch_size=experiment.config.eval.eps_uni_batch_size, seed=experiment.config.seed + 2,
+      process_index=experiment.process_index, process_count=experiment.process_count)
+  return lambda: (parallel.shard_batch(source.batch(k), experiment.mesh) for k in itertools.count())
+
+
+def robustness_report(experiment: Experiment, variables: Any, batches: list[dict],
+                      out_dir: str | None = None) -> dict[str, float]:
+  """Clean accuracy, PGD-k accuracies, eps_adv(delta) and eps_uni(delta) as `config.eval` asks.
+
+  Args:
+    experiment: the experiment whose model is evaluated.
+    variables: the model variables.
+    batches: the held-out batches.
+    out_dir: where to save the universal perturbation found by the eps_uni
+      search (`universal_perturbation.npy` and an amplified `.png`); None skips.
+  """
   eval_cfg = experiment.config.eval
   builder = experiment.logits_fn_builder
   rng = jax.random.PRNGKey(experiment.config.seed + 1)
@@ -52,6 +83,16 @@ def robustness_report(experiment: Experiment, variables: Any, batches: list[dict
         delta=eval_cfg.eps_adv_delta, num_search_steps=eval_cfg.eps_adv_search_steps, variables=variables)
     report[f"eps_adv_{eval_cfg.eps_adv_delta:g}"] = search["eps_adv"]
     report[f"eps_adv_{eval_cfg.eps_adv_delta:g}_found"] = search["found"]
+  if eval_cfg.eps_uni_delta:
+    search, xi = universal.eps_uni_search(
+        builder, universal_attack_batches(experiment), batches, rng,
+        universal.UniversalConfig.from_config(eval_cfg.universal), delta=eval_cfg.eps_uni_delta,
+        num_search_steps=eval_cfg.eps_uni_search_steps, variables=variables)
+    report[f"eps_uni_{eval_cfg.eps_uni_delta:g}"] = search["eps_uni"]
+    report[f"eps_uni_{eval_cfg.eps_uni_delta:g}_found"] = search["found"]
+    if out_dir is not None and xi is not None and jax.process_index() == 0:
+      viz.save_perturbation(xi, os.path.join(out_dir, UNIVERSAL_FILE), eps=search["eps_uni"] / 255.0,
+                            scale=max(1, 128 // xi.shape[0]))
   return report
 
 
@@ -64,7 +105,7 @@ def evaluate_run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, f
   experiment = Experiment(config)
   state = experiment.restore_latest(workdir, experiment.init_state())
   batches = list(experiment.eval_batches())  # Searches pass over the data many times.
-  report = {"step": int(state.step), **robustness_report(experiment, variables_of(state), batches)}
+  report = {"step": int(state.step), **robustness_report(experiment, variables_of(state), batches, workdir)}
   if jax.process_index() == 0:
     with open(os.path.join(workdir, EVAL_FILE), "w") as f:
       json.dump(report, f, indent=2)

@@ -1,0 +1,169 @@
+"""Figures as files: perturbations, example grids and Pareto fronts, all headless PNG.
+
+The papers show perturbations amplified so that the ball fills the grey range:
+a value in [-eps, eps] is mapped linearly to [0, 1], so 0 is mid-grey and
++-eps are white and black (per channel). `save_perturbation` writes that PNG
+next to the raw `.npy` array (loaded back with `np.load`, no pickle).
+`save_image_grid` puts clean examples above their perturbed versions, and
+`plot_pareto` draws the accuracy-robustness trade-off of shared adversarial
+training (sec. 6.1, fig. 3): one curve per sharedness s, clean accuracy on x
+and eps_uni(delta) on y, the non-dominated points of each s joined.
+
+matplotlib runs on the Agg backend, so nothing here needs a display.
+"""
+
+import os
+from typing import Iterable, Sequence
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+from PIL import Image  # noqa: E402
+
+
+def _ensure_dir(path: str) -> None:
+  directory = os.path.dirname(os.path.abspath(path))
+  os.makedirs(directory, exist_ok=True)
+
+
+def _to_uint8(image: np.ndarray) -> np.ndarray:
+  """[H, W, C] in [0, 1] -> uint8 [H, W] (grey) or [H, W, 3]."""
+  image = np.clip(np.asarray(image, np.float32), 0.0, 1.0)
+  if image.ndim == 3 and image.shape[-1] == 1:
+    image = image[..., 0]
+  return np.round(image * 255.0).astype(np.uint8)
+
+
+def amplify(perturbation: np.ndarray, eps: float | None = None) -> np.ndarray:
+  """Maps a perturbation from [-eps, eps] to [0, 1] for display.
+
+  Args:
+    perturbation: [H, W, C] on the [0, 1] image scale.
+    eps: radius on the [0, 1] scale; default max |perturbation| (or 1 if zero).
+
+  Returns:
+    [H, W, C] float32 in [0, 1], 0.5 where the perturbation is 0.
+  """
+  perturbation = np.asarray(perturbation, np.float32)
+  if eps is None:
+    eps = float(np.max(np.abs(perturbation))) or 1.0
+  return np.clip(0.5 + perturbation / (2.0 * eps), 0.0, 1.0)
+
+
+def save_image(image: np.ndarray, path: str, scale: int = 1) -> None:
+  """Writes one [H, W, C] image in [0, 1] as PNG, enlarged `scale` times (nearest)."""
+  _ensure_dir(path)
+  pixels = _to_uint8(image)
+  if scale > 1:
+    pixels = np.repeat(np.repeat(pixels, scale, axis=0), scale, axis=1)
+  Image.fromarray(pixels).save(path, format="PNG")
+
+
+def save_perturbation(perturbation: np.ndarray, path_prefix: str, eps: float | None = None,
+                      scale: int = 1) -> tuple[str, str]:
+  """Saves a perturbation as `<prefix>.npy` (raw) and `<prefix>.png` (amplified).
+
+  Args:
+    perturbation: [H, W, C] on the [0, 1] image scale (e.g. a universal xi).
+    path_prefix: output path without extension; directories are created.
+    eps: radius on the [0, 1] scale mapped to black/white; default the
+      perturbation's own max |value|. Pass the attack's eps (eps_255 / 255) to
+      compare perturbations of one radius on one scale.
+    scale: integer enlargement of the PNG, for small images.
+
+  Returns:
+    (npy path, png path).
+  """
+  perturbation = np.asarray(perturbation, np.float32)
+  npy_path, png_path = path_prefix + ".npy", path_prefix + ".png"
+  _ensure_dir(npy_path)
+  np.save(npy_path, perturbation, allow_pickle=False)
+  save_image(amplify(perturbation, eps), png_path, scale)
+  return npy_path, png_path
+
+
+def save_image_grid(rows: Sequence[np.ndarray], path: str, scale: int = 1,
+                    padding: int = 1) -> str:
+  """Tiles rows of images into one PNG, e.g. clean examples over their perturbed versions.
+
+  Args:
+    rows: sequence of [N, H, W, C] arrays in [0, 1], all of one shape; row r
+      of the grid shows rows[r][0..N-1]. For perturbations, pass
+      `amplify(delta, eps)`.
+    path: PNG path; directories are created.
+    scale: integer enlargement (nearest neighbour).
+    padding: white pixels between tiles.
+
+  Returns:
+    `path`.
+  """
+  rows = [np.asarray(r, np.float32) for r in rows]
+  n, h, w, c = rows[0].shape
+  if any(r.shape != rows[0].shape for r in rows):
+    raise ValueError(f"save_image_grid: rows differ in shape {[r.shape for r in rows]}")
+  if c not in (1, 3):
+    raise ValueError(f"save_image_grid: images need 1 or 3 channels, got {c}")
+  canvas = np.ones((len(rows) * (h + padding) + padding, n * (w + padding) + padding, c),
+                   np.float32)
+  for i, row in enumerate(rows):
+    for j in range(n):
+      top, left = padding + i * (h + padding), padding + j * (w + padding)
+      canvas[top:top + h, left:left + w] = row[j]
+  save_image(canvas, path, scale)
+  return path
+
+
+def pareto_front(points: Iterable[tuple[float, float]]) -> list[tuple[float, float]]:
+  """The non-dominated (accuracy, eps_uni) pairs, sorted by accuracy; larger is better in both.
+
+  Args:
+    points: (clean accuracy, eps_uni) pairs.
+
+  Returns:
+    The pairs no other pair beats in both coordinates, by increasing accuracy.
+  """
+  front, best_eps = [], -np.inf
+  for acc, eps in sorted(points, key=lambda p: (-p[0], -p[1])):
+    if eps > best_eps:
+      front.append((acc, eps))
+      best_eps = eps
+  return sorted(front)
+
+
+def plot_pareto(points: Sequence[dict], path: str, *, delta: float | None = None,
+                title: str | None = None) -> str:
+  """Plots accuracy-robustness Pareto fronts, one curve per sharedness (fig. 3).
+
+  Args:
+    points: dicts with 'sharedness', 'clean_accuracy' (fraction or percent) and
+      'eps_uni' (0-255 units), one per trained model.
+    path: PNG path; directories are created.
+    delta: the delta of eps_uni(delta), for the axis label.
+    title: optional figure title.
+
+  Returns:
+    `path`. All points are drawn as markers; each sharedness's non-dominated
+    points are joined by a line.
+  """
+  _ensure_dir(path)
+  by_s: dict[int, list[tuple[float, float]]] = {}
+  for p in points:
+    by_s.setdefault(int(p["sharedness"]), []).append(
+        (float(p["clean_accuracy"]), float(p["eps_uni"])))
+  fig, ax = plt.subplots(figsize=(5, 4), dpi=100)
+  for s in sorted(by_s):
+    pts = np.asarray(by_s[s])
+    line, = ax.plot(*zip(*pareto_front(by_s[s])), "-", label=f"s = {s}")
+    ax.plot(pts[:, 0], pts[:, 1], "o", color=line.get_color())
+  ax.set_xlabel("clean accuracy")
+  ax.set_ylabel("eps_uni" + (f"(delta = {delta:g})" if delta is not None else ""))
+  if title:
+    ax.set_title(title)
+  ax.grid(alpha=0.3)
+  ax.legend()
+  fig.tight_layout()
+  fig.savefig(path, format="png")
+  plt.close(fig)
+  return path
