@@ -2,7 +2,7 @@
 VENV    := .venv
 PY      := $(VENV)/bin/python
 STAMP   := $(VENV)/.installed
-WORKDIR ?= runs/default
+WORKDIR ?= runs/compare
 
 .PHONY: install train test bench clean
 
@@ -15,12 +15,21 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install -q --no-deps torchattacks==3.5.1
 	touch $(STAMP)
 
+# ERM vs adversarial training (s=1) vs shared adversarial training (s=32) on
+# the embedded digits; the ERM run's summary is $(WORKDIR)/erm/summary.json.
 train: $(STAMP)
-	$(PY) train.py --config configs/default.py --workdir $(WORKDIR)
-	$(PY) eval.py --config configs/default.py --workdir $(WORKDIR)
+	$(PY) sweep.py --config configs/compare_digits.py --workdir $(WORKDIR)
 
 test: $(STAMP)
 	$(PY) -m pytest
+
+# JAX vs PyTorch timings -> BENCHMARKS.md. BENCH_ARGS passes flags to
+# benchmarks/run.py, e.g. BENCH_ARGS="--quick" or "--workloads pgd --models resnet20".
+BENCH_ARGS ?=
+bench: $(STAMP)
+	$(PY) -c "import torch, torchattacks" 2>/dev/null || \
+	  ($(PY) -m pip install -q -e ".[bench]" && $(PY) -m pip install -q --no-deps torchattacks==3.5.1)
+	$(PY) -m benchmarks.run $(BENCH_ARGS)
 
 clean:
 	rm -rf runs .pytest_cache

@@ -41,13 +41,14 @@ def amplify(perturbation: np.ndarray, eps: float | None = None) -> np.ndarray:
 
   Args:
     perturbation: [H, W, C] on the [0, 1] image scale.
-    eps: radius on the [0, 1] scale; default max |perturbation| (or 1 if zero).
+    eps: radius on the [0, 1] scale; default (and for a non-positive eps)
+      max |perturbation|, or 1 if the perturbation is zero.
 
   Returns:
     [H, W, C] float32 in [0, 1], 0.5 where the perturbation is 0.
   """
   perturbation = np.asarray(perturbation, np.float32)
-  if eps is None:
+  if eps is None or eps <= 0:
     eps = float(np.max(np.abs(perturbation))) or 1.0
   return np.clip(0.5 + perturbation / (2.0 * eps), 0.0, 1.0)
 
@@ -137,8 +138,9 @@ def plot_pareto(points: Sequence[dict], path: str, *, delta: float | None = None
   """Plots accuracy-robustness Pareto fronts, one curve per sharedness (fig. 3).
 
   Args:
-    points: dicts with 'sharedness', 'clean_accuracy' (fraction or percent) and
-      'eps_uni' (0-255 units), one per trained model.
+    points: dicts with 'sharedness' (an int, or a label such as 'ERM'),
+      'clean_accuracy' (fraction or percent) and 'eps_uni' (0-255 units), one
+      per trained model.
     path: PNG path; directories are created.
     delta: the delta of eps_uni(delta), for the axis label.
     title: optional figure title.
@@ -148,14 +150,16 @@ def plot_pareto(points: Sequence[dict], path: str, *, delta: float | None = None
     points are joined by a line.
   """
   _ensure_dir(path)
-  by_s: dict[int, list[tuple[float, float]]] = {}
+  by_s: dict[object, list[tuple[float, float]]] = {}
   for p in points:
-    by_s.setdefault(int(p["sharedness"]), []).append(
+    by_s.setdefault(p["sharedness"], []).append(
         (float(p["clean_accuracy"]), float(p["eps_uni"])))
   fig, ax = plt.subplots(figsize=(5, 4), dpi=100)
-  for s in sorted(by_s):
+  # Numbered sharedness values in order, then named groups such as "ERM".
+  for s in sorted(by_s, key=lambda k: (not isinstance(k, int), k if isinstance(k, int) else 0, str(k))):
     pts = np.asarray(by_s[s])
-    line, = ax.plot(*zip(*pareto_front(by_s[s])), "-", label=f"s = {s}")
+    label = f"s = {s}" if isinstance(s, int) else str(s)
+    line, = ax.plot(*zip(*pareto_front(by_s[s])), "-", label=label)
     ax.plot(pts[:, 0], pts[:, 1], "o", color=line.get_color())
   ax.set_xlabel("clean accuracy")
   ax.set_ylabel("eps_uni" + (f"(delta = {delta:g})" if delta is not None else ""))

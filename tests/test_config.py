@@ -1,5 +1,8 @@
 """Config validation: every mistake is one ConfigError naming the field."""
 
+import importlib
+import os
+
 import pytest
 
 from advjax import config as config_lib
@@ -7,9 +10,20 @@ from advjax.errors import ConfigError
 from configs import default, tiny
 
 
-@pytest.mark.parametrize("module", [default, tiny])
-def test_shipped_configs_validate(module):
-  config_lib.validate(module.get_config(), num_devices=8)
+CONFIG_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs")
+
+
+@pytest.mark.parametrize("name", sorted(f[:-3] for f in os.listdir(CONFIG_DIR) if f.endswith(".py")))
+def test_every_shipped_config_validates(name):
+  """Experiment configs validate; sweep configs (with `erm` and `experiment`) validate both."""
+  config = importlib.import_module(f"configs.{name}").get_config()
+  for experiment in (config.erm, config.experiment) if "experiment" in config else (config,):
+    config_lib.validate(experiment, num_devices=1)
+
+
+def test_default_and_tiny_validate_on_eight_devices():
+  for module in (default, tiny):
+    config_lib.validate(module.get_config(), num_devices=8)
 
 
 @pytest.mark.parametrize("field,value,expected", [

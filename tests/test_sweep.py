@@ -1,0 +1,66 @@
+"""The shared-AT sweep end to end on a tiny grid: tables, figures and resumption."""
+
+import csv
+import os
+
+import ml_collections
+import pytest
+
+from advjax import sweep
+from advjax.errors import ConfigError
+from configs import tiny
+
+
+def _tiny_sweep():
+  experiment = tiny.get_config()
+  experiment.num_steps = 4
+  experiment.attack.num_steps = 2
+  experiment.attack.loss = "clipped_cross_entropy"
+  experiment.eval.num_examples = 64
+  experiment.eval.batch_size = 64
+  experiment.eval.eps_adv_delta = 0.5
+  experiment.eval.eps_adv_search_steps = 2
+  experiment.eval.eps_adv_attack_steps = 2
+  experiment.eval.eps_uni_delta = 0.75
+  experiment.eval.eps_uni_search_steps = 2
+  experiment.eval.universal.num_iterations = 3
+  c = ml_collections.ConfigDict()
+  c.experiment = experiment
+  c.erm = experiment.copy_and_resolve_references()
+  c.step_ratio = 0.5
+  c.grid = ml_collections.ConfigDict()
+  c.grid.sharedness = (1, 4)
+  c.grid.eps = (64.0,)
+  c.grid.adv_weight = (0.5,)
+  return c
+
+
+def test_sweep_writes_tables_and_figures_and_resumes(tmp_path):
+  out = str(tmp_path)
+  rows = sweep.run_sweep(_tiny_sweep(), out)
+  assert [r["name"] for r in rows] == ["ERM", "s1_eps64_sigma0.5", "s4_eps64_sigma0.5"]
+  for row in rows:
+    assert 0.0 <= row["clean_accuracy"] <= 1.0
+    assert 0.0 <= row["eps_adv"] <= 255.0 and 0.0 <= row["eps_uni"] <= 255.0
+  with open(os.path.join(out, "results.csv")) as f:
+    assert len(list(csv.DictReader(f))) == 3
+  for name in ("results.md", "pareto.png", "perturbations.png"):
+    assert os.path.getsize(os.path.join(out, name)) > 0
+  for point in ("erm", "s1_eps64_sigma0.5", "s4_eps64_sigma0.5"):
+    assert os.path.exists(os.path.join(out, point, "universal_perturbation.npy"))
+  # The fine-tuned runs started from the ERM model and trained with heaps of s.
+  with open(os.path.join(out, "s4_eps64_sigma0.5", "config.json")) as f:
+    text = f.read()
+  assert '"sharedness": 4' in text and '"objective": "shared_at"' in text
+  # A second call reads finished points back instead of retraining them.
+  mtime = os.path.getmtime(os.path.join(out, "s4_eps64_sigma0.5", "eval.json"))
+  assert sweep.run_sweep(_tiny_sweep(), out) == rows
+  assert os.path.getmtime(os.path.join(out, "s4_eps64_sigma0.5", "eval.json")) == mtime
+
+
+def test_sweep_checks_every_point_before_training(tmp_path):
+  config = _tiny_sweep()
+  config.grid.sharedness = (1, 3)  # 3 does not divide the per-device batch of 4.
+  with pytest.raises(ConfigError, match="sharedness"):
+    sweep.run_sweep(config, str(tmp_path))
+  assert not os.path.exists(os.path.join(str(tmp_path), "erm"))
