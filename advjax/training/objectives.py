@@ -9,6 +9,8 @@ that `steps.make_train_step` differentiates with respect to `params`.
   sigma * L(x_adv) + (1 - sigma) * L(x) of the shared-adversarial-training
   paper (section 4); sigma = 1 is plain PGD adversarial training, whose
   adversary has sharedness 1.
+- `shared_at`: the same objective with a heap adversary of sharedness
+  `config.sharedness` (one perturbation per heap of s examples).
 
 Batches are dicts with `image` [batch, height, width, channels] in [0, 1] and
 `label` [batch] (or dense [batch, height, width]).
@@ -23,7 +25,7 @@ import jax.numpy as jnp
 import ml_collections
 
 from advjax import attacks
-from advjax.attacks import losses, pgd
+from advjax.attacks import heap, losses, pgd
 
 LossFn = Callable[[Any, Any, dict, jax.Array], tuple[jax.Array, tuple[Any, dict]]]
 
@@ -53,23 +55,31 @@ def make_erm_loss(model: nn.Module, config: ml_collections.ConfigDict) -> LossFn
   return loss_fn
 
 
-def make_pgd_at_loss(model: nn.Module, config: ml_collections.ConfigDict) -> LossFn:
-  """sigma * L(x_adv) + (1 - sigma) * L(x), with x_adv from the attack of `config.attack`.
+def make_adversarial_loss(model: nn.Module, config: ml_collections.ConfigDict, sharedness: int) -> LossFn:
+  """sigma * L(x_adv) + (1 - sigma) * L(x), x_adv from a heap adversary of sharedness s.
 
-  The adversary sees the current weights but no gradient flows through it
-  (Danskin's theorem: the gradient of the max is the gradient at the argmax).
-  The clean and adversarial halves go through the model in separate training
-  passes, so each is normalised with its own batch statistics; with
-  sigma = 1 the clean pass is skipped entirely.
+  With s = 1 the adversary is per-example PGD (Madry et al.); with s > 1 one
+  perturbation is shared by each heap of s consecutive examples of a device's
+  batch (shared adversarial training, section 4). The adversary sees the
+  current weights but no gradient flows through it (Danskin's theorem: the
+  gradient of the max is the gradient at the argmax). The clean and
+  adversarial examples go through the model in separate training passes, so
+  each is normalised with its own batch statistics; with sigma = 1 the clean
+  pass is skipped entirely.
   """
   attack_cfg = pgd.AttackConfig.from_config(config.attack)
   sigma = float(config.adv_weight)
+
+  def adversary(logits_fn, x, y, rng):
+    if sharedness == 1:
+      return pgd.attack(logits_fn, x, y, rng, attack_cfg)
+    return heap.heap_attack(logits_fn, x, y, rng, attack_cfg, sharedness)
 
   def loss_fn(params, batch_stats, batch, rng):
     attack_rng, adv_rng, clean_rng = jax.random.split(rng, 3)
     frozen = jax.lax.stop_gradient({"params": params, "batch_stats": batch_stats})
     logits_fn = attacks.make_logits_fn(model, frozen, attack_cfg.bn_mode)
-    x_adv = jax.lax.stop_gradient(pgd.attack(logits_fn, batch["image"], batch["label"], attack_rng, attack_cfg))
+    x_adv = jax.lax.stop_gradient(adversary(logits_fn, batch["image"], batch["label"], attack_rng))
     adv_logits, batch_stats = apply_train(model, params, batch_stats, x_adv, adv_rng)
     loss = sigma * jnp.mean(losses.cross_entropy(adv_logits, batch["label"], config.label_smoothing))
     metrics = {"adv_accuracy": jnp.mean(losses.correct(adv_logits, batch["label"]))}
@@ -82,9 +92,20 @@ def make_pgd_at_loss(model: nn.Module, config: ml_collections.ConfigDict) -> Los
   return loss_fn
 
 
+def make_pgd_at_loss(model: nn.Module, config: ml_collections.ConfigDict) -> LossFn:
+  """PGD adversarial training: the adversarial objective with sharedness 1."""
+  return make_adversarial_loss(model, config, sharedness=1)
+
+
+def make_shared_at_loss(model: nn.Module, config: ml_collections.ConfigDict) -> LossFn:
+  """Shared adversarial training: sigma * rho_heap(s) + (1 - sigma) * rho_exp, s = config.sharedness."""
+  return make_adversarial_loss(model, config, sharedness=config.sharedness)
+
+
 OBJECTIVES: dict[str, Callable[[nn.Module, ml_collections.ConfigDict], LossFn]] = {
     "erm": make_erm_loss,
     "pgd_at": make_pgd_at_loss,
+    "shared_at": make_shared_at_loss,
 }
 
 
