@@ -20,9 +20,12 @@ def get_config(arg=None):
   c.log_every_steps = 50
   c.checkpoint_every_steps = 250
   c.eval.batch_size = 200
-  # eval.py: robustness of the ERM model under the same attacks as configs/pgd_at_digits.py.
+  # eval.py: robustness of the ERM model under the same attacks as configs/pgd_at_digits.py,
+  # PGD-40 at eps 0.1/0.2/0.3 and eps_adv(0.5), on the first 500 held-out digits.
+  c.eval.num_examples = 500
   c.eval.pgd_eps = (25.5, 51.0, 76.5)
   c.eval.pgd_steps = 40
   c.eval.eps_adv_delta = 0.5
-  c.eval.eps_adv_attack_steps = 40
+  c.eval.eps_adv_search_steps = 8
+  c.eval.eps_adv_attack_steps = 20
   return c

@@ -65,6 +65,7 @@ import numpy as np
 import optax
 from jax import lax
 
+from advjax import typed_config
 from advjax.attacks import losses, threat
 from advjax.attacks import pgd as pgd_lib
 from advjax.errors import ConfigError, DataError
@@ -132,36 +133,7 @@ class UniversalConfig:
     Raises:
       ConfigError: an unknown field, or a field with a bad type or value.
     """
-    values = config.to_dict() if hasattr(config, "to_dict") else dict(config)
-    fields = {f.name: f for f in dataclasses.fields(cls)}
-    unknown = sorted(set(values) - set(fields))
-    if unknown:
-      raise ConfigError(f"universal config: unknown field(s) {', '.join(unknown)}; "
-                        f"known: {', '.join(fields)}")
-    kwargs = {}
-    for name, value in values.items():
-      default = fields[name].default
-      try:
-        if isinstance(default, bool):
-          if not isinstance(value, bool):
-            raise TypeError
-          kwargs[name] = value
-        elif isinstance(default, int):
-          if isinstance(value, bool) or float(value) != int(value):
-            raise TypeError
-          kwargs[name] = int(value)
-        elif isinstance(default, float):
-          if isinstance(value, bool):
-            raise TypeError
-          kwargs[name] = float(value)
-        else:
-          if not isinstance(value, str):
-            raise TypeError
-          kwargs[name] = value
-      except (TypeError, ValueError):
-        raise ConfigError(f"universal config field {name!r}: bad value {value!r} "
-                          f"(expected {type(default).__name__})") from None
-    return cls(**kwargs)
+    return typed_config.from_mapping(cls, config, "universal config")
 
 
 def _validate(cfg: UniversalConfig) -> None:
