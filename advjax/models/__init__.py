@@ -24,6 +24,10 @@ Registry (`MODELS`), each with a `*_tiny` sibling for tests:
   wrn28_10, wrn32_10, wrn16_2, wrn_tiny   wide ResNets (wide_resnet.py)
   resnet50, resnet101, resnet152, wide_resnet50_2, resnet50_tiny
                                      torchvision-layout ImageNet ResNets
+  efficientnet_b0 .. efficientnet_b7, efficientnet_tiny
+                                     EfficientNets, AdvProp's models (efficientnet.py)
+
+`aux_bn` selects, initialises and exports auxiliary BatchNorm sets (AdvProp).
 """
 
 from __future__ import annotations
@@ -33,7 +37,7 @@ from collections.abc import Sequence
 import flax.linen as nn
 
 from advjax.errors import unknown_name
-from advjax.models import convnet, layers, preact_resnet, resnet, wide_resnet
+from advjax.models import aux_bn, convnet, efficientnet, layers, preact_resnet, resnet, wide_resnet
 
 MODELS = {
     "convnet": convnet.ConvNet,
@@ -51,6 +55,15 @@ MODELS = {
     "resnet152": resnet.ResNet152,
     "wide_resnet50_2": resnet.WideResNet50_2,
     "resnet50_tiny": resnet.ResNet50Tiny,
+    "efficientnet_b0": efficientnet.EfficientNetB0,
+    "efficientnet_b1": efficientnet.EfficientNetB1,
+    "efficientnet_b2": efficientnet.EfficientNetB2,
+    "efficientnet_b3": efficientnet.EfficientNetB3,
+    "efficientnet_b4": efficientnet.EfficientNetB4,
+    "efficientnet_b5": efficientnet.EfficientNetB5,
+    "efficientnet_b6": efficientnet.EfficientNetB6,
+    "efficientnet_b7": efficientnet.EfficientNetB7,
+    "efficientnet_tiny": efficientnet.EfficientNetTiny,
 }
 
 
@@ -63,8 +76,9 @@ def create_model(name: str, *, num_classes: int, activation: str = "relu",
   Args:
     name: a key of `MODELS`.
     num_classes: number of output logits.
-    activation: a key of `layers.ACTIVATIONS`.
-    norm: a key of `layers.NORMS`.
+    activation: a key of `layers.ACTIVATIONS`, optionally with arguments
+      ('elu:0.5', see `layers.parse_name`).
+    norm: a key of `layers.NORMS`, optionally with arguments ('batchnorm:0.99').
     mean: per-channel input mean in pixel space (length channels, or 1).
     std: per-channel input standard deviation, same length as `mean`.
     dtype: compute dtype, 'float32' or 'bfloat16'.
@@ -79,14 +93,12 @@ def create_model(name: str, *, num_classes: int, activation: str = "relu",
   """
   if name not in MODELS:
     raise unknown_name("model", name, MODELS)
-  if activation not in layers.ACTIVATIONS:
-    raise unknown_name("activation", activation, layers.ACTIVATIONS)
-  if norm not in layers.NORMS:
-    raise unknown_name("normalisation", norm, layers.NORMS)
+  layers.check_activation(activation)
+  layers.check_norm(norm)
   layers.compute_dtype(dtype)
   return MODELS[name](num_classes=num_classes, activation=activation, norm=norm,
                       mean=tuple(float(m) for m in mean),
                       std=tuple(float(s) for s in std), dtype=dtype, **overrides)
 
 
-__all__ = ["MODELS", "create_model", "layers"]
+__all__ = ["MODELS", "aux_bn", "create_model", "layers"]

@@ -26,12 +26,23 @@ statistics in the standard 'batch_stats' collection with momentum 0.9 and
 epsilon 1e-5, i.e. exactly PyTorch's BatchNorm2d (whose momentum 0.1 weighs
 the *new* batch: running = 0.9 running + 0.1 batch). 'groupnorm' (Wu & He,
 2018) uses 32 groups, or the largest divisor of the channel count below 32
-for narrow layers. 'none' is the identity. A variant with auxiliary batch
-statistics for adversarial examples (AdvProp, Xie et al. 2020) is meant to be
-added as one more entry here: a layer that keeps its affine parameters and
-statistics in collections of its own (e.g. 'batch_stats_adv'), so that
-`create_model(name, norm=<that entry>)` builds the adversarial twin of a model
-whose convolution weights have the same paths and are therefore shared.
+for narrow layers. 'none' is the identity. 'aux_batchnorm:<set>' is the
+auxiliary BatchNorm of AdvProp (Xie thesis, ch. 7, sec. 7.4.2) and of the
+mixture-BN study (ch. 6, sec. 6.4.2): flax BatchNorm's arithmetic, but with
+parameters `scale_<set>`, `bias_<set>` and statistics in the collection
+'batch_stats_<set>', so that `create_model(name, norm='aux_batchnorm:adv')`
+builds the adversarial twin of a model whose every other weight has the same
+path and is therefore shared. `advjax.models.aux_bn` builds on this: it
+selects a set, initialises any number of sets and exports the plain model.
+
+Parameterised names. Both registries accept arguments after a colon, so a
+config string can carry them: 'elu:0.5', 'celu:1.5', 'parametric_softplus:10',
+'smooth_relu:400' (initial alpha), 'relu_softplus_grad:10', 'batchnorm:0.99'
+(momentum), 'aux_batchnorm:adv,0.99'. The smooth activations are those of
+smooth adversarial training (ch. 5): parametric softplus (eq. 5.2), SmoothReLU
+with a learnable alpha (eq. 5.4), ELU and CELU (eqs. 5.6-5.8), plus the
+diagnostic 'relu_softplus_grad', ReLU forward with parametric softplus'
+derivative backward (sec. 5.3, table 5.1).
 
 BatchNorm caveat: whenever a model runs with batch statistics
 (`use_batch_stats=True`, the default when `train=True`) it also updates the
@@ -41,6 +52,8 @@ running averages, so `model.apply` must be called with
 
 from __future__ import annotations
 
+import functools
+import math
 from collections.abc import Callable
 from typing import Any
 
@@ -48,7 +61,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from advjax.errors import unknown_name
+from advjax.errors import ConfigError, unknown_name
 
 Array = jax.Array
 Activation = Callable[[Array], Array]
@@ -73,6 +86,34 @@ def compute_dtype(name: str) -> Any:
   if name not in DTYPES:
     raise unknown_name("dtype", name, DTYPES)
   return DTYPES[name]
+
+
+def parse_name(name: str) -> tuple[str, tuple[str, ...]]:
+  """Splits a registry name with arguments, 'base:arg1,arg2', into its parts.
+
+  Configs hold only strings, so a parameterised activation or normalisation
+  is written as its registry name, a colon and comma-separated arguments:
+  'elu:0.5', 'parametric_softplus:10', 'batchnorm:0.99', 'aux_batchnorm:adv'.
+
+  Args:
+    name: 'base' or 'base:args'.
+
+  Returns:
+    (base, args), args a tuple of strings (empty without a colon).
+  """
+  base, _, rest = name.partition(":")
+  return base, tuple(a.strip() for a in rest.split(",")) if rest else ()
+
+
+def _build(kind: str, registry: dict, spec: str, **kwargs):
+  """Calls the factory of `spec` with its parsed arguments; ConfigError if either is bad."""
+  base, args = parse_name(spec)
+  if base not in registry:
+    raise unknown_name(kind, spec, registry)
+  try:
+    return registry[base](*args, **kwargs)
+  except (TypeError, ValueError) as e:
+    raise ConfigError(f"{kind} {spec!r}: bad arguments {args} ({e})") from None
 
 
 def normalize_input(x: Array, mean, std, dtype) -> Array:
@@ -123,25 +164,145 @@ register_activation("softplus", _stateless(nn.softplus))
 register_activation("silu", _stateless(nn.silu))
 # Exact (erf) GELU, the PyTorch default, rather than JAX's tanh approximation.
 register_activation("gelu", _stateless(lambda x: nn.gelu(x, approximate=False)))
-register_activation("elu", _stateless(nn.elu))
 register_activation("tanh", _stateless(jnp.tanh))
+
+
+# Smooth activations of smooth adversarial training (Xie thesis, ch. 5).
+
+# alpha = 10 makes parametric softplus close to ReLU (thesis, sec. 5.3).
+PARAMETRIC_SOFTPLUS_ALPHA = 10.0
+# SmoothReLU's alpha starts large so that early gradients do not vanish (sec. 5.4).
+SMOOTH_RELU_INIT_ALPHA = 400.0
+# Floor on the learned alpha: keeps 1 / alpha finite however far SGD pushes it.
+SMOOTH_RELU_MIN_ALPHA = 1e-4
+
+
+def parametric_softplus(x: Array, alpha: float = PARAMETRIC_SOFTPLUS_ALPHA) -> Array:
+  """f(alpha, x) = log(1 + exp(alpha x)) / alpha (eq. 5.2); derivative sigmoid(alpha x) (eq. 5.3)."""
+  return nn.softplus(alpha * x) / alpha
+
+
+def _parametric_softplus(alpha: str = str(PARAMETRIC_SOFTPLUS_ALPHA)) -> Activation:
+  a = float(alpha)
+  if a <= 0:
+    raise ValueError("alpha must be positive")
+  return lambda x: parametric_softplus(x, a)
+
+
+def _elu(alpha: str = "1.0") -> Activation:
+  # ELU's derivative jumps at 0 unless alpha = 1 (eq. 5.6): the non-smooth case of sec. 5.4.
+  a = float(alpha)
+  return lambda x: nn.elu(x, alpha=a)
+
+
+def _celu(alpha: str = "1.0") -> Activation:
+  # CELU (eq. 5.7) is continuously differentiable for every alpha > 0 (eq. 5.8).
+  a = float(alpha)
+  if a <= 0:
+    raise ValueError("alpha must be positive")
+  return lambda x: nn.celu(x, alpha=a)
+
+
+def _softplus_inverse(y: float) -> float:
+  """The x with softplus(x) = y, stable for large y."""
+  return y + math.log(-math.expm1(-y))
+
+
+class SmoothReLU(nn.Module):
+  """SmoothReLU(x, alpha) = x - log(alpha x + 1) / alpha for x >= 0, else 0 (eq. 5.4).
+
+  Continuously differentiable for every alpha > 0, with derivative
+  alpha x / (1 + alpha x) on x >= 0 (eq. 5.5); it tends to ReLU as alpha
+  grows. alpha is one learnable scalar per use site, shared by all channels,
+  stored as `raw_alpha` with alpha = softplus(raw_alpha) + SMOOTH_RELU_MIN_ALPHA:
+  positive by construction whatever the updates, and for large alpha
+  (softplus'(raw) = sigmoid(raw) ~ 1) trained as if alpha itself were the
+  parameter.
+
+  Attributes:
+    init_alpha: alpha at initialisation (400 in the thesis).
+  """
+
+  init_alpha: float = SMOOTH_RELU_INIT_ALPHA
+
+  @nn.compact
+  def __call__(self, x: Array) -> Array:
+    """x: any shape -> same shape and dtype."""
+    raw_init = _softplus_inverse(self.init_alpha - SMOOTH_RELU_MIN_ALPHA)
+    raw = self.param("raw_alpha", lambda _: jnp.asarray(raw_init, jnp.float32))
+    alpha = self.alpha_from_raw(raw)
+    xp = nn.relu(x.astype(jnp.float32))
+    # log1p keeps small alpha * x accurate, where log(1 + alpha x) / alpha -> x.
+    return (xp - jnp.log1p(alpha * xp) / alpha).astype(x.dtype)
+
+  @staticmethod
+  def alpha_from_raw(raw: Array) -> Array:
+    """The positive alpha that the stored `raw_alpha` stands for."""
+    return nn.softplus(raw) + SMOOTH_RELU_MIN_ALPHA
+
+
+def _smooth_relu(init_alpha: str = str(SMOOTH_RELU_INIT_ALPHA)) -> Activation:
+  a = float(init_alpha)
+  if a <= SMOOTH_RELU_MIN_ALPHA:
+    raise ValueError(f"initial alpha must exceed {SMOOTH_RELU_MIN_ALPHA}")
+  return SmoothReLU(init_alpha=a)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(1,))
+def relu_softplus_grad(x: Array, alpha: float) -> Array:
+  """ReLU in the forward pass, parametric softplus' derivative in the backward pass.
+
+  The diagnostic of thesis sec. 5.3 (table 5.1): inference is unchanged, but
+  every gradient through this activation uses sigmoid(alpha x) (eq. 5.3)
+  instead of ReLU's step.
+  """
+  return nn.relu(x)
+
+
+def _relu_softplus_grad_fwd(x, alpha):
+  return nn.relu(x), x
+
+
+def _relu_softplus_grad_bwd(alpha, x, g):
+  return (g * jax.nn.sigmoid(alpha * x).astype(g.dtype),)
+
+
+relu_softplus_grad.defvjp(_relu_softplus_grad_fwd, _relu_softplus_grad_bwd)
+
+
+def _relu_softplus_grad(alpha: str = str(PARAMETRIC_SOFTPLUS_ALPHA)) -> Activation:
+  a = float(alpha)
+  if a <= 0:
+    raise ValueError("alpha must be positive")
+  return lambda x: relu_softplus_grad(x, a)
+
+
+register_activation("parametric_softplus", _parametric_softplus)
+register_activation("elu", _elu)
+register_activation("celu", _celu)
+register_activation("smooth_relu", _smooth_relu)
+register_activation("relu_softplus_grad", _relu_softplus_grad)
 
 
 def get_activation(name: str) -> Activation:
   """Builds the activation `name` for one use site.
 
   Args:
-    name: a key of `ACTIVATIONS`.
+    name: a key of `ACTIVATIONS`, optionally with arguments after a colon
+      ('elu:0.5', 'parametric_softplus:10', 'smooth_relu:400').
 
   Returns:
     An elementwise callable `x -> act(x)` preserving shape and dtype.
 
   Raises:
-    ConfigError: if `name` is not registered.
+    ConfigError: if `name` is not registered or its arguments are bad.
   """
-  if name not in ACTIVATIONS:
-    raise unknown_name("activation", name, ACTIVATIONS)
-  return ACTIVATIONS[name]()
+  return _build("activation", ACTIVATIONS, name)
+
+
+def check_activation(name: str) -> None:
+  """Raises ConfigError unless `name` (with its arguments) builds an activation."""
+  get_activation(name)
 
 
 # -------------------------------------------------------------- normalisations
@@ -184,10 +345,18 @@ class GroupNorm(nn.Module):
     return (normed * scale + bias).astype(self.dtype)
 
 
-def _batchnorm(*, use_running_average: bool, dtype, name: str | None):
+def _momentum(momentum: str) -> float:
+  m = float(momentum)
+  if not 0.0 <= m < 1.0:
+    raise ValueError("momentum must be in [0, 1)")
+  return m
+
+
+def _batchnorm(momentum: str = str(BN_MOMENTUM), *, use_running_average: bool, dtype,
+               name: str | None):
   return nn.BatchNorm(
       use_running_average=use_running_average,
-      momentum=BN_MOMENTUM,
+      momentum=_momentum(momentum),
       epsilon=BN_EPSILON,
       dtype=dtype,
       param_dtype=jnp.float32,
@@ -198,6 +367,77 @@ def _batchnorm(*, use_running_average: bool, dtype, name: str | None):
 def _groupnorm(*, use_running_average: bool, dtype, name: str | None):
   del use_running_average  # Per-example statistics: nothing to switch.
   return GroupNorm(dtype=dtype, name=name)
+
+
+# Auxiliary batch norms (AdvProp, Xie thesis ch. 7, sec. 7.4.2; MBN, ch. 6, sec. 6.4.2).
+# Set `s` keeps its affine parameters next to the main ones, as params
+# `scale_<s>` and `bias_<s>`, and its running statistics in a collection of its
+# own, `AUX_COLLECTION_PREFIX + s`.
+AUX_COLLECTION_PREFIX = "batch_stats_"
+MAIN_BN_SET = "main"
+
+
+def aux_collection(bn_set: str) -> str:
+  """The variable collection holding the running statistics of auxiliary set `bn_set`."""
+  return AUX_COLLECTION_PREFIX + bn_set
+
+
+class AuxBatchNorm(nn.Module):
+  """One auxiliary BatchNorm set: flax BatchNorm's arithmetic under other variable names.
+
+  Numerically identical to `nn.BatchNorm` with the same momentum and epsilon
+  (float32 statistics, var = E[x^2] - E[x]^2 clipped at 0, running averages
+  updated only outside `init`), but its parameters are `scale_<bn_set>` and
+  `bias_<bn_set>` and its statistics `mean` and `var` live in the collection
+  `aux_collection(bn_set)` instead of 'batch_stats'. A model built with
+  norm 'aux_batchnorm:<bn_set>' therefore shares every other weight (same
+  paths) with the model built with 'batchnorm', while normalising with, and
+  updating, only its own set.
+
+  Attributes:
+    bn_set: the name of the auxiliary set (an identifier, e.g. 'adv').
+    use_running_average: normalise with the running statistics instead of
+      the batch's (and leave them unchanged).
+    momentum: running = momentum * running + (1 - momentum) * batch.
+    epsilon: added to the variance.
+    dtype: compute dtype of the output.
+  """
+
+  bn_set: str
+  use_running_average: bool
+  momentum: float = BN_MOMENTUM
+  epsilon: float = BN_EPSILON
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: Array) -> Array:
+    """x: [batch, ..., channels] -> same shape, in `dtype`."""
+    features = (x.shape[-1],)
+    axes = tuple(range(x.ndim - 1))
+    collection = aux_collection(self.bn_set)
+    ra_mean = self.variable(collection, "mean", lambda: jnp.zeros(features, jnp.float32))
+    ra_var = self.variable(collection, "var", lambda: jnp.ones(features, jnp.float32))
+    scale = self.param(f"scale_{self.bn_set}", nn.initializers.ones, features, jnp.float32)
+    bias = self.param(f"bias_{self.bn_set}", nn.initializers.zeros, features, jnp.float32)
+    if self.use_running_average:
+      mean, var = ra_mean.value, ra_var.value
+    else:
+      xf = x.astype(jnp.float32)
+      mean = jnp.mean(xf, axes)
+      var = jnp.maximum(0.0, jnp.mean(jnp.square(xf), axes) - jnp.square(mean))
+      if not self.is_initializing():
+        ra_mean.value = self.momentum * ra_mean.value + (1 - self.momentum) * mean
+        ra_var.value = self.momentum * ra_var.value + (1 - self.momentum) * var
+    y = (x - mean) * (jax.lax.rsqrt(var + self.epsilon) * scale) + bias
+    return jnp.asarray(y, self.dtype)
+
+
+def _aux_batchnorm(bn_set: str, momentum: str = str(BN_MOMENTUM), *, use_running_average: bool,
+                   dtype, name: str | None):
+  if not bn_set.isidentifier() or bn_set == MAIN_BN_SET:
+    raise ValueError(f"auxiliary set name {bn_set!r} must be an identifier other than {MAIN_BN_SET!r}")
+  return AuxBatchNorm(bn_set=bn_set, use_running_average=use_running_average,
+                      momentum=_momentum(momentum), epsilon=BN_EPSILON, dtype=dtype, name=name)
 
 
 def _identity(*, use_running_average: bool, dtype, name: str | None):
@@ -222,6 +462,7 @@ def register_norm(name: str, factory: NormFactory) -> None:
 register_norm("batchnorm", _batchnorm)
 register_norm("groupnorm", _groupnorm)
 register_norm("none", _identity)
+register_norm("aux_batchnorm", _aux_batchnorm)
 
 
 def make_norm(kind: str, *, use_running_average: bool, dtype=jnp.float32,
@@ -229,7 +470,9 @@ def make_norm(kind: str, *, use_running_average: bool, dtype=jnp.float32,
   """Builds the normalisation layer `kind` for one use site.
 
   Args:
-    kind: a key of `NORMS` ('batchnorm', 'groupnorm', 'none').
+    kind: a key of `NORMS` ('batchnorm', 'groupnorm', 'none',
+      'aux_batchnorm'), optionally with arguments after a colon:
+      'batchnorm:<momentum>', 'aux_batchnorm:<set>[,<momentum>]'.
     use_running_average: BatchNorm normalises with its running statistics if
       True, with the current batch's statistics (and updates the running
       ones) if False. Ignored by batch-independent normalisations.
@@ -243,9 +486,13 @@ def make_norm(kind: str, *, use_running_average: bool, dtype=jnp.float32,
   Raises:
     ConfigError: if `kind` is not registered.
   """
-  if kind not in NORMS:
-    raise unknown_name("normalisation", kind, NORMS)
-  return NORMS[kind](use_running_average=use_running_average, dtype=dtype, name=name)
+  return _build("normalisation", NORMS, kind, use_running_average=use_running_average, dtype=dtype,
+                name=name)
+
+
+def check_norm(kind: str) -> None:
+  """Raises ConfigError unless `kind` (with its arguments) builds a normalisation."""
+  make_norm(kind, use_running_average=True)
 
 
 # ----------------------------------------------------------------------- convs

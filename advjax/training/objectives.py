@@ -8,9 +8,13 @@ that `steps.make_train_step` differentiates with respect to `params`.
 - `pgd_at`: adversarial training (Madry et al.) with the sigma-weighted mix
   sigma * L(x_adv) + (1 - sigma) * L(x) of the shared-adversarial-training
   paper (section 4); sigma = 1 is plain PGD adversarial training, whose
-  adversary has sharedness 1.
+  adversary has sharedness 1. `config.sat.softplus_grad` smooths ReLU's
+  backward pass for the attacker, the weights or both (`sat`, Xie thesis
+  table 5.1).
 - `shared_at`: the same objective with a heap adversary of sharedness
   `config.sharedness` (one perturbation per heap of s examples).
+- `advprop` (in `advprop`): AdvProp and the mixture-BN strategies (Xie
+  thesis, chs. 7 and 6), with auxiliary BatchNorm sets and a step of its own.
 
 Batches are dicts with `image` [batch, height, width, channels] in [0, 1] and
 `label` [batch] (or dense [batch, height, width]).
@@ -26,6 +30,7 @@ import ml_collections
 
 from advjax import attacks
 from advjax.attacks import heap, losses, pgd
+from advjax.training import sat
 
 LossFn = Callable[[Any, Any, dict, jax.Array], tuple[jax.Array, tuple[Any, dict]]]
 
@@ -69,6 +74,8 @@ def make_adversarial_loss(model: nn.Module, config: ml_collections.ConfigDict, s
   """
   attack_cfg = pgd.AttackConfig.from_config(config.attack)
   sigma = float(config.adv_weight)
+  # ReLU's backward pass may be smoothed for either side (SAT diagnostic, table 5.1).
+  attack_model, model = sat.attacker_and_trainee(model, config)
 
   def adversary(logits_fn, x, y, rng):
     if sharedness == 1:
@@ -78,7 +85,7 @@ def make_adversarial_loss(model: nn.Module, config: ml_collections.ConfigDict, s
   def loss_fn(params, batch_stats, batch, rng):
     attack_rng, adv_rng, clean_rng = jax.random.split(rng, 3)
     frozen = jax.lax.stop_gradient({"params": params, "batch_stats": batch_stats})
-    logits_fn = attacks.make_logits_fn(model, frozen, attack_cfg.bn_mode)
+    logits_fn = attacks.make_logits_fn(attack_model, frozen, attack_cfg.bn_mode)
     x_adv = jax.lax.stop_gradient(adversary(logits_fn, batch["image"], batch["label"], attack_rng))
     adv_logits, batch_stats = apply_train(model, params, batch_stats, x_adv, adv_rng)
     loss = sigma * jnp.mean(losses.cross_entropy(adv_logits, batch["label"], config.label_smoothing))

@@ -30,6 +30,7 @@ from typing import Any
 import jax
 import ml_collections
 import numpy as np
+from flax import traverse_util
 
 from advjax import attacks, checkpointing, config as config_lib, data, evaluation, models, parallel
 from advjax.errors import CheckpointError, ConfigError
@@ -168,9 +169,17 @@ class Experiment:
     return _existing_checkpointer(workdir).restore(template)
 
   def init_from(self, workdir: str, state: TrainState) -> TrainState:
-    """`state` with the model variables of another run's latest checkpoint (fine-tuning)."""
-    loaded = _existing_checkpointer(workdir).restore_variables(variables_of(state))
-    return state.replace(params=loaded["params"], batch_stats=loaded["batch_stats"])
+    """`state` with the model variables of another run's latest checkpoint (fine-tuning).
+
+    Only the plain model is loaded; auxiliary BatchNorm sets (AdvProp) that
+    the other run may not have keep their initial scale, offset and statistics.
+    """
+    main = models.aux_bn.export_main(variables_of(state))
+    loaded = _existing_checkpointer(workdir).restore_variables(
+        {"params": main["params"], "batch_stats": main["batch_stats"]})
+    params = traverse_util.flatten_dict(state.params)
+    params.update(traverse_util.flatten_dict(loaded["params"]))
+    return state.replace(params=traverse_util.unflatten_dict(params), batch_stats=loaded["batch_stats"])
 
 
 def _existing_checkpointer(workdir: str) -> checkpointing.Checkpointer:

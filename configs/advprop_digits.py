@@ -1,0 +1,30 @@
+"""AdvProp on the embedded MNIST digits: algorithm 2 of Xie thesis ch. 7 at CPU size (minutes).
+
+A small EfficientNet (`efficientnet_tiny`, silu) with one auxiliary BN set for
+PGD examples at eps `get_config('eps')` (default 4, i.e. PGD-5 of step 1).
+Evaluated with the main BNs; `--config.advprop.eval_bn=adv` measures the
+auxiliary ones (table 7.3).
+"""
+
+from advjax.config import base_config
+from advjax.training import advprop
+
+
+def get_config(arg=None):
+  eps = float(arg) if arg else 4.0
+  c = base_config()
+  c.data.name = "mnist_embedded"
+  c.model.name = "efficientnet_tiny"
+  c.model.activation = "silu"
+  c.model.norm = "batchnorm:0.99"
+  c.objective = "advprop"
+  advprop.configure_attacker(c, eps, "pgd")
+  c.batch_size = 64
+  c.num_epochs = 4
+  c.optimizer.name = "adam"
+  c.optimizer.learning_rate = 3e-3
+  c.schedule.name = "cosine"
+  c.log_every_steps = 25
+  c.checkpoint_every_steps = 125
+  c.eval.batch_size = 200
+  return c
