@@ -140,7 +140,13 @@ def base_config() -> ml_collections.ConfigDict:
   c.eval.eps_adv_attack_steps = 200  # PGD steps of each probe (annealed step size).
   c.eval.eps_uni_delta = 0.0  # delta of the eps_uni(delta) search (shared-AT paper, 5.2); 0 skips.
   c.eval.eps_uni_search_steps = 10  # b: binary-search iterations on [0, 255].
-  c.eval.eps_uni_batch_size = 16  # m_k: training examples per stochastic-PGD iteration.
+  c.eval.universal_batch_size = 16  # m_k: training examples per iteration of the universal adversary.
+  # eps values (0-255) at which to report accuracy on held-out data with the universal
+  # perturbation of eval.universal added, and its fooling ratio (the UAT paper's metric); () skips.
+  c.eval.universal_eps = ()
+  # Also fit the iterative DeepFool universal perturbation (UAT paper's algorithm 1) at each
+  # universal_eps on this many training images, reporting accuracy and wall time of both attacks.
+  c.eval.universal_deepfool_examples = 0
   # The universal adversary of each probe: fields of advjax.attacks.universal.UniversalConfig
   # (its eps is set by the search); default the paper's K = 200, beta = 4, gamma = 0.975.
   c.eval.universal = as_config_dict(universal.shared_at_eval_config())
@@ -223,8 +229,10 @@ def validate(config: ml_collections.ConfigDict, *, num_devices: int = 1) -> None
   _require(all(0 < e <= 255 for e in config.eval.pgd_eps), "eval.pgd_eps", "eps values must be in (0, 255]")
   _require(config.eval.eps_uni_delta == 0 or 0 < config.eval.eps_uni_delta <= 1, "eval.eps_uni_delta",
            "must be in (0, 1], or 0 to skip")
-  _require(config.eval.eps_uni_batch_size > 0 and config.eval.eps_uni_batch_size % num_devices == 0,
-           "eval.eps_uni_batch_size", f"must be positive and divisible by the {num_devices} devices")
+  _require(config.eval.universal_batch_size > 0 and config.eval.universal_batch_size % num_devices == 0,
+           "eval.universal_batch_size", f"must be positive and divisible by the {num_devices} devices")
+  _require(all(0 < e <= 255 for e in config.eval.universal_eps), "eval.universal_eps",
+           "eps values must be in (0, 255]")
   per_device = config.batch_size // num_devices
   _require(config.sharedness > 0 and per_device % config.sharedness == 0, "sharedness",
            f"s={config.sharedness} must divide the per-device batch {per_device} "

@@ -45,6 +45,6 @@ def get_config(arg=None):
   c.eval.num_examples = 512
   c.eval.eps_uni_delta = 0.75
   c.eval.eps_uni_search_steps = 10
-  c.eval.eps_uni_batch_size = 16
+  c.eval.universal_batch_size = 16
   c.eval.eps_adv_delta = 0.75
   return c

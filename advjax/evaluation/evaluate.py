@@ -12,21 +12,27 @@ reports, on the held-out split:
   - eps_uni(delta), the same search around the universal adversary
     (stochastic PGD on m_k-example training batches, measured on the
     held-out split), with the perturbation found saved as
-    `universal_perturbation.npy` and an amplified `universal_perturbation.png`.
+    `universal_perturbation.npy` and an amplified `universal_perturbation.png`;
+  - accuracy and fooling ratio under a universal perturbation of fixed radius
+    (the universal-adversarial-training paper's metric), optionally beside the
+    iterative DeepFool universal perturbation with the wall time of each.
 Results go to `<workdir>/eval.json` and are appended to the run's metrics.
 """
 
+import dataclasses
 import itertools
 import json
 import os
+import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
 import jax
 import ml_collections
+import numpy as np
 
 from advjax import data, parallel, viz
-from advjax.attacks import pgd, universal
+from advjax.attacks import pgd, universal, universal_deepfool
 from advjax.evaluation import robustness
 from advjax.training import metrics_io
 from advjax.training.trainer import Experiment, variables_of
@@ -49,12 +55,58 @@ def universal_attack_batches(experiment: Experiment) -> Callable[[], Iterator[di
   The adversary is fitted on training data and measured on held-out data, as
   the paper fits on validation images and measures on test images.
   """
+  source = _unaugmented_train_source(experiment, experiment.config.eval.universal_batch_size)
+  return lambda: (parallel.shard_batch(source.batch(k), experiment.mesh) for k in itertools.count())
+
+
+def _unaugmented_train_source(experiment: Experiment, batch_size: int) -> data.TrainSource:
   data_cfg = experiment.config.data.copy_and_resolve_references()
   data_cfg.augment = False
-  source = data.make_train_source(
-      data_cfg, global_batch_size=experiment.config.eval.eps_uni_batch_size, seed=experiment.config.seed + 2,
+  return data.make_train_source(
+      data_cfg, global_batch_size=batch_size, seed=experiment.config.seed + 2,
       process_index=experiment.process_index, process_count=experiment.process_count)
-  return lambda: (parallel.shard_batch(source.batch(k), experiment.mesh) for k in itertools.count())
+
+
+def universal_attack_report(experiment: Experiment, variables: Any, batches: list[dict], eps: float,
+                            out_dir: str | None) -> dict[str, float]:
+  """Accuracy and fooling ratio under universal perturbations of radius `eps` (UAT paper, tables 1-2).
+
+  The perturbation of `eval.universal` is fitted on training batches and
+  measured on the held-out batches; with `eval.universal_deepfool_examples`,
+  the iterative DeepFool universal perturbation (algorithm 1) is fitted on
+  that many training images too, and both attacks' wall times are reported.
+  """
+  eval_cfg = experiment.config.eval
+  builder = experiment.logits_fn_builder
+  rng = jax.random.PRNGKey(experiment.config.seed + 3)
+  cfg = dataclasses.replace(universal.UniversalConfig.from_config(eval_cfg.universal), eps=float(eps))
+  start = time.perf_counter()
+  xi = universal.universal_perturbation(builder, universal_attack_batches(experiment), rng, cfg,
+                                        tuple(experiment.info.image_shape), variables=variables)
+  xi = jax.block_until_ready(xi)
+  prefix = f"universal_eps{eps:g}"
+  report = _universal_metrics(experiment, variables, batches, xi, prefix, time.perf_counter() - start)
+  if out_dir is not None and jax.process_index() == 0:
+    viz.save_perturbation(np.asarray(xi), os.path.join(out_dir, prefix), eps=eps / 255.0,
+                          scale=max(1, 128 // xi.shape[0]))
+  if eval_cfg.universal_deepfool_examples:
+    count = eval_cfg.universal_deepfool_examples
+    source = _unaugmented_train_source(experiment, count)
+    images = source.batch(0)["image"]
+    start = time.perf_counter()
+    result = universal_deepfool.universal_deepfool(
+        builder(variables), images, rng, universal_deepfool.UniversalDeepFoolConfig(eps=float(eps)))
+    v = jax.block_until_ready(result.perturbation)
+    report.update(_universal_metrics(experiment, variables, batches, v, f"deepfool_universal_eps{eps:g}",
+                                     time.perf_counter() - start))
+  return report
+
+
+def _universal_metrics(experiment: Experiment, variables: Any, batches: list[dict], xi: jax.Array,
+                       prefix: str, seconds: float) -> dict[str, float]:
+  result = universal.evaluate_universal(experiment.logits_fn_builder, batches, xi, variables=variables)
+  return {f"{prefix}_accuracy": result["accuracy"], f"{prefix}_fooling_ratio": result["fooling_ratio"],
+          f"{prefix}_seconds": seconds}
 
 
 def robustness_report(experiment: Experiment, variables: Any, batches: list[dict],
@@ -93,6 +145,8 @@ def robustness_report(experiment: Experiment, variables: Any, batches: list[dict
     if out_dir is not None and xi is not None and jax.process_index() == 0:
       viz.save_perturbation(xi, os.path.join(out_dir, UNIVERSAL_FILE), eps=search["eps_uni"] / 255.0,
                             scale=max(1, 128 // xi.shape[0]))
+  for eps in eval_cfg.universal_eps:
+    report.update(universal_attack_report(experiment, variables, batches, eps, out_dir))
   return report
 
 
