@@ -64,17 +64,19 @@ class Checkpointer:
       raise CheckpointError(
           f"checkpoint {step} in {self.directory} does not match this config's model/state: {first_line}") from e
 
-  def restore_variables(self, template: dict[str, Any], step: int | None = None) -> dict[str, Any]:
-    """Restores only the model variables of a checkpoint (to fine-tune from it).
+  def restore_subset(self, template: dict[str, Any], step: int | None = None) -> dict[str, Any]:
+    """Restores only some fields of a saved train state.
 
     Args:
-      template: {'params': ..., 'batch_stats': ...} of the model to load into;
-        the optimiser state and anything else in the checkpoint is ignored, so
-        the checkpoint may come from a run with another optimiser or objective.
+      template: a dict with some of the saved state's fields (e.g. {'params':
+        ..., 'batch_stats': ...}), each with the structure, shapes and dtypes
+        to restore into. Fields not named, such as the optimiser state, are
+        not read, so the checkpoint may come from a run with another
+        optimiser or objective.
       step: which checkpoint; None for the latest.
 
     Raises:
-      CheckpointError: no checkpoint, or its model differs from `template`'s.
+      CheckpointError: no checkpoint, or its fields differ from `template`'s.
     """
     step = self.latest_step() if step is None else step
     if step is None:

@@ -147,6 +147,8 @@ def base_config() -> ml_collections.ConfigDict:
   # Also fit the iterative DeepFool universal perturbation (UAT paper's algorithm 1) at each
   # universal_eps on this many training images, reporting accuracy and wall time of both attacks.
   c.eval.universal_deepfool_examples = 0
+  c.eval.universal_deepfool_passes = 10  # Passes over those images at most (algorithm 1).
+  c.eval.output_file = "eval.json"  # Name of eval.py's results file in the workdir.
   # The universal adversary of each probe: fields of advjax.attacks.universal.UniversalConfig
   # (its eps is set by the search); default the paper's K = 200, beta = 4, gamma = 0.975.
   c.eval.universal = as_config_dict(universal.shared_at_eval_config())
@@ -233,6 +235,8 @@ def validate(config: ml_collections.ConfigDict, *, num_devices: int = 1) -> None
            "eval.universal_batch_size", f"must be positive and divisible by the {num_devices} devices")
   _require(all(0 < e <= 255 for e in config.eval.universal_eps), "eval.universal_eps",
            "eps values must be in (0, 255]")
+  _require(config.eval.output_file.endswith(".json") and "/" not in config.eval.output_file, "eval.output_file",
+           "must be a file name ending in .json")
   per_device = config.batch_size // num_devices
   _require(config.sharedness > 0 and per_device % config.sharedness == 0, "sharedness",
            f"s={config.sharedness} must divide the per-device batch {per_device} "

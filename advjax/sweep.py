@@ -57,17 +57,13 @@ def point_name(sharedness: int, eps: float, sigma: float) -> str:
   return f"s{sharedness}_eps{eps:g}_sigma{sigma:g}"
 
 
-def _finished(workdir: str) -> bool:
-  return os.path.exists(os.path.join(workdir, evaluate.EVAL_FILE)) and os.path.exists(
-      os.path.join(workdir, trainer.SUMMARY_FILE))
-
-
 def _train_and_report(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
   """Trains (or resumes) one run, then evaluates it; a finished run is only read back."""
-  if not _finished(workdir):
+  eval_path = os.path.join(workdir, config.eval.output_file)
+  if not (os.path.exists(eval_path) and os.path.exists(os.path.join(workdir, trainer.SUMMARY_FILE))):
     trainer.train_and_evaluate(config, workdir)
     evaluate.evaluate_run(config, workdir)
-  with open(os.path.join(workdir, evaluate.EVAL_FILE)) as f:
+  with open(eval_path) as f:
     report = json.load(f)
   with open(os.path.join(workdir, trainer.SUMMARY_FILE)) as f:
     report["train_time_s"] = json.load(f)["wall_time_s"]

@@ -16,7 +16,7 @@ reports, on the held-out split:
   - accuracy and fooling ratio under a universal perturbation of fixed radius
     (the universal-adversarial-training paper's metric), optionally beside the
     iterative DeepFool universal perturbation with the wall time of each.
-Results go to `<workdir>/eval.json` and are appended to the run's metrics.
+Results go to `<workdir>/eval.json` (`eval.output_file`) and are appended to the run's metrics.
 """
 
 import dataclasses
@@ -35,9 +35,8 @@ from advjax import data, parallel, viz
 from advjax.attacks import pgd, universal, universal_deepfool
 from advjax.evaluation import robustness
 from advjax.training import metrics_io
-from advjax.training.trainer import Experiment, variables_of
+from advjax.training.trainer import Experiment
 
-EVAL_FILE = "eval.json"
 UNIVERSAL_FILE = "universal_perturbation"
 
 
@@ -94,8 +93,9 @@ def universal_attack_report(experiment: Experiment, variables: Any, batches: lis
     source = _unaugmented_train_source(experiment, count)
     images = source.batch(0)["image"]
     start = time.perf_counter()
-    result = universal_deepfool.universal_deepfool(
-        builder(variables), images, rng, universal_deepfool.UniversalDeepFoolConfig(eps=float(eps)))
+    deepfool_cfg = universal_deepfool.UniversalDeepFoolConfig(eps=float(eps),
+                                                             max_passes=eval_cfg.universal_deepfool_passes)
+    result = universal_deepfool.universal_deepfool(builder(variables), images, rng, deepfool_cfg)
     v = jax.block_until_ready(result.perturbation)
     report.update(_universal_metrics(experiment, variables, batches, v, f"deepfool_universal_eps{eps:g}",
                                      time.perf_counter() - start))
@@ -151,17 +151,21 @@ def robustness_report(experiment: Experiment, variables: Any, batches: list[dict
 
 
 def evaluate_run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
-  """Evaluates the latest checkpoint in `workdir` and writes `eval.json`.
+  """Evaluates the model of the latest checkpoint in `workdir` and writes `eval.json`.
+
+  Only the model is read from the checkpoint, so `config` may be another
+  experiment's config for the same model (its `eval` block then decides what
+  is measured).
 
   Raises:
-    CheckpointError: no checkpoint, or one that does not match the config.
+    CheckpointError: no checkpoint, or one that holds another model.
   """
   experiment = Experiment(config)
-  state = experiment.restore_latest(workdir, experiment.init_state())
+  step, variables = experiment.restore_model(workdir)
   batches = list(experiment.eval_batches())  # Searches pass over the data many times.
-  report = {"step": int(state.step), **robustness_report(experiment, variables_of(state), batches, workdir)}
+  report = {"step": step, **robustness_report(experiment, variables, batches, workdir)}
   if jax.process_index() == 0:
-    with open(os.path.join(workdir, EVAL_FILE), "w") as f:
+    with open(os.path.join(workdir, config.eval.output_file), "w") as f:
       json.dump(report, f, indent=2)
     writer = metrics_io.MetricWriter(workdir)
     writer.write(report["step"], {f"eval/{k}": v for k, v in report.items() if k != "step"})

@@ -168,6 +168,21 @@ class Experiment:
     """The latest checkpoint of a run directory, restored into `template`'s structure."""
     return _existing_checkpointer(workdir).restore(template)
 
+  def restore_model(self, workdir: str) -> tuple[int, dict[str, Any]]:
+    """The step and model variables of a run's latest checkpoint, whatever its objective and optimiser.
+
+    Evaluation needs only these, so one config's evaluation can be applied
+    to runs trained with other objectives (ERM, PGD-AT, UAT) of the same model.
+    """
+    state = self.init_state()
+    template = {"step": state.step, "params": state.params, "batch_stats": state.batch_stats}
+    if AUX_BATCH_STATS in state.extras:
+      template["extras"] = {AUX_BATCH_STATS: state.extras[AUX_BATCH_STATS]}
+    loaded = _existing_checkpointer(workdir).restore_subset(template)
+    variables = {"params": loaded["params"], "batch_stats": loaded["batch_stats"],
+                 **loaded.get("extras", {}).get(AUX_BATCH_STATS, {})}
+    return int(loaded["step"]), variables
+
   def init_from(self, workdir: str, state: TrainState) -> TrainState:
     """`state` with the model variables of another run's latest checkpoint (fine-tuning).
 
@@ -175,7 +190,7 @@ class Experiment:
     the other run may not have keep their initial scale, offset and statistics.
     """
     main = models.aux_bn.export_main(variables_of(state))
-    loaded = _existing_checkpointer(workdir).restore_variables(
+    loaded = _existing_checkpointer(workdir).restore_subset(
         {"params": main["params"], "batch_stats": main["batch_stats"]})
     params = traverse_util.flatten_dict(state.params)
     params.update(traverse_util.flatten_dict(loaded["params"]))

@@ -164,3 +164,13 @@ def test_fine_tuning_starts_from_another_runs_model(reference_run, tmp_path):
   state = experiment.init_from(workdir, experiment.init_state())
   jax.tree.map(np.testing.assert_array_equal, state.params, _final_params(workdir, tiny.get_config()))
   assert int(state.step) == 0
+
+
+def test_restore_model_reads_only_the_model(reference_run):
+  """Evaluation restores step and variables, whatever optimiser the run used."""
+  workdir, _ = reference_run
+  config = tiny.get_config()
+  config.optimizer.name = "adam"
+  step, variables = trainer.Experiment(config).restore_model(workdir)
+  assert step == 12
+  jax.tree.map(np.testing.assert_array_equal, variables["params"], _final_params(workdir, tiny.get_config()))
