@@ -1,0 +1,582 @@
+"""Shared machinery of the JAX-vs-PyTorch benchmarks: same weights, same work, fair clocks.
+
+Each `bench_*.py` script describes one workload with a `build(spec) -> Workload`
+function. A `Workload` holds
+
+* `check()`: runs the step once in JAX and once in PyTorch from identical
+  weights (moved with `advjax.bridge`) and identical inputs, and raises
+  `AgreementError` unless the outputs (logits, gradients, adversarial images,
+  updated parameters) agree within float tolerance. A benchmark whose two
+  sides compute different things measures nothing, so `run_workload` always
+  checks before it times.
+* `timers`: zero-argument callables, one per variant ('jax', 'torch eager',
+  'torch eager channels_last', 'torch.compile', 'torchattacks', ...), each
+  running one step to completion (`block_until_ready` in JAX, a CUDA
+  synchronisation in PyTorch).
+* `flops`: floating-point operations of one step, from XLA's cost analysis
+  of the JAX program (the same arithmetic as the PyTorch side, which the
+  check establishes).
+
+Timing (`time_interleaved`) warms every variant up, then runs the variants
+round-robin in a rotating order, rep after rep, so that a change in machine
+load (other processes, thermal state) hits all variants alike; it reports
+the median and the inter-quartile range of the per-call wall time. The
+machine's peak is a large float32 matmul timed in both frameworks in the
+same run, so "fraction of peak" is comparable across variants.
+
+Adding a workload is one script with `build(spec)` plus one line in
+`benchmarks/run.py`'s `WORKLOADS`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import dataclasses
+import json
+import os
+import platform
+import statistics
+import sys
+import time
+from collections.abc import Callable
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import torch
+
+from advjax import bridge
+from advjax.models import create_model
+from benchmarks import torch_models
+
+# (image side, channels, classes) of the shapes each model is benchmarked at.
+SHAPES = {
+    "resnet20": (32, 3, 10),
+    "resnet50": (224, 3, 1000),
+    "resnet20_tiny": (8, 3, 5),
+    "resnet50_tiny": (32, 3, 7),
+}
+# Default batch per (model, platform): the GPU batch is the research setting;
+# the CPU batch is small enough that a 2-core machine finishes a run in minutes.
+DEFAULT_BATCH = {
+    ("resnet20", "gpu"): 128, ("resnet20", "cpu"): 8,
+    ("resnet50", "gpu"): 64, ("resnet50", "cpu"): 2,
+    ("resnet20_tiny", "gpu"): 4, ("resnet20_tiny", "cpu"): 4,
+    ("resnet50_tiny", "gpu"): 4, ("resnet50_tiny", "cpu"): 4,
+}
+MEAN = (0.4914, 0.4822, 0.4465)
+STD = (0.2471, 0.2435, 0.2616)
+# Relative-norm tolerance of the agreement checks. Float32 sides differ only
+# by summation order; bfloat16 compute carries ~3 significant digits.
+TOLERANCE = {"float32": 2e-3, "bfloat16": 5e-2}
+
+
+class AgreementError(AssertionError):
+  """The JAX and PyTorch sides of a benchmark computed different things."""
+
+
+# --------------------------------------------------------------------- devices
+
+
+def platform_name() -> str:
+  """'gpu' if JAX runs on an accelerator, else 'cpu'."""
+  return "cpu" if jax.default_backend() == "cpu" else "gpu"
+
+
+def torch_device() -> torch.device:
+  return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def torch_sync() -> None:
+  if torch.cuda.is_available():
+    torch.cuda.synchronize()
+
+
+def autocast(dtype: str):
+  """PyTorch's mixed precision matching `create_model(dtype=...)`: bf16 compute, f32 params."""
+  device = torch_device().type
+  return torch.autocast(device, dtype=torch.bfloat16, enabled=dtype == "bfloat16")
+
+
+def machine_info() -> dict[str, Any]:
+  """CPU model, cores, load, accelerators and library versions, for the report."""
+  cpu = platform.processor() or "unknown"
+  try:
+    with open("/proc/cpuinfo") as f:
+      for line in f:
+        if line.startswith("model name"):
+          cpu = line.split(":", 1)[1].strip()
+          break
+  except OSError:
+    pass
+  import flax
+  import jaxlib
+  return {
+      "cpu": cpu,
+      "cores": os.cpu_count(),
+      "load_average": os.getloadavg() if hasattr(os, "getloadavg") else None,
+      "jax_devices": [str(d.device_kind) for d in jax.devices()],
+      "torch_device": (torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu"),
+      "torch_threads": torch.get_num_threads(),
+      "xla_flags": os.environ.get("XLA_FLAGS", ""),
+      "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY", "(default: active)"),
+      "python": platform.python_version(),
+      "jax": jax.__version__,
+      "jaxlib": jaxlib.__version__,
+      "flax": flax.__version__,
+      "torch": torch.__version__,
+  }
+
+
+# ---------------------------------------------------------------- the problem
+
+
+@dataclasses.dataclass(frozen=True)
+class Spec:
+  """One benchmark problem: which model, at what batch and precision.
+
+  Attributes:
+    model: a key of `SHAPES` (registry name in both frameworks).
+    batch: examples per step.
+    dtype: compute dtype, 'float32' or 'bfloat16' (parameters stay float32).
+    steps: attack steps (PGD-k) where the workload has an attack.
+    torch_compile: also time a `torch.compile`d model.
+    seed: weights and data seed.
+  """
+  model: str
+  batch: int
+  dtype: str = "float32"
+  steps: int = 10
+  torch_compile: bool = True
+  seed: int = 0
+
+  @property
+  def shape(self) -> tuple[int, int, int]:
+    return SHAPES[self.model]
+
+
+@dataclasses.dataclass
+class Matched:
+  """A Flax model and its PyTorch twin holding the same weights."""
+  model: Any
+  variables: dict
+  torch_model: torch.nn.Module
+
+
+def matched_models(spec: Spec) -> Matched:
+  """Builds a PyTorch model at random init and moves its weights into the Flax twin.
+
+  A few training-mode passes make the BatchNorm running statistics
+  non-trivial, so eval-mode agreement exercises them.
+  """
+  size, channels, classes = spec.shape
+  torch.manual_seed(spec.seed)
+  tm = torch_models.create_torch_model(spec.model, num_classes=classes, in_channels=channels,
+                                       mean=MEAN, std=STD)
+  tm.train()
+  with torch.no_grad():
+    for _ in range(2):
+      tm(torch.rand(2, channels, size, size))
+  tm.eval()
+  model = create_model(spec.model, num_classes=classes, mean=MEAN, std=STD, dtype=spec.dtype)
+  template = jax.eval_shape(model.init, jax.random.key(0), jnp.zeros((1, size, size, channels)))
+  variables = bridge.torch_to_flax(tm.state_dict(), spec.model, template)
+  variables = jax.device_put(variables, jax.devices()[0])
+  return Matched(model, variables, tm.to(torch_device()))
+
+
+def make_batch(spec: Spec) -> tuple[np.ndarray, np.ndarray]:
+  """Random images [batch, H, W, C] in [0, 1] (float32) and labels [batch] (int32)."""
+  size, channels, classes = spec.shape
+  rng = np.random.default_rng(spec.seed + 1)
+  x = rng.uniform(size=(spec.batch, size, size, channels)).astype(np.float32)
+  y = rng.integers(0, classes, size=spec.batch).astype(np.int32)
+  return x, y
+
+
+def to_torch(x: np.ndarray, y: np.ndarray, channels_last: bool = False):
+  """NHWC numpy images and labels -> NCHW torch tensors on the torch device."""
+  xt = torch.from_numpy(np.ascontiguousarray(x.transpose(0, 3, 1, 2))).to(torch_device())
+  if channels_last:
+    xt = xt.contiguous(memory_format=torch.channels_last)
+  return xt, torch.from_numpy(y.astype(np.int64)).to(torch_device())
+
+
+def to_nhwc(xt: torch.Tensor) -> np.ndarray:
+  return xt.detach().float().cpu().numpy().transpose(0, 2, 3, 1)
+
+
+def torch_variants(tm: torch.nn.Module, spec: Spec, notes: list[str]) -> dict[str, tuple[torch.nn.Module, bool]]:
+  """The PyTorch executions to time: name -> (module, channels_last input).
+
+  Eager NCHW (PyTorch's default), eager channels_last (oneDNN/cuDNN often
+  prefer NHWC), and, if `spec.torch_compile`, `torch.compile` of the eager
+  module. A compile failure is recorded in `notes`, not raised.
+  """
+  out = {"torch eager": (tm, False)}
+  cl = copy.deepcopy(tm).to(memory_format=torch.channels_last)
+  out["torch eager channels_last"] = (cl, True)
+  if spec.torch_compile:
+    try:
+      compiled = torch.compile(copy.deepcopy(tm))
+      out["torch.compile"] = (compiled, False)
+    except Exception as e:  # noqa: BLE001  (recorded, the run goes on)
+      notes.append(f"torch.compile unavailable: {type(e).__name__}: {str(e).splitlines()[0][:200]}")
+  return out
+
+
+def torch_grads(tm: torch.nn.Module) -> dict[str, np.ndarray]:
+  """Parameter gradients of a module, keyed like its state dict."""
+  tm = getattr(tm, "_orig_mod", tm)
+  return {n: p.grad.detach().float().cpu().numpy() for n, p in tm.named_parameters()
+          if p.grad is not None}
+
+
+def torch_params(tm: torch.nn.Module) -> dict[str, np.ndarray]:
+  """State dict (parameters and BatchNorm statistics) as float32 numpy."""
+  tm = getattr(tm, "_orig_mod", tm)
+  return {k: v.detach().float().cpu().numpy() for k, v in tm.state_dict().items()
+          if not k.endswith("num_batches_tracked")}
+
+
+def flax_as_torch(tree: dict, model_name: str) -> dict[str, np.ndarray]:
+  """A Flax variables-like tree ({'params': ...}, {'batch_stats': ...}) with torch keys."""
+  return {k: np.asarray(v, np.float32) for k, v in bridge.flax_to_torch(jax.device_get(tree), model_name).items()
+          if not k.endswith("num_batches_tracked")}
+
+
+# ------------------------------------------------------------------ agreement
+
+
+def relative_error(a, b) -> float:
+  a = np.asarray(a, np.float64)
+  b = np.asarray(b, np.float64)
+  return float(np.linalg.norm(a - b) / max(np.linalg.norm(b), 1e-12))
+
+
+def assert_close(what: str, jax_value, torch_value, tol: float) -> float:
+  """Raises AgreementError unless ||jax - torch|| <= tol ||torch||; returns the error."""
+  jv, tv = np.asarray(jax_value), np.asarray(torch_value)
+  if jv.shape != tv.shape:
+    raise AgreementError(f"{what}: shapes differ, JAX {jv.shape} vs PyTorch {tv.shape}")
+  err = relative_error(jv, tv)
+  if not np.isfinite(err) or err > tol:
+    raise AgreementError(f"{what}: relative error {err:.3g} > {tol:.3g} between JAX and PyTorch")
+  return err
+
+
+def assert_trees_close(what: str, jax_tree: dict[str, np.ndarray], torch_tree: dict[str, np.ndarray],
+                       tol: float, per_tensor_factor: float = 5.0) -> float:
+  """Trees keyed like a torch state dict agree: all keys of `torch_tree` together within `tol`,
+  and each tensor within `per_tensor_factor * tol`.
+
+  Training-mode BatchNorm over few values per channel (batch 2 at a 7x7 map)
+  is ill-conditioned, so single early-layer gradients of a deep network drift
+  more than the whole; a wrong computation (a transposed kernel, a missing
+  layer) is off by O(1) in both measures. Returns the whole-tree error.
+  """
+  missing = sorted(set(torch_tree) - set(jax_tree))
+  if missing:
+    raise AgreementError(f"{what}: JAX side lacks {missing[:5]}")
+  for k, v in torch_tree.items():
+    assert_close(f"{what}[{k}]", jax_tree[k], v, per_tensor_factor * tol)
+  keys = sorted(torch_tree)
+  return assert_close(what, np.concatenate([np.ravel(jax_tree[k]) for k in keys]),
+                      np.concatenate([np.ravel(torch_tree[k]) for k in keys]), tol)
+
+
+def assert_trees_close_or_as_accurate(what: str, jax_tree: dict[str, np.ndarray],
+                                      torch_tree: dict[str, np.ndarray],
+                                      reference_tree: dict[str, np.ndarray], tol: float,
+                                      factor: float = 3.0) -> float:
+  """Like `assert_trees_close`, but where the problem itself is ill-conditioned in float32,
+  accepts JAX if it is at most `factor` times as far from a float64 reference as PyTorch is.
+
+  A random-init ResNet-50 trained at batch 2 normalises over 98 values per
+  channel in its last stage: there both float32 sides are ~2% from the
+  float64 gradient, so they cannot agree to 1% with each other. Returns the
+  JAX-vs-PyTorch whole-tree error.
+  """
+  try:
+    return assert_trees_close(what, jax_tree, torch_tree, tol)
+  except AgreementError as e:
+    keys = sorted(torch_tree)
+    flat = lambda tree: np.concatenate([np.ravel(tree[k]) for k in keys])  # noqa: E731
+    jax_err = relative_error(flat(jax_tree), flat(reference_tree))
+    torch_err = relative_error(flat(torch_tree), flat(reference_tree))
+    if not jax_err <= factor * max(torch_err, tol / factor):
+      raise AgreementError(f"{e}; and vs float64: JAX {jax_err:.3g}, PyTorch {torch_err:.3g}") from None
+    return relative_error(flat(jax_tree), flat(torch_tree))
+
+
+def float64_twin(tm: torch.nn.Module) -> torch.nn.Module:
+  """A float64 copy of a PyTorch module, the reference for ill-conditioned checks."""
+  return copy.deepcopy(getattr(tm, "_orig_mod", tm)).double()
+
+
+def assert_images_close(what: str, jax_images, torch_images, step: float, max_flipped: float) -> float:
+  """Adversarial images agree: all but `max_flipped` of the pixels within 1e-5.
+
+  A sign-gradient attack amplifies rounding: a gradient entry within rounding
+  of zero may take either sign, moving that pixel by 2 * step in one side
+  only. A wrong attack disagrees on a large fraction of pixels; float
+  rounding on a tiny fraction. Returns the fraction that differ.
+  """
+  jv, tv = np.asarray(jax_images, np.float32), np.asarray(torch_images, np.float32)
+  if jv.shape != tv.shape:
+    raise AgreementError(f"{what}: shapes differ, JAX {jv.shape} vs PyTorch {tv.shape}")
+  diff = np.abs(jv - tv)
+  flipped = float(np.mean(diff > 1e-5))
+  if flipped > max_flipped:
+    raise AgreementError(f"{what}: {flipped:.2%} of pixels differ (> {max_flipped:.2%}); "
+                         f"max |diff| {diff.max():.3g} (one step is {step:.3g})")
+  return flipped
+
+
+# --------------------------------------------------------------------- timing
+
+
+@dataclasses.dataclass
+class Timing:
+  """Per-call wall time of one variant."""
+  median_s: float
+  q1_s: float
+  q3_s: float
+  reps: int
+  first_call_s: float  # the first (warm-up) call, incl. compilation where there is one
+
+  @property
+  def iqr_s(self) -> float:
+    return self.q3_s - self.q1_s
+
+
+def _quartiles(ts: list[float]) -> tuple[float, float, float]:
+  if len(ts) < 2:
+    return ts[0], ts[0], ts[0]
+  q = statistics.quantiles(ts, n=4, method="inclusive")
+  return q[1], q[0], q[2]
+
+
+def time_interleaved(fns: dict[str, Callable[[], Any]], *, warmup: int = 2, min_reps: int = 5,
+                     max_reps: int = 50, budget_s: float = 30.0, log=print) -> dict[str, Timing]:
+  """Times zero-argument callables round-robin; each call must finish its work before returning.
+
+  Args:
+    fns: variant name -> callable running one synchronised step.
+    warmup: untimed calls per variant before measuring (the first compiles).
+    min_reps, max_reps: bounds on timed calls per variant.
+    budget_s: rough total seconds of timed calls across variants; the number
+      of reps is chosen from the warm-up cost to fit it.
+    log: progress printer.
+
+  Returns:
+    variant name -> Timing.
+  """
+  first, warm = {}, {}
+  for name, fn in fns.items():
+    t0 = time.perf_counter()
+    fn()
+    first[name] = time.perf_counter() - t0
+    t = first[name]
+    for _ in range(max(warmup - 1, 0)):
+      t0 = time.perf_counter()
+      fn()
+      t = time.perf_counter() - t0
+    warm[name] = t
+    log(f"    warm-up {name}: first call {first[name]:.3f}s, then {t:.3f}s")
+  per_round = sum(warm.values())
+  reps = int(min(max_reps, max(min_reps, budget_s / max(per_round, 1e-9))))
+  times = {name: [] for name in fns}
+  names = list(fns)
+  for r in range(reps):
+    # Rotate the order so no variant always runs right after the same other one.
+    order = names[r % len(names):] + names[:r % len(names)]
+    for name in order:
+      t0 = time.perf_counter()
+      fns[name]()
+      times[name].append(time.perf_counter() - t0)
+  out = {}
+  for name, ts in times.items():
+    med, q1, q3 = _quartiles(ts)
+    out[name] = Timing(med, q1, q3, len(ts), first[name])
+  return out
+
+
+PEAK_N = 2048
+PEAK_VARIANTS = ("peak matmul jax", "peak matmul torch")
+
+
+def peak_matmul_timers(n: int = PEAK_N) -> dict[str, Callable[[], Any]]:
+  """An n x n float32 matmul in each framework: the machine's attainable peak.
+
+  `run_workload` times these interleaved with the workload's variants, so the
+  peak is measured under the same machine load as the steps it normalises.
+  """
+  a = np.random.default_rng(0).standard_normal((n, n), np.float32)
+  aj = jax.device_put(a)
+  mm = jax.jit(lambda m: m @ m)
+  at = torch.from_numpy(a).to(torch_device())
+
+  def torch_mm():
+    torch.mm(at, at)
+    torch_sync()
+
+  return dict(zip(PEAK_VARIANTS, (lambda: mm(aj).block_until_ready(), torch_mm)))
+
+
+def peak_matmul_flops(n: int = PEAK_N, reps: int = 10) -> dict[str, float]:
+  """FLOP/s of an n x n float32 matmul in each framework, timed interleaved."""
+  timing = time_interleaved(peak_matmul_timers(n), min_reps=reps, max_reps=reps, budget_s=0.0,
+                            log=lambda *_: None)
+  return {k.rsplit(" ", 1)[-1]: 2 * n ** 3 / t.median_s for k, t in timing.items()}
+
+
+def xla_flops(fn: Callable, *args) -> float:
+  """FLOPs of `fn(*args)` from XLA's cost analysis of the compiled program.
+
+  XLA counts a while loop's body once, not times its trip count, so callers
+  pass loop-free functions (one attack step) and multiply.
+  """
+  analysis = jax.jit(fn).lower(*args).compile().cost_analysis()
+  if isinstance(analysis, (list, tuple)):
+    analysis = analysis[0]
+  return float(analysis.get("flops", float("nan"))) if analysis else float("nan")
+
+
+# ------------------------------------------------------------------- workload
+
+
+@dataclasses.dataclass
+class Workload:
+  """One benchmark problem, ready to check and time.
+
+  Attributes:
+    name: workload name ('fwd_bwd', 'pgd10', ...).
+    spec: the problem.
+    check: runs both sides once from identical state; raises AgreementError
+      on disagreement; returns {quantity: error} for the report.
+    timers: variant -> zero-argument synchronised step.
+    flops: () -> floating-point operations of one step (same on both sides),
+      lazy because XLA's cost analysis compiles the program once more.
+    notes: remarks for the report (e.g. why a variant is missing).
+  """
+  name: str
+  spec: Spec
+  check: Callable[[], dict[str, float]]
+  timers: dict[str, Callable[[], Any]]
+  flops: Callable[[], float]
+  notes: list[str] = dataclasses.field(default_factory=list)
+
+
+def run_workload(workload: Workload, *, budget_s: float, min_reps: int,
+                 log=print) -> list[dict[str, Any]]:
+  """Checks agreement, then times every variant; returns one result row per variant."""
+  spec = workload.spec
+  log(f"== {workload.name} {spec.model} batch {spec.batch} {spec.dtype}")
+  # The very first JAX call traces and compiles; time it before the check reuses the executable.
+  t0 = time.perf_counter()
+  workload.timers["jax"]()
+  jax_first_call = time.perf_counter() - t0
+  errors = workload.check()
+  log("    agreement: " + ", ".join(f"{k} {v:.2g}" for k, v in errors.items()))
+  timings = time_interleaved({**workload.timers, **peak_matmul_timers()}, budget_s=budget_s,
+                             min_reps=min_reps, log=log)
+  # The larger of the two frameworks' matmul rates, measured in this very loop.
+  peak = max(2 * PEAK_N ** 3 / timings.pop(name).median_s for name in PEAK_VARIANTS)
+  jax_median = timings["jax"].median_s
+  torch_eager = min(t.median_s for n, t in timings.items() if n.startswith("torch eager"))
+  rows = []
+  timings["jax"].first_call_s = jax_first_call
+  flops = workload.flops()
+  for variant, t in timings.items():
+    rows.append({
+        "workload": workload.name, "model": spec.model, "batch": spec.batch,
+        "image_size": spec.shape[0], "dtype": spec.dtype, "variant": variant,
+        "median_s": t.median_s, "iqr_s": t.iqr_s, "reps": t.reps,
+        "images_per_s": spec.batch / t.median_s,
+        # >1 means JAX is faster than the variant.
+        "jax_speedup": t.median_s / jax_median,
+        "jax_vs_best_torch_eager": torch_eager / jax_median,
+        "first_call_s": t.first_call_s,
+        # Compilation (JAX trace + XLA compile, or torch.compile): first call minus a steady one.
+        "compile_s": max(t.first_call_s - t.median_s, 0.0),
+        "gflop_per_step": flops / 1e9,
+        "fraction_of_peak": flops / t.median_s / peak,
+        "peak_gflops": peak / 1e9,
+        "agreement": errors, "notes": list(workload.notes),
+    })
+    log(f"    {variant:28s} {t.median_s * 1e3:9.1f} ms  IQR {t.iqr_s * 1e3:7.1f} ms  "
+        f"({t.reps} reps)  {spec.batch / t.median_s:8.1f} img/s  "
+        f"{flops / t.median_s / peak:6.1%} of peak")
+  return rows
+
+
+# ------------------------------------------------------------------------ CLI
+
+
+def parse_args(argv=None, default_models=("resnet20", "resnet50")) -> argparse.Namespace:
+  p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  p.add_argument("--models", default=",".join(default_models),
+                 help="comma-separated models: " + ", ".join(SHAPES))
+  p.add_argument("--batch", type=int, default=0, help="batch size; 0 = per-model default for the platform")
+  p.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"))
+  p.add_argument("--steps", type=int, default=10, help="attack steps (PGD-k)")
+  p.add_argument("--torch-compile", default="on", choices=("on", "off", "force"),
+                 help="time a torch.compile'd model too; benchmarks.run skips it for resnet50 on "
+                      "CPU unless 'force'")
+  p.add_argument("--budget", type=float, default=30.0, help="seconds of timed calls per workload and model")
+  p.add_argument("--min-reps", type=int, default=5)
+  p.add_argument("--quick", action="store_true", help="smoke run: tiny models, few reps, no torch.compile")
+  p.add_argument("--json", default="", help="append result rows (JSON lines) to this file")
+  args = p.parse_args(argv)
+  if args.quick:
+    args.models = ",".join(m if m.endswith("_tiny") else f"{m}_tiny" for m in args.models.split(","))
+    args.budget, args.min_reps, args.torch_compile = 1.0, 3, "off"
+  return args
+
+
+def specs_from_args(args: argparse.Namespace, steps: int | None = None) -> list[Spec]:
+  specs = []
+  for model in [m for m in args.models.split(",") if m]:
+    if model not in SHAPES:
+      raise SystemExit(f"--models: unknown model {model!r}; known: {', '.join(SHAPES)}")
+    batch = args.batch or DEFAULT_BATCH[(model, platform_name())]
+    specs.append(Spec(model=model, batch=batch, dtype=args.dtype,
+                      steps=args.steps if steps is None else steps,
+                      torch_compile=args.torch_compile != "off"))
+  return specs
+
+
+def main(build: Callable[[Spec], Workload], argv=None, default_models=("resnet20", "resnet50"),
+         steps: int | None = None) -> list[dict[str, Any]]:
+  """Runs one workload script: every selected model, checked then timed."""
+  args = parse_args(argv, default_models)
+  rows = []
+  for spec in specs_from_args(args, steps):
+    rows += run_workload(build(spec), budget_s=args.budget, min_reps=args.min_reps)
+  if args.json:
+    with open(args.json, "a") as f:
+      for row in rows:
+        f.write(json.dumps(row) + "\n")
+  return rows
+
+
+def flush() -> None:
+  sys.stdout.flush()
+
+
+def assert_images_close_or_as_accurate(what: str, jax_images, torch_images, reference_images,
+                                       step: float, max_flipped: float, factor: float = 2.0) -> float:
+  """`assert_images_close`, or, where float32 rounding alone scatters the attack's path
+  (sign flips early in the loop compound), JAX is within `factor` of PyTorch's
+  distance to the float64 attack. Returns the JAX-vs-PyTorch fraction."""
+  try:
+    return assert_images_close(what, jax_images, torch_images, step, max_flipped)
+  except AgreementError as e:
+    frac = lambda a, b: float(np.mean(np.abs(np.asarray(a, np.float64) - np.asarray(b, np.float64)) > 1e-5))  # noqa: E731
+    jax_far, torch_far = frac(jax_images, reference_images), frac(torch_images, reference_images)
+    if not jax_far <= factor * max(torch_far, max_flipped):
+      raise AgreementError(f"{e}; vs float64: JAX {jax_far:.2%}, PyTorch {torch_far:.2%}") from None
+    return frac(jax_images, torch_images)

@@ -1,0 +1,41 @@
+"""The benchmarks' JAX/PyTorch agreement checks, on a tiny model, so the comparison code cannot rot.
+
+Each workload's `check()` runs the JAX step and its PyTorch twin from the
+same weights and raises `AgreementError` if they disagree; here they must
+pass, and a deliberately different PyTorch side must fail. No timing.
+"""
+
+import numpy as np
+import pytest
+import torch
+
+from benchmarks import bench_fwd_bwd, bench_pgd, bench_pgd_at, bench_uat, harness
+
+SPEC = harness.Spec(model="resnet20_tiny", batch=4, steps=2, torch_compile=False)
+
+
+@pytest.mark.parametrize("module", [bench_fwd_bwd, bench_pgd, bench_pgd_at, bench_uat],
+                         ids=lambda m: m.__name__.rsplit(".", 1)[-1])
+def test_jax_and_torch_sides_agree(module):
+  workload = module.build(SPEC)
+  errors = workload.check()
+  assert errors and all(np.isfinite(v) for v in errors.values())
+  assert "jax" in workload.timers and "torch eager" in workload.timers
+
+
+def test_check_fails_when_the_sides_differ(monkeypatch):
+  # A PyTorch attack with twice the step size is a different computation.
+  original = bench_pgd.torch_pgd
+  monkeypatch.setattr(bench_pgd, "torch_pgd",
+                      lambda tm, x, y, *, eps, alpha, steps, dtype="float32":
+                      original(tm, x, y, eps=eps, alpha=2 * alpha, steps=steps, dtype=dtype))
+  with pytest.raises(harness.AgreementError, match="torch loop"):
+    bench_pgd.build(SPEC).check()
+
+
+def test_interleaved_timing_reports_every_variant():
+  timings = harness.time_interleaved({"a": lambda: None, "b": lambda: torch.zeros(1)},
+                                     warmup=1, min_reps=4, max_reps=4, budget_s=0.0,
+                                     log=lambda *_: None)
+  assert set(timings) == {"a", "b"}
+  assert all(t.reps == 4 and t.q1_s <= t.median_s <= t.q3_s for t in timings.values())
