@@ -109,7 +109,7 @@ def write_figures(rows: list[dict], run_dirs: list[str], out_dir: str, delta: fl
             for r in rows if r["eps_uni"] != ""]
   if points:
     viz.plot_pareto(points, os.path.join(out_dir, "pareto.png"), delta=delta,
-                    title="shared adversarial training: accuracy vs universal robustness")
+                    title="shared AT: clean accuracy vs eps_uni")
   perturbations = []
   for run_dir in run_dirs:
     path = os.path.join(run_dir, evaluate.UNIVERSAL_FILE + ".npy")
