@@ -30,6 +30,7 @@ bench: $(STAMP)
 	$(PY) -c "import torch, torchattacks" 2>/dev/null || \
 	  ($(PY) -m pip install -q -e ".[bench]" && $(PY) -m pip install -q --no-deps torchattacks==3.5.1)
 	$(PY) -m benchmarks.run $(BENCH_ARGS)
+	$(PY) -m benchmarks.bench_cost_ratios
 
 clean:
 	rm -rf runs .pytest_cache

@@ -39,3 +39,14 @@ def test_interleaved_timing_reports_every_variant():
                                      log=lambda *_: None)
   assert set(timings) == {"a", "b"}
   assert all(t.reps == 4 and t.q1_s <= t.median_s <= t.q3_s for t in timings.values())
+
+
+def test_cost_ratio_benchmark_runs(capsys):
+  """Every objective's step builds and runs, and the ratio table is printed."""
+  from benchmarks import bench_cost_ratios
+  bench_cost_ratios.main(["--model", "resnet20_tiny", "--batch", "8", "--steps", "1", "--sharedness", "4",
+                          "--budget", "0.01"])
+  out = capsys.readouterr().out
+  for variant in bench_cost_ratios.VARIANTS:
+    assert f"| {variant} |" in out
+  assert "heap step / PGD step" in out and "AdvProp step / PGD step" in out
