@@ -172,9 +172,6 @@ def as_config_dict(params: Any) -> ml_collections.ConfigDict:
       {k: ml_collections.config_dict.placeholder(float) if v is None else v for k, v in values.items()})
 
 
-# The name experiment files use for attack blocks.
-attack_config_dict = as_config_dict
-
 
 def _require(condition: bool, field: str, message: str) -> None:
   if not condition:

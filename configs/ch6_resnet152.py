@@ -18,7 +18,7 @@ heuristic, and `--config.advprop.eval_bn=adv` to evaluate with MBN_adv.
 """
 
 from advjax.attacks import pgd
-from advjax.config import attack_config_dict, base_config
+from advjax.config import as_config_dict, base_config
 
 STRATEGIES = ("adv", "mixture", "mixture_alp", "mbn", "mbn_alp", "gn")
 
@@ -33,7 +33,7 @@ def get_config(arg=None):
   c.data.augment = True
   c.model.name = "resnet152"
   c.objective = "advprop"
-  c.attack = attack_config_dict(pgd.AttackConfig(
+  c.attack = as_config_dict(pgd.AttackConfig(
       eps=16.0, step_size=1.0, num_steps=30, init="mixed", clean_init_fraction=0.2, targeted=True))
   c.advprop.adv_bn = "adv" if strategy.startswith("mbn") else "main"
   c.advprop.clean_ratio = 0.0 if strategy == "adv" else 1.0

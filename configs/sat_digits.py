@@ -6,7 +6,7 @@ eps 32 (random start, one step of 32) and PGD-20 evaluation at eps 32.
 `--config.sat.softplus_grad=both` with activation 'relu' is table 5.1's diagnostic.
 """
 
-from advjax.config import attack_config_dict, base_config
+from advjax.config import as_config_dict, base_config
 from advjax.attacks import pgd
 
 
@@ -16,7 +16,7 @@ def get_config(arg=None):
   c.model.name = "convnet_tiny"
   c.model.activation = arg or "parametric_softplus"
   c.objective = "pgd_at"
-  c.attack = attack_config_dict(pgd.AttackConfig(eps=32.0, step_size=32.0, num_steps=1, init="uniform"))
+  c.attack = as_config_dict(pgd.AttackConfig(eps=32.0, step_size=32.0, num_steps=1, init="uniform"))
   c.batch_size = 64
   c.num_epochs = 4
   c.optimizer.name = "adam"

@@ -8,7 +8,7 @@ with PGD-200 at eps 4. `get_config('<activation>')` picks the activation:
 diagnostic on the ReLU baseline.
 """
 
-from advjax.config import attack_config_dict, base_config
+from advjax.config import as_config_dict, base_config
 from advjax.attacks import pgd
 
 
@@ -21,7 +21,7 @@ def get_config(arg=None):
   c.model.activation = arg or "silu"
   c.objective = "pgd_at"
   c.adv_weight = 1.0
-  c.attack = attack_config_dict(pgd.AttackConfig(eps=4.0, step_size=4.0, num_steps=1, init="uniform"))
+  c.attack = as_config_dict(pgd.AttackConfig(eps=4.0, step_size=4.0, num_steps=1, init="uniform"))
   c.batch_size = 4096
   c.num_epochs = 100
   c.optimizer.name = "sgd"

@@ -89,7 +89,7 @@ def advprop_attack(eps: float, attacker: str = "pgd") -> pgd.AttackConfig:
 
 def configure_attacker(config: ml_collections.ConfigDict, eps: float, attacker: str = "pgd") -> None:
   """Sets `config.attack` and `config.advprop.project_eps_ball` for an AdvProp attacker."""
-  config.attack = config_lib.attack_config_dict(advprop_attack(eps, attacker))
+  config.attack = config_lib.as_config_dict(advprop_attack(eps, attacker))
   config.advprop.project_eps_ball = attacker != "gd"
 
 
