@@ -39,8 +39,14 @@ PROMISES = (
 )
 
 
-def variant_config(variant: str, model_name: str, batch: int, num_steps: int, sharedness: int):
-  """The experiment config of one variant: CIFAR-shaped data, SGD, the same attack length."""
+def variant_config(variant: str, model_name: str, batch: int, num_steps: int, sharedness: int,
+                   bn_mode: str = "eval"):
+  """The experiment config of one variant: CIFAR-shaped data, SGD, the same attacker.
+
+  Every adversarial variant attacks for `num_steps` steps with BatchNorm in
+  `bn_mode` (AdvProp through its auxiliary set), so the ratios compare the
+  same attack work.
+  """
   c = config_lib.base_config()
   c.model.name = model_name
   c.batch_size = batch
@@ -55,6 +61,7 @@ def variant_config(variant: str, model_name: str, batch: int, num_steps: int, sh
   if variant == "advprop":
     advprop.configure_attacker(c, eps, "pgd")
     c.attack.num_steps = num_steps
+  c.attack.bn_mode = bn_mode
   c.uat.eps = eps
   return c
 
@@ -79,6 +86,8 @@ def main(argv=None):
   p.add_argument("--batch", type=int, default=16)
   p.add_argument("--steps", type=int, default=3, help="attack steps k of every adversarial variant")
   p.add_argument("--sharedness", type=int, default=8)
+  p.add_argument("--bn-mode", default="eval", choices=("eval", "batch"),
+                 help="BatchNorm during every attack ('eval': running statistics)")
   p.add_argument("--budget", type=float, default=60.0, help="seconds of timed calls in all")
   args = p.parse_args(argv)
 
@@ -90,7 +99,7 @@ def main(argv=None):
       "label": rng.integers(0, num_classes, size=(args.batch,)).astype(np.int32)}, mesh)
   timers = {}
   for variant in VARIANTS:
-    config = variant_config(variant, args.model, args.batch, args.steps, args.sharedness)
+    config = variant_config(variant, args.model, args.batch, args.steps, args.sharedness, args.bn_mode)
     config_lib.validate(config, num_devices=1)
     step, fresh = build_step(config, image_shape, num_classes, mesh)
     box = {"state": fresh()}
@@ -102,7 +111,7 @@ def main(argv=None):
     timers[variant] = run
   timings = harness.time_interleaved(timers, budget_s=args.budget)
   print(f"\n{args.model}, batch {args.batch}, attack steps k = {args.steps}, s = {args.sharedness}, "
-        f"{jax.devices()[0].platform}")
+        f"attack BN {args.bn_mode}, {jax.devices()[0].platform}")
   print("| variant | median ms | IQR ms | reps |\n|---|---|---|---|")
   for name, t in timings.items():
     print(f"| {name} | {1e3 * t.median_s:.1f} | {1e3 * t.iqr_s:.1f} | {t.reps} |")

@@ -1,6 +1,6 @@
 """Smooth adversarial training on the embedded MNIST digits, CPU-sized (Xie thesis, ch. 5).
 
-The tiny convnet with a smooth activation (`get_config('<activation>')`,
+The universality-paper convnet with a smooth activation (`get_config('<activation>')`,
 default 'parametric_softplus'; 'relu' is the baseline), PGD-1 training at
 eps 32 (random start, one step of 32) and PGD-20 evaluation at eps 32.
 `--config.sat.softplus_grad=both` with activation 'relu' is table 5.1's diagnostic.
@@ -13,14 +13,14 @@ from advjax.attacks import pgd
 def get_config(arg=None):
   c = base_config()
   c.data.name = "mnist_embedded"
-  c.model.name = "convnet_tiny"
+  c.model.name = "convnet"
   c.model.activation = arg or "parametric_softplus"
   c.objective = "pgd_at"
   c.attack = as_config_dict(pgd.AttackConfig(eps=32.0, step_size=32.0, num_steps=1, init="uniform"))
   c.batch_size = 64
-  c.num_epochs = 4
+  c.num_epochs = 6
   c.optimizer.name = "adam"
-  c.optimizer.learning_rate = 2e-3
+  c.optimizer.learning_rate = 1e-3
   c.schedule.name = "cosine"
   c.log_every_steps = 25
   c.checkpoint_every_steps = 125

@@ -3,8 +3,9 @@
 AdvProp (Xie thesis, ch. 7, algorithm 2) treats clean images and adversarial
 examples as two domains that share every weight except the BatchNorms:
 
-  1. attack the network *through the auxiliary BNs* (their batch statistics,
-     nothing updated) to turn the clean mini-batch x^c into x^a;
+  1. attack the network *through the auxiliary BNs* (their batch statistics
+     by default, `attack.bn_mode`; nothing updated) to turn the clean
+     mini-batch x^c into x^a;
   2. L^c = CE(x^c) through the main BNs, L^a = CE(x^a) through the auxiliary
      BNs, each pass updating only its own running statistics;
   3. one update of all weights on L^c + L^a (eq. 7.3).
@@ -73,7 +74,9 @@ def advprop_attack(eps: float, attacker: str = "pgd") -> pgd.AttackConfig:
       start; the caller also sets `advprop.project_eps_ball = False`).
 
   Returns:
-    An AttackConfig with n = eps + 1 iterations (n = 1 for eps = 1) of step 1.
+    An AttackConfig with n = eps + 1 iterations (n = 1 for eps = 1) of step 1
+    through the auxiliary set's batch statistics (bn_mode 'batch'); with
+    'eval' the attack normalises with that set's running statistics.
 
   Raises:
     ConfigError: unknown attacker or eps < 1.
@@ -84,7 +87,7 @@ def advprop_attack(eps: float, attacker: str = "pgd") -> pgd.AttackConfig:
     raise ConfigError(f"AdvProp eps {eps} must be >= 1 (0-255 units)")
   num_steps = 1 if eps == 1 else int(round(eps)) + 1
   return pgd.AttackConfig(norm="linf", eps=float(eps), step_size=1.0, num_steps=num_steps,
-                          init="zero" if attacker == "ifgsm" else "uniform")
+                          init="zero" if attacker == "ifgsm" else "uniform", bn_mode="batch")
 
 
 def configure_attacker(config: ml_collections.ConfigDict, eps: float, attacker: str = "pgd") -> None:
@@ -163,6 +166,7 @@ def make_advprop_loss(model: nn.Module, config: ml_collections.ConfigDict) -> ob
   adv_set, aug_set = cfg.adv_bn, cfg.aug_bn
   attack_model, model = sat.attacker_and_trainee(model, config)
   smoothing = config.label_smoothing
+  attack_batch_stats = attack_cfg.bn_mode == "batch"
   for bn_set in bn_sets(config):
     aux_bn.aux_norm(model.norm, bn_set)  # Fails early, naming the norm, for a non-BatchNorm model.
 
@@ -178,8 +182,10 @@ def make_advprop_loss(model: nn.Module, config: ml_collections.ConfigDict) -> ob
     frozen = jax.lax.stop_gradient(variables)
 
     def attack_logits(images):
-      # The attacked network normalises with the adversarial set, whose update is discarded.
-      return _apply(attack_model, frozen, images, adv_set, use_batch_stats, attack_rng, train=False)[0]
+      # The attacked network normalises with the adversarial set (its running statistics for
+      # attack.bn_mode 'eval', the batch's for 'batch'); any statistics update is discarded.
+      return _apply(attack_model, frozen, images, adv_set, attack_batch_stats and use_batch_stats,
+                    attack_rng, train=False)[0]
 
     if cfg.project_eps_ball:
       x_adv = pgd.attack(attack_logits, x, y, attack_rng, attack_cfg)

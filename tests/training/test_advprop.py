@@ -96,6 +96,29 @@ def test_mixture_bn_alp_and_running_statistics_phase():
   assert all(np.array_equal(a, b) for a, b in zip(jax.tree.leaves(frozen), jax.tree.leaves(stats)))
 
 
+@pytest.mark.parametrize("bn_mode, depends", [("batch", False), ("eval", True)])
+def test_attack_bn_mode_selects_the_aux_sets_statistics(bn_mode, depends):
+  # With batch statistics everywhere the loss cannot see the aux set's running statistics;
+  # with attack.bn_mode 'eval' the attack normalises with them, so the examples (and loss) move.
+  config = _config()
+  config.attack.bn_mode = bn_mode
+  model = create_model("convnet_tiny", num_classes=10, norm="batchnorm")
+  x = jax.random.uniform(jax.random.key(0, impl="rbg"), (8, 8, 8, 1))
+  shapes = jax.eval_shape(model.init, jax.random.key(0), x)
+  rng = np.random.default_rng(0)
+  variables = jax.tree.map(lambda s: jnp.asarray(0.3 * rng.normal(size=s.shape) + 1.0, jnp.float32), shapes)
+  variables = aux_bn.add_aux_sets(model, variables, ["adv"], x)
+  params = variables.pop("params")
+  batch = {"image": x, "label": jnp.arange(8) % 10}
+  run = jax.jit(advprop.make_advprop_loss(model, config))
+  key = jax.random.key(1, impl="rbg")
+  loss, _ = run(params, variables, batch, key)
+  shifted = dict(variables)
+  shifted["batch_stats_adv"] = jax.tree.map(lambda v: v + 0.5, variables["batch_stats_adv"])
+  loss_shifted, _ = run(params, shifted, batch, key)
+  assert (float(loss) != float(loss_shifted)) == depends
+
+
 def test_config_checks():
   config = _config(eval_bn="aug")
   with pytest.raises(ConfigError, match="advprop.eval_bn"):
