@@ -52,18 +52,32 @@ def train_config(spec: harness.Spec, objective: str):
   return c
 
 
-def jax_train_step(m: harness.Matched, spec: harness.Spec, objective: str, extras=None):
-  """The library's compiled step and a function making fresh states from the matched weights."""
+def jax_train_step(m: harness.Matched, spec: harness.Spec, objective: str, extras=None,
+                   configure=None, variables=None):
+  """The library's compiled step and a function making fresh states from the matched weights.
+
+  Args:
+    m: the matched models.
+    spec: the benchmark spec.
+    objective: the `advjax.config.OBJECTIVES` name.
+    extras: optional `() -> TrainState.extras` of the objective.
+    configure: optional in-place edit of the experiment config (`train_config`).
+    variables: the starting variables if not `m.variables` (e.g. with auxiliary BN sets).
+  """
   config = train_config(spec, objective)
+  if configure:
+    configure(config)
+  config_lib.validate(config, num_devices=1)
+  variables = m.variables if variables is None else variables
   schedule = optax.constant_schedule(LEARNING_RATE)
   tx = optax.sgd(schedule, momentum=MOMENTUM)
   mesh = parallel.make_mesh(jax.devices()[:1])
 
   def fresh_state():
     # Copies, because every call of the compiled step donates (frees) its input state.
-    params = jax.tree.map(jnp.copy, m.variables["params"])
+    params = jax.tree.map(jnp.copy, variables["params"])
     return TrainState.create(apply_fn=m.model.apply, params=params, tx=tx,
-                             batch_stats=jax.tree.map(jnp.copy, m.variables["batch_stats"]),
+                             batch_stats=jax.tree.map(jnp.copy, variables["batch_stats"]),
                              rng=jax.random.key(0), extras=extras() if extras else {})
 
   step = steps_lib.make_train_step(m.model, config, schedule)
@@ -146,10 +160,15 @@ def build(spec: harness.Spec) -> harness.Workload:
       harness.torch_sync()
 
     timers[name] = run
-  flops = lambda: (spec.steps * bench_pgd.input_grad_flops(m.model, m.variables, batch["image"], batch["label"])
-           + harness.xla_flops(bench_fwd_bwd.jax_fwd_bwd(m.model), m.variables["params"],
-                               m.variables["batch_stats"], batch["image"], batch["label"]))
-  return harness.Workload(f"pgd{spec.steps}_at", spec, check, timers, flops, notes)
+  return harness.Workload(f"pgd{spec.steps}_at", spec, check, timers, lambda: step_flops(m, spec, batch), notes)
+
+
+def step_flops(m: harness.Matched, spec: harness.Spec, batch: dict, training_passes: int = 1) -> float:
+  """FLOPs of an adversarial-training step: k attack steps and `training_passes` forward/backward passes."""
+  attack = spec.steps * bench_pgd.input_grad_flops(m.model, m.variables, batch["image"], batch["label"])
+  train = harness.xla_flops(bench_fwd_bwd.jax_fwd_bwd(m.model), m.variables["params"],
+                            m.variables["batch_stats"], batch["image"], batch["label"])
+  return attack + training_passes * train
 
 
 if __name__ == "__main__":

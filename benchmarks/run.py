@@ -1,9 +1,7 @@
 """Runs every benchmark workload and writes the report table (BENCHMARKS.md).
 
 `make bench` calls this. Each workload is a module with `build(spec)` (see
-`benchmarks/harness.py`); adding one is one line in `WORKLOADS`. Workloads
-of objectives not yet registered in `advjax.config.OBJECTIVES` are skipped
-with a note, so the list can name them ahead of their implementation.
+`benchmarks/harness.py`); adding one is one line in `WORKLOADS`.
 
 Run: `python -m benchmarks.run [--quick] [--workloads fwd_bwd,pgd] [--models resnet20]
       [--dtype bfloat16] [--out BENCHMARKS.md]`.
@@ -19,18 +17,18 @@ import os
 import sys
 import time
 
-from advjax import config as config_lib
 from benchmarks import harness
 
-# name -> (module, objective it needs in advjax.config.OBJECTIVES, or None)
+# name -> module with `build(spec)`; the adversarial-training steps share their attack length k.
 WORKLOADS = {
-    "fwd_bwd": ("benchmarks.bench_fwd_bwd", None),
-    "pgd": ("benchmarks.bench_pgd", None),
-    "pgd_at": ("benchmarks.bench_pgd_at", "pgd_at"),
-    "uat": ("benchmarks.bench_uat", "uat_simultaneous"),
-    # To do: the shared-AT heap step ('shared_at') and the AdvProp step ('advprop'),
-    # as `bench_shared_at` / `bench_advprop` modules with PyTorch twins, like bench_uat.
+    "fwd_bwd": "benchmarks.bench_fwd_bwd",
+    "pgd": "benchmarks.bench_pgd",
+    "pgd_at": "benchmarks.bench_pgd_at",
+    "shared_at": "benchmarks.bench_shared_at",
+    "uat": "benchmarks.bench_uat",
+    "advprop": "benchmarks.bench_advprop",
 }
+TRAINING_STEPS_WITH_ATTACK = ("pgd_at", "shared_at", "advprop")
 
 
 def parse(argv):
@@ -39,7 +37,7 @@ def parse(argv):
   p.add_argument("--workloads", default=",".join(WORKLOADS), help="comma-separated: " + ", ".join(WORKLOADS))
   p.add_argument("--out", default="BENCHMARKS.md")
   p.add_argument("--json", default="", help="also write the result rows as JSON lines here")
-  p.add_argument("--pgd-at-steps", type=int, default=7, help="k of the PGD-k adversarial-training step")
+  p.add_argument("--pgd-at-steps", type=int, default=7, help="attack steps k inside the adversarial-training steps (" + ", ".join(TRAINING_STEPS_WITH_ATTACK) + ")")
   known, rest = p.parse_known_args(argv)
   return known, harness.parse_args(rest)
 
@@ -127,12 +125,8 @@ def main(argv=None) -> None:
   for name in [w for w in known.workloads.split(",") if w]:
     if name not in WORKLOADS:
       raise SystemExit(f"--workloads: unknown {name!r}; known: {', '.join(WORKLOADS)}")
-    module, objective = WORKLOADS[name]
-    if objective is not None and objective not in config_lib.OBJECTIVES:
-      notes.append(f"{name}: skipped, objective {objective!r} is not registered yet")
-      continue
-    build = importlib.import_module(module).build
-    steps = known.pgd_at_steps if name == "pgd_at" else None
+    build = importlib.import_module(WORKLOADS[name]).build
+    steps = known.pgd_at_steps if name in TRAINING_STEPS_WITH_ATTACK else None
     for spec in harness.specs_from_args(args, steps):
       if (spec.torch_compile and harness.platform_name() == "cpu" and spec.model == "resnet50"
           and args.torch_compile == "on"):

@@ -9,12 +9,14 @@ import numpy as np
 import pytest
 import torch
 
-from benchmarks import bench_fwd_bwd, bench_pgd, bench_pgd_at, bench_uat, harness
+from benchmarks import (bench_advprop, bench_fwd_bwd, bench_pgd, bench_pgd_at, bench_shared_at, bench_uat,
+                        harness)
 
 SPEC = harness.Spec(model="resnet20_tiny", batch=4, steps=2, torch_compile=False)
 
 
-@pytest.mark.parametrize("module", [bench_fwd_bwd, bench_pgd, bench_pgd_at, bench_uat],
+@pytest.mark.parametrize("module", [bench_fwd_bwd, bench_pgd, bench_pgd_at, bench_shared_at, bench_uat,
+                                    bench_advprop],
                          ids=lambda m: m.__name__.rsplit(".", 1)[-1])
 def test_jax_and_torch_sides_agree(module):
   workload = module.build(SPEC)
@@ -31,6 +33,21 @@ def test_check_fails_when_the_sides_differ(monkeypatch):
                       original(tm, x, y, eps=eps, alpha=2 * alpha, steps=steps, dtype=dtype))
   with pytest.raises(harness.AgreementError, match="torch loop"):
     bench_pgd.build(SPEC).check()
+
+
+def test_heap_check_fails_for_per_example_perturbations(monkeypatch):
+  original = bench_shared_at.torch_heap_pgd
+  monkeypatch.setattr(bench_shared_at, "torch_heap_pgd",
+                      lambda *args, sharedness, **kw: original(*args, sharedness=1, **kw))
+  with pytest.raises(harness.AgreementError):
+    bench_shared_at.build(SPEC).check()
+
+
+def test_advprop_check_fails_when_the_twin_shares_the_batchnorms(monkeypatch):
+  # Both passes through one BN set is the mixture-BN baseline, not AdvProp.
+  monkeypatch.setattr(bench_advprop, "aux_twin", lambda tm: tm)
+  with pytest.raises(harness.AgreementError):
+    bench_advprop.build(SPEC).check()
 
 
 def test_interleaved_timing_reports_every_variant():

@@ -1,0 +1,119 @@
+"""One shared-adversarial-training step (heap adversary, Mummadi et al. sec. 4), JAX vs PyTorch.
+
+The step: the batch is split into heaps of s consecutive images and PGD-k
+finds one perturbation per heap (L-inf, eps 8/255, step 2/255, from zero) on
+the heap's mean cross-entropy, each heap's perturbation broadcast to its
+members and clipped to the image box in every pass; then one
+training-mode forward/backward on the adversarial batch and an SGD-momentum
+update, as in `bench_pgd_at`. The JAX side is the library's `shared_at`
+objective (`advjax.attacks.heap`: a reshape and a broadcast, the model sees
+the flat batch once per attack step); the PyTorch side holds the perturbation
+as a [heaps, C, H, W] leaf tensor and repeats it over each heap. (The loss
+thresholding of sec. 4.3 costs nothing extra; it is left out because at the
+benchmark's random weights every loss is above the threshold, so no gradient
+would reach the perturbation and the agreement check would test nothing.)
+
+Checked: after one step from the same state the parameter updates and the
+BatchNorm running statistics of both sides agree.
+
+Run: `python -m benchmarks.bench_shared_at [--models resnet20 --steps 7]`.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+
+import jax
+import jax.numpy as jnp
+import torch
+import torch.nn.functional as F
+
+from advjax.attacks import threat
+from benchmarks import bench_pgd, bench_pgd_at, harness
+
+OBJECTIVE = "shared_at"
+SHAREDNESS = 8  # Or the largest power of two dividing a smaller batch.
+
+
+def sharedness_for(batch: int) -> int:
+  return math.gcd(SHAREDNESS, batch)
+
+
+def torch_heap_pgd(tm, x, y, *, sharedness: int, eps: float, alpha: float, steps: int,
+                   dtype: str = "float32"):
+  """L-inf PGD with one perturbation per heap of `sharedness` consecutive images, from zero."""
+  n, c, h, w = x.shape
+  delta = torch.zeros(n // sharedness, c, h, w, device=x.device, dtype=x.dtype)
+  for _ in range(steps):
+    delta.requires_grad_(True)
+    x_adv = torch.clamp(x + delta.repeat_interleave(sharedness, dim=0), 0.0, 1.0)
+    with harness.autocast(dtype):
+      per_example = F.cross_entropy(tm(x_adv).float(), y, reduction="none")
+    loss = per_example.sum() / sharedness
+    (grad,) = torch.autograd.grad(loss, delta)
+    delta = torch.clamp(delta.detach() + alpha * grad.sign(), -eps, eps)
+  return torch.clamp(x + delta.repeat_interleave(sharedness, dim=0), 0.0, 1.0)
+
+
+def torch_shared_at_step(tm, opt, x, y, *, sharedness: int, steps: int, dtype: str) -> None:
+  """Heap attack in eval mode, then one SGD step on the adversarial batch in training mode."""
+  tm.eval()
+  x_adv = torch_heap_pgd(tm, x, y, sharedness=sharedness, eps=threat.to_unit(bench_pgd.EPS),
+                         alpha=threat.to_unit(bench_pgd.STEP_SIZE), steps=steps, dtype=dtype)
+  tm.train()
+  opt.zero_grad(set_to_none=True)
+  with harness.autocast(dtype):
+    loss = F.cross_entropy(tm(x_adv).float(), y)
+  loss.backward()
+  opt.step()
+
+
+def build(spec: harness.Spec) -> harness.Workload:
+  m = harness.matched_models(spec)
+  x, y = harness.make_batch(spec)
+  batch = {"image": jnp.asarray(x), "label": jnp.asarray(y)}
+  s = sharedness_for(spec.batch)
+
+  def configure(c):
+    c.sharedness = s
+
+  step, fresh_state, _ = bench_pgd_at.jax_train_step(m, spec, OBJECTIVE, configure=configure)
+  notes = [f"sharedness s = {s} ({spec.batch // s} heaps), attack from zero"]
+  tol = 10 * harness.TOLERANCE[spec.dtype]
+
+  def torch_step(tm, opt, xt, yt, dtype):
+    torch_shared_at_step(tm, opt, xt, yt, sharedness=s, steps=spec.steps, dtype=dtype)
+
+  def check():
+    before = harness.torch_params(m.torch_model)
+    state, _ = step(fresh_state(), batch)
+    tm = copy.deepcopy(m.torch_model)
+    xt, yt = harness.to_torch(x, y)
+    torch_step(tm, bench_pgd_at.make_optimizer(tm), xt, yt, spec.dtype)
+    ref = harness.float64_twin(m.torch_model)
+    torch_step(ref, bench_pgd_at.make_optimizer(ref), xt.double(), yt, "float32")
+    return bench_pgd_at.check_update(spec, before, state, tm, tol, ref)
+
+  box = {"state": fresh_state()}
+
+  def run_jax():
+    box["state"], metrics = step(box["state"], batch)
+    jax.block_until_ready(metrics)
+
+  timers = {"jax": run_jax}
+  for name, (tm, channels_last) in harness.torch_variants(m.torch_model, spec, notes).items():
+    xt, yt = harness.to_torch(x, y, channels_last)
+    opt = bench_pgd_at.make_optimizer(tm)
+
+    def run(tm=tm, opt=opt, xt=xt, yt=yt):
+      torch_step(tm, opt, xt, yt, spec.dtype)
+      harness.torch_sync()
+
+    timers[name] = run
+  return harness.Workload(f"shared{spec.steps}_at", spec, check, timers,
+                          lambda: bench_pgd_at.step_flops(m, spec, batch), notes)
+
+
+if __name__ == "__main__":
+  harness.main(build, steps=None)
