@@ -1,6 +1,6 @@
 """AdvProp on the embedded MNIST digits: algorithm 2 of Xie thesis ch. 7 at CPU size (minutes).
 
-A small EfficientNet (`efficientnet_tiny`, silu) with one auxiliary BN set for
+A small EfficientNet (`efficientnet_tiny`, silu, BN momentum 0.9) with one auxiliary BN set for
 PGD examples at eps `get_config('eps')` (default 4, i.e. PGD-5 of step 1).
 Evaluated with the main BNs; `--config.advprop.eval_bn=adv` measures the
 auxiliary ones (table 7.3).
@@ -16,7 +16,11 @@ def get_config(arg=None):
   c.data.name = "mnist_embedded"
   c.model.name = "efficientnet_tiny"
   c.model.activation = "silu"
-  c.model.norm = "batchnorm:0.99"
+  # The thesis' BN momentum 0.99 (configs/advprop_efficientnet.py) suits ImageNet's
+  # many steps; in this run's 248 steps the running variances would keep ~8% of their
+  # initial value 1, which swamps the tiny variances of some layers (measured: 14.8%
+  # test accuracy from running statistics vs 93.4% from batch statistics). 0.9 converges.
+  c.model.norm = "batchnorm:0.9"
   c.objective = "advprop"
   advprop.configure_attacker(c, eps, "pgd")
   c.batch_size = 64
