@@ -24,7 +24,7 @@ def get_config(arg=None):
   c.objective = "advprop"
   advprop.configure_attacker(c, eps, "pgd")
   c.batch_size = 64
-  c.num_epochs = 4
+  c.num_epochs = 12
   c.optimizer.name = "adam"
   c.optimizer.learning_rate = 3e-3
   c.schedule.name = "cosine"
