@@ -82,7 +82,8 @@ def base_config() -> ml_collections.ConfigDict:
   # BN set of the adversarial examples: an auxiliary set name (AdvProp, MBN_adv),
   # or 'main' for the mixture BN (clean and adversarial images in one batch).
   c.advprop.adv_bn = "adv"
-  # Auxiliary BN set of augmented clean images batch['image_aug'] (fine-grained AdvProp, 7.5.4); '' none.
+  # Auxiliary BN set of augmented clean images batch['image_aug'] (fine-grained AdvProp, 7.5.4; needs
+  # data.augment, and then batch['image'] is the un-augmented view); '' none.
   c.advprop.aug_bn = ""
   c.advprop.clean_ratio = 1.0  # x of "100% adv + x% clean": fraction of each clean batch trained on (fig. 6.1).
   c.advprop.logit_pairing = 0.0  # Weight of adversarial logit pairing (ALP, sec. 6.4.1); 0 disables.
@@ -261,6 +262,8 @@ def _validate_advprop_sat(config: ml_collections.ConfigDict) -> None:
            "must be 'main' or an identifier naming an auxiliary BN set")
   _require(a.aug_bn == "" or (a.aug_bn.isidentifier() and a.aug_bn not in ("main", a.adv_bn)),
            "advprop.aug_bn", "must be '' or an auxiliary set name other than 'main' and adv_bn")
+  _require(not (config.objective == "advprop" and a.aug_bn) or config.data.augment, "advprop.aug_bn",
+           "trains on the augmented view of each image, so data.augment must be True")
   _require(0.0 <= a.clean_ratio <= 1.0, "advprop.clean_ratio", "must be in [0, 1]")
   _require(a.logit_pairing >= 0, "advprop.logit_pairing", "must be non-negative")
   _require(a.logit_pairing == 0 or a.clean_ratio > 0, "advprop.logit_pairing",

@@ -77,8 +77,12 @@ class TrainSource:
     steps_per_epoch: num_train // G.
   """
 
-  def __init__(self, data_cfg, *, global_batch_size: int, seed: int, process_index: int, process_count: int):
+  def __init__(self, data_cfg, *, global_batch_size: int, seed: int, process_index: int, process_count: int,
+               augmented_view: bool = False):
     self._dataset = datasets.lookup(data_cfg)
+    self._augmented_view = augmented_view
+    if augmented_view and not datasets.field(data_cfg, "augment", False):
+      raise errors.ConfigError("an augmented view ('image_aug', fine-grained AdvProp) needs data.augment = True")
     self._cfg = data_cfg
     self.info = self._dataset.info(data_cfg)
     self._source = self._dataset.split(data_cfg, "train")
@@ -98,11 +102,19 @@ class TrainSource:
     seed = _epoch_seed(self._seed, epoch)
     ds = grain.MapDataset.source(self._source).shuffle(seed=seed)
     ds = ds[: self.steps_per_epoch * self.global_batch_size]
-    if datasets.field(self._cfg, "augment", False):
+    if self._augmented_view:
+      ds = ds.random_map(self._with_augmented_view, seed=seed)
+    elif datasets.field(self._cfg, "augment", False):
       ds = ds.random_map(lambda ex, rng: self._dataset.preprocess(ex, self._cfg, rng), seed=seed)
     else:
       ds = ds.map(lambda ex: self._dataset.preprocess(ex, self._cfg, None))
     return ds.batch(self.local_batch_size, drop_remainder=True)
+
+  def _with_augmented_view(self, example, rng: np.random.Generator) -> dict[str, np.ndarray]:
+    """The un-augmented example plus 'image_aug', the same image under the training augmentation."""
+    out = self._dataset.preprocess(example, self._cfg, None)
+    out["image_aug"] = self._dataset.preprocess(example, self._cfg, rng)["image"]
+    return out
 
   def batch(self, step: int) -> dict[str, np.ndarray]:
     """This process's part of the global batch at `step`.
@@ -111,7 +123,8 @@ class TrainSource:
       step: global training step, >= 0; step t falls in epoch t // steps_per_epoch.
 
     Returns:
-      dict(image=float32 [L, H, W, C] in [0, 1], label=int32 [L] or [L, H, W]).
+      dict(image=float32 [L, H, W, C] in [0, 1], label=int32 [L] or [L, H, W]);
+      with the augmented view, 'image' is not augmented and 'image_aug' is.
     """
     if step < 0:
       raise ValueError(f"step must be >= 0, got {step}")
@@ -130,7 +143,7 @@ class TrainSource:
 
 
 def make_train_source(data_cfg, *, global_batch_size: int, seed: int, process_index: int = 0,
-                      process_count: int = 1) -> TrainSource:
+                      process_count: int = 1, augmented_view: bool = False) -> TrainSource:
   """The deterministic training stream of `data_cfg` for one process.
 
   Args:
@@ -140,12 +153,18 @@ def make_train_source(data_cfg, *, global_batch_size: int, seed: int, process_in
     seed: fixes the epoch permutations and the augmentation.
     process_index: this process, in [0, process_count).
     process_count: number of processes; must divide G.
+    augmented_view: batches hold the un-augmented 'image' and its augmented
+      view 'image_aug' (fine-grained AdvProp, Xie thesis sec. 7.5.4, with the
+      dataset's augmentation in place of AutoAugment); needs `augment`.
 
   Returns:
     A TrainSource whose `batch(t)` gives rows [p*L, (p+1)*L) of global batch t.
+
+  Raises:
+    ConfigError: an augmented view without `augment`, or a bad batch size.
   """
   return TrainSource(data_cfg, global_batch_size=global_batch_size, seed=seed, process_index=process_index,
-                     process_count=process_count)
+                     process_count=process_count, augmented_view=augmented_view)
 
 
 def make_eval_batches(data_cfg, split: str, *, batch_size: int, process_index: int = 0,

@@ -23,7 +23,10 @@ The objective `advprop` also covers the knobs of chapter 6 (sec. 6.4) with
                      mean squared L2 distance between the logits of each kept
                      clean image and of its adversarial counterpart.
   aug_bn             fine-grained AdvProp (sec. 7.5.4): a second auxiliary set
-                     for augmented clean images `batch['image_aug']`.
+                     for augmented clean images `batch['image_aug']`; the
+                     pipeline then gives 'image' un-augmented and 'image_aug'
+                     under data.augment's transforms (the thesis uses
+                     AutoAugment, which advjax does not implement).
   running_stats_last_epochs
                      table 6.2: the last N epochs train with the running
                      statistics (BN behaves as at test time); the step switches

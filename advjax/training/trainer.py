@@ -118,7 +118,8 @@ class Experiment:
     self.process_index, self.process_count = jax.process_index(), jax.process_count()
     self.train_source = data.make_train_source(
         config.data, global_batch_size=config.batch_size, seed=config.seed,
-        process_index=self.process_index, process_count=self.process_count)
+        process_index=self.process_index, process_count=self.process_count,
+        augmented_view=config.objective == "advprop" and bool(config.advprop.aug_bn))
     self.info = self.train_source.info
     self.model = models.create_model(
         config.model.name, num_classes=self.info.num_classes, activation=config.model.activation,

@@ -74,6 +74,25 @@ def test_advprop_trains_end_to_end_and_checkpoints_the_aux_set(tmp_path):
   assert set(exported) == {"params", "batch_stats"} and "scale_adv" not in exported["params"]["bn1"]
 
 
+def test_fine_grained_advprop_trains_a_set_on_the_augmented_view(tmp_path):
+  config = _config(aug_bn="aug")
+  config.data.augment = True
+  trainer.train_and_evaluate(config, str(tmp_path), jax.devices()[:1])
+  experiment = trainer.Experiment(config, jax.devices()[:1])
+  batch = experiment.train_source.batch(0)
+  # 'image' is the un-augmented view: the batch of the same run without augmentation.
+  plain = trainer.Experiment(_config(), jax.devices()[:1]).train_source.batch(0)
+  np.testing.assert_array_equal(batch["image"], plain["image"])
+  assert batch["image_aug"].shape == batch["image"].shape
+  assert not np.array_equal(batch["image_aug"], batch["image"])
+  restored = experiment.restore_latest(str(tmp_path), jax.eval_shape(experiment.init_state))
+  stats = restored.extras[AUX_BATCH_STATS]
+  assert set(stats) == {"batch_stats_adv", "batch_stats_aug"}
+  var = lambda tree: [leaf for p, leaf in jax.tree_util.tree_leaves_with_path(tree) if p[-1].key == "var"]  # noqa: E731
+  assert _moved_from(var(stats["batch_stats_aug"]), 1.0)
+  assert not np.array_equal(var(stats["batch_stats_aug"])[0], var(stats["batch_stats_adv"])[0])
+
+
 def test_mixture_bn_alp_and_running_statistics_phase():
   # 100% adv + 50% clean through the main BNs, with logit pairing.
   config = _config(adv_bn="main", clean_ratio=0.5, logit_pairing=0.5, eval_bn="main")
@@ -122,6 +141,9 @@ def test_attack_bn_mode_selects_the_aux_sets_statistics(bn_mode, depends):
 def test_config_checks():
   config = _config(eval_bn="aug")
   with pytest.raises(ConfigError, match="advprop.eval_bn"):
+    config_lib.validate(config)
+  config = _config(aug_bn="aug")
+  with pytest.raises(ConfigError, match="data.augment must be True"):
     config_lib.validate(config)
   config = _config(logit_pairing=1.0, clean_ratio=0.0)
   with pytest.raises(ConfigError, match="advprop.logit_pairing"):
