@@ -13,8 +13,10 @@ The JAX side is the library's `advprop` step: the auxiliary set is a second
 set of BN parameters (`scale_adv`, `bias_adv`) and the collection
 'batch_stats_adv' beside the main ones (`advjax.models.aux_bn`). The PyTorch
 side is the usual idiom: a twin module tying every parameter of the model
-except its BatchNorms, which start fresh (weight 1, bias 0, mean 0, var 1,
-like the library's auxiliary sets).
+except its BatchNorms. Both BN sets start from the main set's values: a
+fresh auxiliary set (running mean 0, variance 1) leaves the eval-mode
+network un-normalised, its logits saturate, and the attack's sign gradients
+become rounding noise that no two float32 implementations share.
 
 Checked: after one step from the same state the updates of the shared
 weights, of both BN sets' affine parameters and both sets' running
@@ -43,19 +45,32 @@ BN_SET = "adv"
 
 
 def aux_twin(tm: torch.nn.Module) -> torch.nn.Module:
-  """A module sharing every parameter of `tm` except the BatchNorms', which start fresh.
+  """A module sharing every parameter of `tm` except the BatchNorms', which start as copies.
 
   A `torch.compile`d `tm` gives a compiled twin of its original module.
   """
   base = getattr(tm, "_orig_mod", tm)
   twin = copy.deepcopy(base)
   for mod, own in zip(base.modules(), twin.modules()):
-    if isinstance(own, torch.nn.modules.batchnorm._BatchNorm):
-      own.reset_parameters()
-    else:
+    if not isinstance(own, torch.nn.modules.batchnorm._BatchNorm):
       for name, p in mod.named_parameters(recurse=False):
         setattr(own, name, p)  # The same Parameter object: a shared weight.
   return torch.compile(twin) if base is not tm else twin
+
+
+def aux_set_from_main(variables: dict, bn_set: str) -> dict:
+  """`variables` plus auxiliary set `bn_set` holding copies of the main set's values."""
+
+  def add(params):
+    if not isinstance(params, dict):
+      return params
+    out = {k: add(v) for k, v in params.items()}
+    if "scale" in out:
+      out[f"scale_{bn_set}"], out[f"bias_{bn_set}"] = jnp.copy(out["scale"]), jnp.copy(out["bias"])
+    return out
+
+  return {**variables, "params": add(variables["params"]),
+          aux_bn.collection(bn_set): jax.tree.map(jnp.copy, variables["batch_stats"])}
 
 
 def make_optimizer(tm: torch.nn.Module, aux: torch.nn.Module):
@@ -93,7 +108,7 @@ def build(spec: harness.Spec) -> harness.Workload:
   m = harness.matched_models(spec)
   x, y = harness.make_batch(spec)
   batch = {"image": jnp.asarray(x), "label": jnp.asarray(y)}
-  variables = aux_bn.add_aux_sets(m.model, m.variables, [BN_SET], batch["image"])
+  variables = aux_set_from_main(m.variables, BN_SET)
   collection = aux_bn.collection(BN_SET)
 
   def configure(c):
