@@ -33,8 +33,10 @@ def get_config(arg=None):
   c.data.augment = True
   c.model.name = "resnet152"
   c.objective = "advprop"
+  # The attack normalises with the batch statistics of the BN set it attacks through, as AdvProp's does.
   c.attack = as_config_dict(pgd.AttackConfig(
-      eps=16.0, step_size=1.0, num_steps=30, init="mixed", clean_init_fraction=0.2, targeted=True))
+      eps=16.0, step_size=1.0, num_steps=30, init="mixed", clean_init_fraction=0.2, targeted=True,
+      bn_mode="batch"))
   c.advprop.adv_bn = "adv" if strategy.startswith("mbn") else "main"
   c.advprop.clean_ratio = 0.0 if strategy == "adv" else 1.0
   c.advprop.logit_pairing = 0.5 if strategy.endswith("alp") else 0.0
