@@ -67,3 +67,11 @@ def test_cost_ratio_benchmark_runs(capsys):
   for variant in bench_cost_ratios.VARIANTS:
     assert f"| {variant} |" in out
   assert "heap step / PGD step" in out and "AdvProp step / PGD step" in out
+
+
+def test_pass_probe_prints_every_row(capsys):
+  from benchmarks import probe_passes
+  probe_passes.main(["--model", "resnet20_tiny", "--batch", "2", "--budget", "0.01"])
+  out = capsys.readouterr().out
+  assert out.count("| conv ") == 2 * len(probe_passes.STAGES)
+  assert "| forward + input grad |" in out and "| forward + weight grads |" in out
