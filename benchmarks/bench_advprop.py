@@ -145,23 +145,12 @@ def build(spec: harness.Spec) -> harness.Workload:
                    bench_pgd_at.check_update(spec, before_aux, aux_view, aux, tol, aux_ref).items()})
     return errors
 
-  box = {"state": fresh_state()}
-
-  def run_jax():
-    box["state"], metrics = step(box["state"], batch)
-    jax.block_until_ready(metrics)
-
-  timers = {"jax": run_jax}
-  for name, (tm, channels_last) in harness.torch_variants(m.torch_model, spec, notes).items():
-    xt, yt = harness.to_torch(x, y, channels_last)
+  def torch_run(tm, xt, yt, channels_last):
     aux = aux_twin(tm)
     opt = make_optimizer(tm, aux)
+    return lambda: torch_advprop_step(tm, aux, opt, xt, yt, steps=spec.steps, dtype=spec.dtype)
 
-    def run(tm=tm, aux=aux, opt=opt, xt=xt, yt=yt):
-      torch_advprop_step(tm, aux, opt, xt, yt, steps=spec.steps, dtype=spec.dtype)
-      harness.torch_sync()
-
-    timers[name] = run
+  timers = bench_pgd_at.train_step_timers(step, fresh_state, batch, m, spec, x, y, notes, torch_run)
   return harness.Workload(f"advprop{spec.steps}", spec, check, timers,
                           lambda: bench_pgd_at.step_flops(m, spec, batch, training_passes=2), notes)
 

@@ -144,6 +144,22 @@ def build(spec: harness.Spec) -> harness.Workload:
     torch_pgd_at_step(ref, make_optimizer(ref), xt.double(), yt, steps=spec.steps, dtype="float32")
     return check_update(spec, before, state, tm, tol, ref)
 
+  def torch_run(tm, xt, yt, channels_last):
+    opt = make_optimizer(tm)
+    return lambda: torch_pgd_at_step(tm, opt, xt, yt, steps=spec.steps, dtype=spec.dtype)
+
+  timers = train_step_timers(step, fresh_state, batch, m, spec, x, y, notes, torch_run)
+  return harness.Workload(f"pgd{spec.steps}_at", spec, check, timers, lambda: step_flops(m, spec, batch), notes)
+
+
+def train_step_timers(step, fresh_state, batch: dict, m: harness.Matched, spec: harness.Spec,
+                      x: np.ndarray, y: np.ndarray, notes: list[str], torch_run) -> dict:
+  """Timers of a training step: 'jax' (the compiled step, its state carried from call to call)
+  and one per PyTorch variant of `harness.torch_variants`.
+
+  `torch_run(tm, xt, yt, channels_last)` builds that variant's per-step state
+  (optimiser, ...) and returns a zero-argument callable taking one step.
+  """
   box = {"state": fresh_state()}
 
   def run_jax():
@@ -153,14 +169,14 @@ def build(spec: harness.Spec) -> harness.Workload:
   timers = {"jax": run_jax}
   for name, (tm, channels_last) in harness.torch_variants(m.torch_model, spec, notes).items():
     xt, yt = harness.to_torch(x, y, channels_last)
-    opt = make_optimizer(tm)
+    one_step = torch_run(tm, xt, yt, channels_last)
 
-    def run(tm=tm, opt=opt, xt=xt, yt=yt):
-      torch_pgd_at_step(tm, opt, xt, yt, steps=spec.steps, dtype=spec.dtype)
+    def run(one_step=one_step):
+      one_step()
       harness.torch_sync()
 
     timers[name] = run
-  return harness.Workload(f"pgd{spec.steps}_at", spec, check, timers, lambda: step_flops(m, spec, batch), notes)
+  return timers
 
 
 def step_flops(m: harness.Matched, spec: harness.Spec, batch: dict, training_passes: int = 1) -> float:

@@ -24,7 +24,6 @@ from __future__ import annotations
 import copy
 import math
 
-import jax
 import jax.numpy as jnp
 import torch
 import torch.nn.functional as F
@@ -95,22 +94,11 @@ def build(spec: harness.Spec) -> harness.Workload:
     torch_step(ref, bench_pgd_at.make_optimizer(ref), xt.double(), yt, "float32")
     return bench_pgd_at.check_update(spec, before, state, tm, tol, ref)
 
-  box = {"state": fresh_state()}
-
-  def run_jax():
-    box["state"], metrics = step(box["state"], batch)
-    jax.block_until_ready(metrics)
-
-  timers = {"jax": run_jax}
-  for name, (tm, channels_last) in harness.torch_variants(m.torch_model, spec, notes).items():
-    xt, yt = harness.to_torch(x, y, channels_last)
+  def torch_run(tm, xt, yt, channels_last):
     opt = bench_pgd_at.make_optimizer(tm)
+    return lambda: torch_step(tm, opt, xt, yt, spec.dtype)
 
-    def run(tm=tm, opt=opt, xt=xt, yt=yt):
-      torch_step(tm, opt, xt, yt, spec.dtype)
-      harness.torch_sync()
-
-    timers[name] = run
+  timers = bench_pgd_at.train_step_timers(step, fresh_state, batch, m, spec, x, y, notes, torch_run)
   return harness.Workload(f"shared{spec.steps}_at", spec, check, timers,
                           lambda: bench_pgd_at.step_flops(m, spec, batch), notes)
 

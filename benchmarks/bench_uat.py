@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import copy
 
-import jax
 import jax.numpy as jnp
 import numpy as np
 import torch
@@ -77,23 +76,12 @@ def build(spec: harness.Spec) -> harness.Workload:
         bench_pgd_at.bench_pgd.MAX_FLIPPED[spec.dtype])
     return errors
 
-  box = {"state": fresh_state()}
-
-  def run_jax():
-    box["state"], metrics = step(box["state"], batch)
-    jax.block_until_ready(metrics)
-
-  timers = {"jax": run_jax}
-  for name, (tm, channels_last) in harness.torch_variants(m.torch_model, spec, notes).items():
-    xt, yt = harness.to_torch(x, y, channels_last)
+  def torch_run(tm, xt, yt, channels_last):
     opt = bench_pgd_at.make_optimizer(tm)
     delta = new_delta(channels_last)
+    return lambda: torch_uat_step(tm, opt, delta, xt, yt, eps=eps, dtype=spec.dtype)
 
-    def run(tm=tm, opt=opt, xt=xt, yt=yt, delta=delta):
-      torch_uat_step(tm, opt, delta, xt, yt, eps=eps, dtype=spec.dtype)
-      harness.torch_sync()
-
-    timers[name] = run
+  timers = bench_pgd_at.train_step_timers(step, fresh_state, batch, m, spec, x, y, notes, torch_run)
   # One forward/backward; the delta gradient rides on the input gradient it already computes.
   flops = lambda: harness.xla_flops(bench_fwd_bwd.jax_fwd_bwd(m.model), m.variables["params"],
                             m.variables["batch_stats"], batch["image"], batch["label"])
