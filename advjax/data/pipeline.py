@@ -19,6 +19,10 @@ Evaluation walks a split in order, in batches of a fixed size padded at the
 end, with a `mask` (1 = real example, 0 = padding) so that every batch compiles
 to the same shape; processes slice each global batch by the same rule.
 
+Every example reaches its dataset's `preprocess` with its index in the split,
+so a malformed example (e.g. a label map with an out-of-range class) is
+reported by index in the one-line DataError, in training as in evaluation.
+
 Outputs are numpy: `image` float32 [L, H, W, C] in [0, 1] (not normalised;
 the model does that with `DatasetInfo.mean/std`), `label` int32 [L] or
 [L, H, W]. Turning host batches into global sharded arrays is the job of
@@ -100,20 +104,25 @@ class TrainSource:
   def _epoch_batches(self, epoch: int) -> grain.MapDataset:
     """The epoch's local batches; entry s*P + p is process p's part of step s."""
     seed = _epoch_seed(self._seed, epoch)
-    ds = grain.MapDataset.source(self._source).shuffle(seed=seed)
+    # Each example travels with its index in the split, which names it in data errors.
+    ds = grain.MapDataset.source(self._source).map_with_index(lambda i, ex: (i, ex)).shuffle(seed=seed)
     ds = ds[: self.steps_per_epoch * self.global_batch_size]
     if self._augmented_view:
       ds = ds.random_map(self._with_augmented_view, seed=seed)
     elif datasets.field(self._cfg, "augment", False):
-      ds = ds.random_map(lambda ex, rng: self._dataset.preprocess(ex, self._cfg, rng), seed=seed)
+      ds = ds.random_map(lambda item, rng: self._preprocess(item, rng), seed=seed)
     else:
-      ds = ds.map(lambda ex: self._dataset.preprocess(ex, self._cfg, None))
+      ds = ds.map(lambda item: self._preprocess(item, None))
     return ds.batch(self.local_batch_size, drop_remainder=True)
 
-  def _with_augmented_view(self, example, rng: np.random.Generator) -> dict[str, np.ndarray]:
+  def _preprocess(self, item, rng: np.random.Generator | None) -> dict[str, np.ndarray]:
+    index, example = item
+    return self._dataset.preprocess(example, self._cfg, rng, index=index)
+
+  def _with_augmented_view(self, item, rng: np.random.Generator) -> dict[str, np.ndarray]:
     """The un-augmented example plus 'image_aug', the same image under the training augmentation."""
-    out = self._dataset.preprocess(example, self._cfg, None)
-    out["image_aug"] = self._dataset.preprocess(example, self._cfg, rng)["image"]
+    out = self._preprocess(item, None)
+    out["image_aug"] = self._preprocess(item, rng)["image"]
     return out
 
   def batch(self, step: int) -> dict[str, np.ndarray]:
@@ -207,7 +216,7 @@ def make_eval_batches(data_cfg, split: str, *, batch_size: int, process_index: i
     index = k * batch_size + process_index * local + r
     if index >= num_examples:
       return padding
-    return {**dataset.preprocess(source[index], data_cfg, None), "mask": np.float32(1.0)}
+    return {**dataset.preprocess(source[index], data_cfg, None, index=index), "mask": np.float32(1.0)}
 
   rows = grain.MapDataset.range(num_batches * local).map(load).batch(local)
   options = grain.ReadOptions(num_threads=num_threads, prefetch_buffer_size=2 * num_threads)

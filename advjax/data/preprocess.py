@@ -14,12 +14,27 @@ augmentation is reproducible and a resumed run sees the same crops and flips.
 
 Images are uint8 or float32 [height, width, channels]; every function returns
 float32 in [0, 1].
+
+Dense label maps (segmentation) are int [height, width], values in
+[-1, num_classes) with -1 = ignore. They are never interpolated: a resized map
+takes, for every output pixel, the input pixel under its centre (nearest
+neighbour), so it only ever holds values of the original map.
+
+* Fixed-size data (Cityscapes): image bilinear, labels nearest, to a target
+  (height, width).
+* Variable-size data (VOC): `fit_and_pad` shrinks an image whose longer side
+  exceeds `size` to that side (aspect kept; smaller images are not enlarged),
+  then pads bottom and right to `size x size` with zero pixels and ignore
+  labels, so every annotated pixel stays in the scored map (the usual VOC
+  protocol pads to 513 x 513 in the same way).
 """
 
 import math
 
 import numpy as np
 from PIL import Image
+
+from advjax import errors
 
 EVAL_CROP_FRACTION = 0.875
 
@@ -131,3 +146,69 @@ def random_resized_crop(
   if rng.random() < 0.5:
     out = out[:, ::-1]
   return np.ascontiguousarray(out)
+
+
+def resize_labels(label: np.ndarray, height: int, width: int) -> np.ndarray:
+  """Nearest-neighbour resize of a label map, sampling at pixel centres.
+
+  Output pixel (i, j) takes input pixel (floor((i + 1/2) h / height),
+  floor((j + 1/2) w / width)), so no new values are created.
+
+  Args:
+    label: int [h, w] label map.
+    height: output height.
+    width: output width.
+
+  Returns:
+    [height, width] with the dtype of `label`.
+  """
+  h, w = label.shape[:2]
+  if (h, w) == (height, width):
+    return label
+  rows = ((np.arange(height) + 0.5) * h / height).astype(np.int64)
+  cols = ((np.arange(width) + 0.5) * w / width).astype(np.int64)
+  return label[rows[:, None], cols[None, :]]
+
+
+def fit_and_pad(image: np.ndarray, label: np.ndarray, size: int) -> tuple[np.ndarray, np.ndarray]:
+  """Shrinks an (image, label map) pair to fit `size x size`, then pads it to that size.
+
+  Args:
+    image: [h, w, c] uint8 or float in [0, 1].
+    label: int [h, w] in [-1, num_classes).
+    size: side of the square output.
+
+  Returns:
+    (float32 [size, size, c] in [0, 1], int32 [size, size]); the image is
+    zero and the label -1 in the padding at the bottom and right.
+  """
+  h, w = image.shape[:2]
+  scale = min(1.0, size / max(h, w))
+  new_h, new_w = max(1, round(h * scale)), max(1, round(w * scale))
+  image = resize(image, new_h, new_w)
+  label = resize_labels(label, new_h, new_w)
+  out_image = np.zeros((size, size, image.shape[-1]), np.float32)
+  out_label = np.full((size, size), -1, np.int32)
+  out_image[:new_h, :new_w] = image
+  out_label[:new_h, :new_w] = label
+  return out_image, out_label
+
+
+def check_label_map(label: np.ndarray, image_shape: tuple[int, ...], num_classes: int, where: str) -> None:
+  """Raises DataError unless `label` is a [H, W] map of values in [-1, num_classes) matching the image.
+
+  Args:
+    label: the label map to check, [H, W].
+    image_shape: (H, W, C) of the image it annotates.
+    num_classes: number of classes.
+    where: names the example in the message, e.g. "dataset 'voc2012_seg' example 12".
+  """
+  if label.shape != tuple(image_shape[:2]):
+    raise errors.DataError(
+        f"{where}: label map shape {tuple(label.shape)} does not match the image's {tuple(image_shape[:2])}")
+  if label.size == 0:
+    return
+  low, high = int(label.min()), int(label.max())
+  if low < -1 or high >= num_classes:
+    value = high if high >= num_classes else low
+    raise errors.DataError(f"{where}: label value {value} is outside [-1, {num_classes})")

@@ -1,4 +1,4 @@
-"""The tfds path: mocked datasets through the real pipeline, and missing datasets."""
+"""The tfds path: mocked datasets through the real pipeline, class subsets, and missing datasets."""
 
 import os
 import time
@@ -23,7 +23,7 @@ def _cfg(name, data_dir="", **overrides):
     [
         ("cifar10", {}, (32, 32, 3), 10),
         ("mnist", {}, (28, 28, 1), 10),
-        ("imagenet2012", {"image_size": 48, "class_subset": 500}, (48, 48, 3), 500),
+        ("imagenet2012", {"image_size": 48}, (48, 48, 3), 1000),
     ],
 )
 def test_mock_tfds_batches(name, overrides, shape, num_classes):
@@ -48,9 +48,63 @@ def test_mock_tfds_batches(name, overrides, shape, num_classes):
   assert evals[0]["image"].shape[0] == 8
 
 
-@pytest.mark.parametrize("name", ["cifar10", "imagenet2012"])
+class _FakeImagenetSource:
+  """A random-access ImageNet split with known labels, standing in for ArrayRecord files.
+
+  Like the real data source it returns the image undecoded (bytes) when the
+  reader asks for `SkipDecoding` on it, and counts the images it decodes.
+  """
+
+  def __init__(self, num_examples, skip_image):
+    self.labels = (np.arange(num_examples) * 37) % 1000
+    self.skip_image = skip_image
+    self.decoded = 0
+
+  def __len__(self):
+    return len(self.labels)
+
+  def __getitem__(self, i):
+    if self.skip_image:
+      return {"image": b"jpeg bytes", "label": np.int64(self.labels[i])}
+    self.decoded += 1
+    rng = np.random.default_rng(i)
+    image = rng.integers(0, 256, size=(40 + i % 7, 50, 3), dtype=np.uint8)
+    return {"image": image, "label": np.int64(self.labels[i])}
+
+  def __getitems__(self, indices):
+    return [self[i] for i in indices]
+
+
+def test_class_subset_scans_labels_without_decoding_images():
+  opened = []
+
+  def as_data_source(builder, split, decoders=None, **kwargs):
+    del builder, kwargs
+    skip = bool(decoders) and isinstance(decoders.get("image"), tfds.decode.SkipDecoding)
+    opened.append(_FakeImagenetSource(61 if split == "train" else 23, skip))
+    return opened[-1]
+
+  cfg = _cfg("imagenet2012", image_size=32, class_subset=500, augment=False)
+  with tfds.testing.mock_data(as_data_source_fn=as_data_source):
+    info = pipeline.get_info(cfg)
+    evals = list(pipeline.make_eval_batches(cfg, "test", batch_size=8))
+    train = pipeline.make_train_source(cfg, global_batch_size=4, seed=0)
+    epoch = np.concatenate([train.batch(s)["label"] for s in range(train.steps_per_epoch)])
+  keep_train = np.flatnonzero((np.arange(61) * 37) % 1000 < 500)
+  keep_test = np.flatnonzero((np.arange(23) * 37) % 1000 < 500)
+  assert (info.num_classes, info.num_train, info.num_test) == (500, len(keep_train), len(keep_test))
+  labels = np.concatenate([b["label"][b["mask"] > 0] for b in evals])
+  np.testing.assert_array_equal(labels, (keep_test * 37) % 1000)
+  assert set(epoch.tolist()) <= set(((keep_train * 37) % 1000).tolist())
+  assert len(set(epoch.tolist())) == len(epoch) == 4 * (len(keep_train) // 4)
+  # The label scans read images undecoded; only the batches decoded any.
+  scans = [s for s in opened if s.skip_image]
+  assert scans and all(s.decoded == 0 for s in opened if s.skip_image)
+
+
+@pytest.mark.parametrize("name", ["cifar10", "imagenet2012", "cityscapes"])
 def test_missing_dataset_fails_fast_with_instructions(tmp_path, name):
-  cfg = _cfg(name, data_dir=str(tmp_path))
+  cfg = _cfg(name, data_dir=str(tmp_path), augment=name != "cityscapes")
   for make in (
       lambda: pipeline.get_info(cfg),
       lambda: pipeline.make_train_source(cfg, global_batch_size=8, seed=0),
@@ -63,6 +117,7 @@ def test_missing_dataset_fails_fast_with_instructions(tmp_path, name):
     message = str(raised.value)
     assert name in message and "tfds build" in message and str(tmp_path) in message
     assert "\n" not in message
+    assert ("manual download" in message) == (name != "cifar10")
   assert os.listdir(tmp_path) == []
 
 
