@@ -323,10 +323,12 @@ class GroupNorm(nn.Module):
 
   Attributes:
     epsilon: added to the variance.
+    zero_init: initialise the scale to 0 instead of 1.
     dtype: compute dtype of the output.
   """
 
   epsilon: float = 1e-5
+  zero_init: bool = False
   dtype: Any = jnp.float32
 
   @nn.compact
@@ -334,7 +336,7 @@ class GroupNorm(nn.Module):
     """x: [batch, ..., channels] -> same shape, in `dtype`."""
     channels = x.shape[-1]
     groups = groupnorm_groups(channels)
-    scale = self.param("scale", nn.initializers.ones, (channels,), jnp.float32)
+    scale = self.param("scale", _scale_init(self.zero_init), (channels,), jnp.float32)
     bias = self.param("bias", nn.initializers.zeros, (channels,), jnp.float32)
     xf = x.astype(jnp.float32)
     grouped = xf.reshape(*x.shape[:-1], groups, channels // groups)
@@ -352,21 +354,26 @@ def _momentum(momentum: str) -> float:
   return m
 
 
+def _scale_init(zero_init: bool):
+  return nn.initializers.zeros if zero_init else nn.initializers.ones
+
+
 def _batchnorm(momentum: str = str(BN_MOMENTUM), *, use_running_average: bool, dtype,
-               name: str | None):
+               name: str | None, zero_init: bool = False):
   return nn.BatchNorm(
       use_running_average=use_running_average,
       momentum=_momentum(momentum),
       epsilon=BN_EPSILON,
       dtype=dtype,
       param_dtype=jnp.float32,
+      scale_init=_scale_init(zero_init),
       name=name,
   )
 
 
-def _groupnorm(*, use_running_average: bool, dtype, name: str | None):
+def _groupnorm(*, use_running_average: bool, dtype, name: str | None, zero_init: bool = False):
   del use_running_average  # Per-example statistics: nothing to switch.
-  return GroupNorm(dtype=dtype, name=name)
+  return GroupNorm(zero_init=zero_init, dtype=dtype, name=name)
 
 
 # Auxiliary batch norms (AdvProp, Xie thesis ch. 7, sec. 7.4.2; MBN, ch. 6, sec. 6.4.2).
@@ -400,6 +407,7 @@ class AuxBatchNorm(nn.Module):
       the batch's (and leave them unchanged).
     momentum: running = momentum * running + (1 - momentum) * batch.
     epsilon: added to the variance.
+    zero_init: initialise the scale to 0 instead of 1.
     dtype: compute dtype of the output.
   """
 
@@ -407,6 +415,7 @@ class AuxBatchNorm(nn.Module):
   use_running_average: bool
   momentum: float = BN_MOMENTUM
   epsilon: float = BN_EPSILON
+  zero_init: bool = False
   dtype: Any = jnp.float32
 
   @nn.compact
@@ -417,7 +426,7 @@ class AuxBatchNorm(nn.Module):
     collection = aux_collection(self.bn_set)
     ra_mean = self.variable(collection, "mean", lambda: jnp.zeros(features, jnp.float32))
     ra_var = self.variable(collection, "var", lambda: jnp.ones(features, jnp.float32))
-    scale = self.param(f"scale_{self.bn_set}", nn.initializers.ones, features, jnp.float32)
+    scale = self.param(f"scale_{self.bn_set}", _scale_init(self.zero_init), features, jnp.float32)
     bias = self.param(f"bias_{self.bn_set}", nn.initializers.zeros, features, jnp.float32)
     if self.use_running_average:
       mean, var = ra_mean.value, ra_var.value
@@ -433,15 +442,16 @@ class AuxBatchNorm(nn.Module):
 
 
 def _aux_batchnorm(bn_set: str, momentum: str = str(BN_MOMENTUM), *, use_running_average: bool,
-                   dtype, name: str | None):
+                   dtype, name: str | None, zero_init: bool = False):
   if not bn_set.isidentifier() or bn_set == MAIN_BN_SET:
     raise ValueError(f"auxiliary set name {bn_set!r} must be an identifier other than {MAIN_BN_SET!r}")
   return AuxBatchNorm(bn_set=bn_set, use_running_average=use_running_average,
-                      momentum=_momentum(momentum), epsilon=BN_EPSILON, dtype=dtype, name=name)
+                      momentum=_momentum(momentum), epsilon=BN_EPSILON, zero_init=zero_init,
+                      dtype=dtype, name=name)
 
 
-def _identity(*, use_running_average: bool, dtype, name: str | None):
-  del use_running_average, dtype, name
+def _identity(*, use_running_average: bool, dtype, name: str | None, zero_init: bool = False):
+  del use_running_average, dtype, name, zero_init
   return lambda x: x
 
 
@@ -453,8 +463,9 @@ def register_norm(name: str, factory: NormFactory) -> None:
 
   Args:
     name: the registry name used in configs.
-    factory: called as `factory(use_running_average=..., dtype=..., name=...)`
-      inside a compact method; returns a layer `[..., C] -> [..., C]`.
+    factory: called as `factory(*args, use_running_average=..., dtype=...,
+      name=..., zero_init=...)` inside a compact method (args parsed from the
+      name after a colon); returns a layer `[..., C] -> [..., C]`.
   """
   NORMS[name] = factory
 
@@ -466,7 +477,7 @@ register_norm("aux_batchnorm", _aux_batchnorm)
 
 
 def make_norm(kind: str, *, use_running_average: bool, dtype=jnp.float32,
-              name: str | None = None) -> Callable[[Array], Array]:
+              name: str | None = None, zero_init: bool = False) -> Callable[[Array], Array]:
   """Builds the normalisation layer `kind` for one use site.
 
   Args:
@@ -479,6 +490,8 @@ def make_norm(kind: str, *, use_running_average: bool, dtype=jnp.float32,
     dtype: compute dtype; parameters and statistics stay float32.
     name: submodule name; models use PyTorch-like names so that
       `advjax.bridge` can map weights mechanically.
+    zero_init: start the affine scale at 0, so that a residual branch ending
+      in this layer starts as the zero function (feature-denoising blocks).
 
   Returns:
     A layer `x: [batch, height, width, channels] -> same shape`.
@@ -487,7 +500,7 @@ def make_norm(kind: str, *, use_running_average: bool, dtype=jnp.float32,
     ConfigError: if `kind` is not registered.
   """
   return _build("normalisation", NORMS, kind, use_running_average=use_running_average, dtype=dtype,
-                name=name)
+                name=name, zero_init=zero_init)
 
 
 def check_norm(kind: str) -> None:
