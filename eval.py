@@ -7,8 +7,8 @@ from advjax import cli
 
 
 def main(config, workdir):
-  from advjax.evaluation import evaluate  # Imported after flag parsing so bad flags fail fast.
-  evaluate.evaluate_run(config, workdir)
+  from advjax import runs  # Imported after flag parsing so bad flags fail fast.
+  runs.evaluate_run(config, workdir)
 
 
 if __name__ == "__main__":

@@ -8,8 +8,8 @@ from advjax import cli
 
 
 def main(config, workdir):
-  from advjax.training import trainer  # Imported after flag parsing so bad flags fail fast.
-  trainer.train_and_evaluate(config, workdir)
+  from advjax import runs  # Imported after flag parsing so bad flags fail fast.
+  runs.train_and_evaluate(config, workdir)
 
 
 if __name__ == "__main__":

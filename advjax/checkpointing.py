@@ -8,8 +8,13 @@ functions of the step, the resumed run is bitwise the uninterrupted one.
 Restores are checked against the structure, shapes and dtypes of a freshly
 initialised state, so a checkpoint from another model is one clear
 `CheckpointError` and nothing in the directory is modified.
+
+`read(run_dir, template)` reads part of another run's latest checkpoint (its
+model, for fine-tuning, evaluation or a pretrained backbone) with one shared
+orbax checkpointer, without opening a manager on that run.
 """
 
+import functools
 import os
 from typing import Any
 
@@ -19,6 +24,8 @@ import orbax.checkpoint as ocp
 from advjax.errors import CheckpointError
 
 CHECKPOINT_DIR = "checkpoints"
+# The item name CheckpointManager gives a single saved tree (`<step>/default`).
+_ITEM = "default"
 
 
 def _abstract(tree: Any) -> Any:
@@ -64,33 +71,52 @@ class Checkpointer:
       raise CheckpointError(
           f"checkpoint {step} in {self.directory} does not match this config's model/state: {first_line}") from e
 
-  def restore_subset(self, template: dict[str, Any], step: int | None = None) -> dict[str, Any]:
-    """Restores only some fields of a saved train state.
-
-    Args:
-      template: a dict with some of the saved state's fields (e.g. {'params':
-        ..., 'batch_stats': ...}), each with the structure, shapes and dtypes
-        to restore into. Fields not named, such as the optimiser state, are
-        not read, so the checkpoint may come from a run with another
-        optimiser or objective.
-      step: which checkpoint; None for the latest.
-
-    Raises:
-      CheckpointError: no checkpoint, or its fields differ from `template`'s.
-    """
-    step = self.latest_step() if step is None else step
-    if step is None:
-      raise CheckpointError(f"no checkpoint in {self.directory}")
-    abstract = _abstract(template)
-    args = ocp.args.PyTreeRestore(item=abstract, restore_args=ocp.checkpoint_utils.construct_restore_args(abstract),
-                                  partial_restore=True)
-    try:
-      return self._manager.restore(step, args=args)
-    except Exception as e:  # orbax raises many types for mismatched trees.
-      first_line = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-      raise CheckpointError(
-          f"checkpoint {step} in {self.directory} does not hold this config's model: {first_line}") from e
-
   def close(self) -> None:
     self._manager.wait_until_finished()
     self._manager.close()
+
+
+@functools.lru_cache(maxsize=None)
+def _reader() -> ocp.Checkpointer:
+  return ocp.PyTreeCheckpointer()
+
+
+def latest_step(run_dir: str) -> int | None:
+  """The newest finalised checkpoint step of a run directory, or None."""
+  directory = os.path.join(os.path.abspath(run_dir), CHECKPOINT_DIR)
+  if not os.path.isdir(directory):
+    return None
+  steps = ocp.path.step.checkpoint_steps(directory)
+  return max(steps) if steps else None
+
+
+def read(run_dir: str, template: dict[str, Any], step: int | None = None) -> tuple[int, dict[str, Any]]:
+  """Reads some fields of a run's saved train state.
+
+  Args:
+    run_dir: a run directory holding `checkpoints/`.
+    template: a dict with some of the saved state's fields (e.g. {'params':
+      ..., 'model_state': {'batch_stats': ...}}), each with the structure,
+      shapes and dtypes to restore into. Fields not named, such as the
+      optimiser state, are not read, so the checkpoint may come from a run
+      with another optimiser or objective.
+    step: which checkpoint; None for the latest.
+
+  Returns:
+    (step, the restored fields).
+
+  Raises:
+    CheckpointError: no checkpoint, or its fields differ from `template`'s.
+  """
+  step = latest_step(run_dir) if step is None else step
+  if step is None:
+    raise CheckpointError(f"no checkpoints in {run_dir!r}")
+  path = os.path.join(os.path.abspath(run_dir), CHECKPOINT_DIR, str(step), _ITEM)
+  abstract = _abstract(template)
+  args = ocp.args.PyTreeRestore(item=abstract, restore_args=ocp.checkpoint_utils.construct_restore_args(abstract),
+                                partial_restore=True)
+  try:
+    return step, _reader().restore(path, args=args)
+  except Exception as e:  # orbax raises many types for mismatched trees.
+    first_line = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+    raise CheckpointError(f"checkpoint {step} in {run_dir!r} does not hold this config's model: {first_line}") from e

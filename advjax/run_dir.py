@@ -1,8 +1,16 @@
-"""Where a run's numbers go: metrics.jsonl, TensorBoard events and a progress line.
+"""The run directory's files: the config, metrics, TensorBoard events, results.
+
+  config.json       the config of the run (written once, checked on resume)
+  checkpoints/      orbax checkpoints, the latest few (`advjax.checkpointing`)
+  metrics.jsonl     one JSON record per logged step
+  tensorboard/      event files with the same scalars
+  summary.json      final metrics, config, wall time and device count
+  eval.json         eval.py's results (`eval.output_file`)
 
 Only process 0 writes. `metrics.jsonl` holds one JSON object per logged step
 (`{"step": 100, "loss": ...}`), which is what tests and sweep tools read; the
-TensorBoard event files hold the same scalars for people.
+TensorBoard event files hold the same scalars for people. Everything here
+works on plain dicts, so it depends on nothing else in advjax.
 """
 
 import json
@@ -10,10 +18,67 @@ import os
 import sys
 import time
 from collections.abc import Mapping
+from typing import Any
 
 import jax
 
+from advjax.errors import CheckpointError, ConfigError
+
+CONFIG_FILE = "config.json"
+SUMMARY_FILE = "summary.json"
 METRICS_FILE = "metrics.jsonl"
+# Top-level config fields that may change when a run is resumed (its length,
+# cadences and evaluation).
+RESUMABLE_CHANGES = ("num_epochs", "num_steps", "log_every_steps", "checkpoint_every_steps",
+                     "keep_checkpoints", "eval", "evals", "train_evals", "distributed")
+
+
+def _flatten(d: Mapping, prefix: str = "") -> dict[str, Any]:
+  out = {}
+  for k, v in d.items():
+    if isinstance(v, Mapping):
+      out.update(_flatten(v, f"{prefix}{k}."))
+    else:
+      out[f"{prefix}{k}"] = list(v) if isinstance(v, tuple) else v
+  return out
+
+
+def prepare(workdir: str, config: Mapping[str, Any]) -> None:
+  """Checks the workdir is writable and, if it holds a run, that it is this run.
+
+  Args:
+    workdir: the run directory (created if missing).
+    config: the run's config as a dict.
+
+  Raises:
+    ConfigError: the workdir cannot be created or written.
+    CheckpointError: the workdir holds a run with a different config.
+  """
+  try:
+    os.makedirs(workdir, exist_ok=True)
+  except OSError as e:
+    raise ConfigError(f"workdir {workdir!r} cannot be created: {e.strerror}") from e
+  if not os.path.isdir(workdir) or not os.access(workdir, os.W_OK | os.X_OK):
+    raise ConfigError(f"workdir {workdir!r} is not a writable directory")
+  saved_path = os.path.join(workdir, CONFIG_FILE)
+  if os.path.exists(saved_path):
+    with open(saved_path) as f:
+      saved = _flatten(json.load(f))
+    current = _flatten(config)
+    changed = sorted(k for k in set(saved) | set(current)
+                     if saved.get(k) != current.get(k) and k.split(".")[0] not in RESUMABLE_CHANGES)
+    if changed:
+      raise CheckpointError(
+          f"workdir {workdir!r} holds a run with a different config ({', '.join(changed)}); "
+          "use a new workdir")
+
+
+def write_json(path: str, value: Any) -> None:
+  """Writes `value` as indented JSON (process 0 only)."""
+  if jax.process_index() != 0:
+    return
+  with open(path, "w") as f:
+    json.dump(value, f, indent=2)
 
 
 def truncate_after(workdir: str, step: int) -> None:

@@ -30,10 +30,8 @@ import jax
 import ml_collections
 import numpy as np
 
-from advjax import config as config_lib, viz
+from advjax import config as config_lib, run_dir, runs, viz
 from advjax.errors import ConfigError
-from advjax.evaluation import evaluate
-from advjax.training import trainer
 
 RESULTS_CSV = "results.csv"
 RESULTS_MD = "results.md"
@@ -60,26 +58,34 @@ def point_name(sharedness: int, eps: float, sigma: float) -> str:
 def _train_and_report(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
   """Trains (or resumes) one run, then evaluates it; a finished run is only read back."""
   eval_path = os.path.join(workdir, config.eval.output_file)
-  if not (os.path.exists(eval_path) and os.path.exists(os.path.join(workdir, trainer.SUMMARY_FILE))):
-    trainer.train_and_evaluate(config, workdir)
-    evaluate.evaluate_run(config, workdir)
+  if not (os.path.exists(eval_path) and os.path.exists(os.path.join(workdir, run_dir.SUMMARY_FILE))):
+    runs.train_and_evaluate(config, workdir)
+    runs.evaluate_run(config, workdir)
   with open(eval_path) as f:
     report = json.load(f)
-  with open(os.path.join(workdir, trainer.SUMMARY_FILE)) as f:
+  with open(os.path.join(workdir, run_dir.SUMMARY_FILE)) as f:
     report["train_time_s"] = json.load(f)["wall_time_s"]
   return report
 
 
+def entry_of(config: ml_collections.ConfigDict, kind: str) -> str | None:
+  """The name of the first `config.evals` entry of type `kind`, or None."""
+  return next((name for name, entry in config.evals.items() if entry.type == kind), None)
+
+
 def _row(name: str, config: ml_collections.ConfigDict, report: dict, adversarial: bool) -> dict[str, Any]:
-  eval_cfg = config.eval
+  def value(kind, key):
+    entry = entry_of(config, kind)
+    return report[entry][key] if entry is not None else ""
+
   return {
       "name": name,
       "sharedness": config.sharedness if adversarial else "",
       "eps": config.attack.eps if adversarial else "",
       "adv_weight": config.adv_weight if adversarial else "",
-      "clean_accuracy": report["clean_accuracy"],
-      "eps_adv": report.get(f"eps_adv_{eval_cfg.eps_adv_delta:g}", ""),
-      "eps_uni": report.get(f"eps_uni_{eval_cfg.eps_uni_delta:g}", ""),
+      "clean_accuracy": value("clean", "accuracy"),
+      "eps_adv": value("eps_adv", "eps"),
+      "eps_uni": value("eps_uni", "eps"),
       "train_time_s": report["train_time_s"],
   }
 
@@ -102,7 +108,8 @@ def write_tables(rows: list[dict], out_dir: str, deltas: tuple[float, float]) ->
     f.write("\n".join(lines) + "\n")
 
 
-def write_figures(rows: list[dict], run_dirs: list[str], out_dir: str, delta: float) -> None:
+def write_figures(rows: list[dict], run_dirs: list[str], out_dir: str, delta: float,
+                  perturbation_name: str | None) -> None:
   """pareto.png (clean accuracy vs eps_uni per sharedness) and the universal perturbations side by side."""
   points = [dict(sharedness=r["sharedness"] if r["sharedness"] != "" else "ERM",
                  clean_accuracy=r["clean_accuracy"], eps_uni=r["eps_uni"])
@@ -111,9 +118,9 @@ def write_figures(rows: list[dict], run_dirs: list[str], out_dir: str, delta: fl
     viz.plot_pareto(points, os.path.join(out_dir, "pareto.png"), delta=delta,
                     title="shared AT: clean accuracy vs eps_uni")
   perturbations = []
-  for run_dir in run_dirs:
-    path = os.path.join(run_dir, evaluate.UNIVERSAL_FILE + ".npy")
-    if os.path.exists(path):
+  for directory in run_dirs:
+    path = os.path.join(directory, f"{perturbation_name}.npy")
+    if perturbation_name and os.path.exists(path):
       xi = np.load(path, allow_pickle=False)
       perturbations.append(viz.amplify(xi))
   if perturbations:
@@ -144,6 +151,9 @@ def run_sweep(sweep: ml_collections.ConfigDict, out_dir: str) -> list[dict[str, 
   num_devices = jax.device_count()
   for config in [sweep.erm, *configs]:
     config_lib.validate(config, num_devices=num_devices)
+  experiment = sweep.experiment
+  rate_of = {kind: experiment.evals[entry_of(experiment, kind)].get("rate", float("nan"))
+             if entry_of(experiment, kind) else float("nan") for kind in ("eps_adv", "eps_uni")}
 
   rows = [_row("ERM", sweep.erm, _train_and_report(sweep.erm, erm_dir), adversarial=False)]
   run_dirs = [erm_dir]
@@ -155,9 +165,9 @@ def run_sweep(sweep: ml_collections.ConfigDict, out_dir: str) -> list[dict[str, 
     rows.append(_row(name, config, _train_and_report(config, run_dir), adversarial=True))
     run_dirs.append(run_dir)
   if jax.process_index() == 0:
-    deltas = (sweep.experiment.eval.eps_adv_delta, sweep.experiment.eval.eps_uni_delta)
+    deltas = (rate_of["eps_adv"], rate_of["eps_uni"])
     write_tables(rows, out_dir, deltas)
-    write_figures(rows, run_dirs, out_dir, deltas[1])
+    write_figures(rows, run_dirs, out_dir, deltas[1], entry_of(experiment, "eps_uni"))
     with open(os.path.join(out_dir, RESULTS_MD)) as f:
       print(f.read())
   return rows

@@ -20,6 +20,16 @@ def _coerce(value: Any, default: Any) -> Any:
   """`value` as the type of `default`; a None default means an optional float."""
   if default is None:
     return None if value is None else float(value)
+  if isinstance(default, tuple):
+    if isinstance(value, (str, bytes)) or not hasattr(value, "__iter__"):
+      raise TypeError
+    return tuple(value)
+  if isinstance(default, dict):
+    if hasattr(value, "to_dict"):
+      return value.to_dict()
+    if not isinstance(value, dict):
+      raise TypeError
+    return dict(value)
   if isinstance(default, bool):
     if not isinstance(value, bool):
       raise TypeError
@@ -58,7 +68,8 @@ def from_mapping(cls: type[T], config: Mapping[str, Any], label: str) -> T:
     raise ConfigError(f"{label}: unknown field(s) {', '.join(unknown)}; known: {', '.join(fields)}")
   kwargs = {}
   for name, value in values.items():
-    default = fields[name].default
+    field = fields[name]
+    default = field.default_factory() if field.default_factory is not dataclasses.MISSING else field.default
     try:
       kwargs[name] = _coerce(value, default)
     except (TypeError, ValueError):

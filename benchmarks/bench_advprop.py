@@ -2,7 +2,7 @@
 
 The step: PGD-k (as in `bench_pgd_at`: L-inf, eps 8/255, step 2/255, from the
 clean image) attacks the network normalised by the *auxiliary* BatchNorms
-(their running statistics, attack.bn_mode 'eval', as the PGD-AT step attacks
+(their running statistics, attack_bn_mode 'eval', as the PGD-AT step attacks
 through the main ones); then the clean batch goes through the main BNs and
 the adversarial batch through the auxiliary BNs, both in training mode, and
 one SGD-momentum update of every weight follows on
@@ -37,7 +37,6 @@ import torch.nn.functional as F
 
 from advjax.attacks import threat
 from advjax.models import aux_bn
-from advjax.training.train_state import AUX_BATCH_STATS
 from benchmarks import bench_pgd, bench_pgd_at, harness
 
 OBJECTIVE = "advprop"
@@ -113,11 +112,10 @@ def build(spec: harness.Spec) -> harness.Workload:
 
   def configure(c):
     c.advprop.adv_bn = BN_SET
-    c.attack.bn_mode = "eval"
+    c.attack_bn_mode = "eval"
 
-  step, fresh_state, _ = bench_pgd_at.jax_train_step(
-      m, spec, OBJECTIVE, configure=configure, variables=variables,
-      extras=lambda: {AUX_BATCH_STATS: {collection: jax.tree.map(jnp.copy, variables[collection])}})
+  step, fresh_state, _, _ = bench_pgd_at.jax_train_step(m, spec, OBJECTIVE, configure=configure,
+                                                        variables=variables)
   notes = ["attack through the auxiliary BNs' running statistics, from the clean image; "
            "one clean and one adversarial training pass"]
   tol = 10 * harness.TOLERANCE[spec.dtype]
@@ -126,11 +124,9 @@ def build(spec: harness.Spec) -> harness.Workload:
     before_main = harness.torch_params(m.torch_model)
     before_aux = harness.torch_params(aux_twin(m.torch_model))
     state, _ = step(fresh_state(), batch)
-    main_view = types.SimpleNamespace(
-        params=aux_bn.export_main({"params": state.params, **state.extras[AUX_BATCH_STATS]})["params"],
-        batch_stats=state.batch_stats)
-    aux_view = types.SimpleNamespace(params=_set_view(state.params, BN_SET),
-                                     batch_stats=state.extras[AUX_BATCH_STATS][collection])
+    main_view = types.SimpleNamespace(variables=aux_bn.export_main(state.variables))
+    aux_view = types.SimpleNamespace(variables={"params": _set_view(state.params, BN_SET),
+                                                "batch_stats": state.model_state[collection]})
     tm = copy.deepcopy(m.torch_model)
     aux = aux_twin(tm)
     xt, yt = harness.to_torch(x, y)

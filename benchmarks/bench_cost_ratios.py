@@ -8,7 +8,7 @@ The methods promise cost ratios that do not need PyTorch to check:
     alternating UAT step (algorithm 3) about two;
   - an AdvProp step with a k-step attacker costs (k + 2) / (k + 1) of a k-step
     PGD adversarial-training step (one extra clean pass).
-Every step is the library's own, built by `steps.make_train_step` from an
+Every step is the library's own, the registered objective's `train_step` built from an
 experiment config and compiled by `compile_train_step` with the state donated;
 the variants are timed round-robin by `harness.time_interleaved`.
 
@@ -22,8 +22,9 @@ import argparse
 import jax
 import numpy as np
 
-from advjax import config as config_lib, models, parallel
-from advjax.training import advprop, objectives, optim, steps
+from advjax import config as config_lib, models, parallel, tasks
+from advjax.training import objectives, optim, steps
+from advjax.training.objectives import advprop
 from advjax.training.train_state import create_train_state
 from benchmarks import harness
 
@@ -61,7 +62,7 @@ def variant_config(variant: str, model_name: str, batch: int, num_steps: int, sh
   if variant == "advprop":
     advprop.configure_attacker(c, eps, "pgd")
     c.attack.num_steps = num_steps
-  c.attack.bn_mode = bn_mode
+  c.attack_bn_mode = bn_mode
   c.uat.eps = eps
   return c
 
@@ -70,13 +71,16 @@ def build_step(config, image_shape, num_classes, mesh):
   """(compiled step, fresh-state factory) for one config."""
   model = models.create_model(config.model.name, num_classes=num_classes)
   tx, schedule = optim.make_optimizer(config, steps_per_epoch=100, total_steps=1000)
+  objective = objectives.get(config.objective)(objectives.ObjectiveContext(
+      model=model, config=config, task=tasks.Classification(num_classes), schedule=schedule,
+      total_steps=1000, steps_per_epoch=100))
 
   def init(rng):
-    return create_train_state(model, tx, rng, image_shape, objectives.init_extras(config, image_shape),
-                              aux_bn_sets=advprop.bn_sets(config))
+    return create_train_state(model, tx, rng, image_shape, objective.init_extras(image_shape),
+                              aux_bn_sets=objective.bn_sets())
 
   fresh = lambda: jax.jit(init, out_shardings=parallel.replicated(mesh))(jax.random.PRNGKey(0))
-  step = steps.compile_train_step(steps.make_train_step(model, config, schedule), fresh(), mesh)
+  step = steps.compile_train_step(objective.train_step, fresh(), mesh)
   return step, fresh
 
 

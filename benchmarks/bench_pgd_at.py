@@ -26,8 +26,9 @@ import torch
 import torch.nn.functional as F
 
 from advjax import config as config_lib
-from advjax import parallel
+from advjax import parallel, tasks
 from advjax.attacks import threat
+from advjax.training import objectives
 from advjax.training import steps as steps_lib
 from advjax.training.train_state import TrainState
 from benchmarks import bench_fwd_bwd, bench_pgd, harness
@@ -52,17 +53,18 @@ def train_config(spec: harness.Spec, objective: str):
   return c
 
 
-def jax_train_step(m: harness.Matched, spec: harness.Spec, objective: str, extras=None,
-                   configure=None, variables=None):
+def jax_train_step(m: harness.Matched, spec: harness.Spec, objective: str, configure=None, variables=None):
   """The library's compiled step and a function making fresh states from the matched weights.
 
   Args:
     m: the matched models.
     spec: the benchmark spec.
-    objective: the `advjax.config.OBJECTIVES` name.
-    extras: optional `() -> TrainState.extras` of the objective.
+    objective: the `advjax.training.objectives.OBJECTIVES` name.
     configure: optional in-place edit of the experiment config (`train_config`).
     variables: the starting variables if not `m.variables` (e.g. with auxiliary BN sets).
+
+  Returns:
+    (compiled step, fresh_state(), mesh, the objective).
   """
   config = train_config(spec, objective)
   if configure:
@@ -72,16 +74,19 @@ def jax_train_step(m: harness.Matched, spec: harness.Spec, objective: str, extra
   schedule = optax.constant_schedule(LEARNING_RATE)
   tx = optax.sgd(schedule, momentum=MOMENTUM)
   mesh = parallel.make_mesh(jax.devices()[:1])
+  size, channels, classes = spec.shape
+  built = objectives.get(objective)(objectives.ObjectiveContext(
+      model=m.model, config=config, task=tasks.Classification(classes), schedule=schedule, total_steps=1,
+      steps_per_epoch=1))
 
   def fresh_state():
     # Copies, because every call of the compiled step donates (frees) its input state.
-    params = jax.tree.map(jnp.copy, variables["params"])
-    return TrainState.create(apply_fn=m.model.apply, params=params, tx=tx,
-                             batch_stats=jax.tree.map(jnp.copy, variables["batch_stats"]),
-                             rng=jax.random.key(0), extras=extras() if extras else {})
+    copied = jax.tree.map(jnp.copy, variables)
+    return TrainState.create(apply_fn=m.model.apply, params=copied["params"], tx=tx,
+                             model_state={k: v for k, v in copied.items() if k != "params"},
+                             rng=jax.random.key(0), extras=built.init_extras((size, size, channels)))
 
-  step = steps_lib.make_train_step(m.model, config, schedule)
-  return steps_lib.compile_train_step(step, fresh_state(), mesh), fresh_state, mesh
+  return steps_lib.compile_train_step(built.train_step, fresh_state(), mesh), fresh_state, mesh, built
 
 
 def torch_pgd_at_step(tm, opt, x, y, *, steps: int, dtype: str) -> None:
@@ -107,8 +112,7 @@ def check_update(spec, before, jax_state, torch_model, tol, reference_model) -> 
   `reference_model` took the same step in float64 (see
   `harness.assert_trees_close_or_as_accurate`).
   """
-  after_jax = harness.flax_as_torch({"params": jax_state.params, "batch_stats": jax_state.batch_stats},
-                                    spec.model)
+  after_jax = harness.flax_as_torch(jax_state.variables, spec.model)
   after_torch = harness.torch_params(torch_model)
   after_ref = {k: v.astype(np.float64) for k, v in
                ((k, v.detach().cpu().numpy()) for k, v in reference_model.state_dict().items())}
@@ -129,7 +133,7 @@ def build(spec: harness.Spec) -> harness.Workload:
   m = harness.matched_models(spec)
   x, y = harness.make_batch(spec)
   batch = {"image": jnp.asarray(x), "label": jnp.asarray(y)}
-  step, fresh_state, _ = jax_train_step(m, spec, "pgd_at")
+  step, fresh_state, _, _ = jax_train_step(m, spec, "pgd_at")
   notes = ["attack from the clean image (init='zero') so both sides start identically"]
   # Updates are differences of close numbers and inherit the attack's sign flips.
   tol = 10 * harness.TOLERANCE[spec.dtype]

@@ -77,7 +77,7 @@ def build(spec: harness.Spec) -> harness.Workload:
   def configure(c):
     c.sharedness = s
 
-  step, fresh_state, _ = bench_pgd_at.jax_train_step(m, spec, OBJECTIVE, configure=configure)
+  step, fresh_state, _, _ = bench_pgd_at.jax_train_step(m, spec, OBJECTIVE, configure=configure)
   notes = [f"sharedness s = {s} ({spec.batch // s} heaps), attack from zero"]
   tol = 10 * harness.TOLERANCE[spec.dtype]
 

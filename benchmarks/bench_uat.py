@@ -5,7 +5,7 @@ both the weight gradient and the gradient of the one shared perturbation
 delta; the weights take an SGD-momentum step and delta an FGSM ascent step
 (delta += eps sign(g), projected onto the eps ball). The cost of natural
 training. The JAX side is the library's `uat_simultaneous` objective
-(`advjax.training.uat`), compiled by `compile_train_step`; the PyTorch side
+(`advjax.training.objectives.uat`), compiled by `compile_train_step`; the PyTorch side
 the textbook loop with delta a leaf tensor broadcast over the batch.
 
 Checked: after one step from the same state the parameter updates, the
@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 
 from advjax.attacks import threat
-from advjax.training import uat
+from advjax.training.objectives import uat
 from benchmarks import bench_fwd_bwd, bench_pgd_at, harness
 
 OBJECTIVE = "uat_simultaneous"
@@ -50,8 +50,7 @@ def build(spec: harness.Spec) -> harness.Workload:
   batch = {"image": jnp.asarray(x), "label": jnp.asarray(y)}
   config = bench_pgd_at.train_config(spec, OBJECTIVE)
   size, channels, _ = spec.shape
-  step, fresh_state, _ = bench_pgd_at.jax_train_step(
-      m, spec, OBJECTIVE, extras=lambda: uat.init_extras(config, (size, size, channels)))
+  step, fresh_state, _, _ = bench_pgd_at.jax_train_step(m, spec, OBJECTIVE)
   eps = threat.to_unit(float(config.uat.eps))
   tol = 10 * harness.TOLERANCE[spec.dtype]
   notes = [f"delta rule '{config.uat.delta_rule}', eps {config.uat.eps}/255"]

@@ -7,7 +7,7 @@ auxiliary ones (table 7.3).
 """
 
 from advjax.config import base_config
-from advjax.training import advprop
+from advjax.training.objectives import advprop
 
 
 def get_config(arg=None):

@@ -10,7 +10,7 @@ for the larger variants (resolutions in `advjax.models.efficientnet.RESOLUTIONS`
 """
 
 from advjax.config import base_config
-from advjax.training import advprop
+from advjax.training.objectives import advprop
 
 
 def get_config(arg=None):

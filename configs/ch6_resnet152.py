@@ -18,7 +18,7 @@ heuristic, and `--config.advprop.eval_bn=adv` to evaluate with MBN_adv.
 """
 
 from advjax.attacks import pgd
-from advjax.config import as_config_dict, base_config
+from advjax.config import as_config_dict, base_config, eval_entry
 
 STRATEGIES = ("adv", "mixture", "mixture_alp", "mbn", "mbn_alp", "gn")
 
@@ -35,8 +35,8 @@ def get_config(arg=None):
   c.objective = "advprop"
   # The attack normalises with the batch statistics of the BN set it attacks through, as AdvProp's does.
   c.attack = as_config_dict(pgd.AttackConfig(
-      eps=16.0, step_size=1.0, num_steps=30, init="mixed", clean_init_fraction=0.2, targeted=True,
-      bn_mode="batch"))
+      eps=16.0, step_size=1.0, num_steps=30, init="mixed", clean_init_fraction=0.2, targeted=True))
+  c.attack_bn_mode = "batch"
   c.advprop.adv_bn = "adv" if strategy.startswith("mbn") else "main"
   c.advprop.clean_ratio = 0.0 if strategy == "adv" else 1.0
   c.advprop.logit_pairing = 0.5 if strategy.endswith("alp") else 0.0
@@ -53,8 +53,5 @@ def get_config(arg=None):
   c.schedule.decay_factor = 0.1
   c.eval.batch_size = 1000
   c.eval.split = "validation"
-  c.eval.pgd_eps = (16.0,)
-  c.eval.pgd_steps = 200
-  c.eval.pgd_step_size = 1.0
-  c.eval.pgd_targeted = True
+  c.evals.pgd = eval_entry("pgd", eps=(16.0,), steps=200, step_size=1.0, targeted=True)
   return c

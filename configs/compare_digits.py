@@ -25,10 +25,12 @@ def get_config(arg=None):
   # S-PGD iterations for eps_uni. configs/sweep_digits.py keeps the larger settings.
   c.experiment.eval.num_examples = 250
   c.experiment.eval.batch_size = 250
-  c.experiment.eval.eps_adv_search_steps = 6
-  c.experiment.eval.eps_uni_search_steps = 6
-  c.experiment.eval.universal.num_iterations = 60
-  c.erm.eval = c.experiment.eval.copy_and_resolve_references()  # Same evaluation for all models.
+  c.experiment.evals.eps_adv.search_steps = 6
+  c.experiment.evals.eps_uni.search_steps = 6
+  c.experiment.evals.eps_uni.universal.num_iterations = 60
+  # Same evaluation for all models.
+  c.erm.eval = c.experiment.eval.copy_and_resolve_references()
+  c.erm.evals = c.experiment.evals.copy_and_resolve_references()
   c.step_ratio = 0.5  # PGD step size alpha = step_ratio * eps.
   c.grid = ml_collections.ConfigDict()
   c.grid.sharedness = (1, 32)

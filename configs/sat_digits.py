@@ -6,7 +6,7 @@ eps 32 (random start, one step of 32) and PGD-20 evaluation at eps 32.
 `--config.sat.softplus_grad=both` with activation 'relu' is table 5.1's diagnostic.
 """
 
-from advjax.config import as_config_dict, base_config
+from advjax.config import as_config_dict, base_config, eval_entry
 from advjax.attacks import pgd
 
 
@@ -25,7 +25,5 @@ def get_config(arg=None):
   c.log_every_steps = 25
   c.checkpoint_every_steps = 125
   c.eval.batch_size = 200
-  c.eval.pgd_eps = (32.0,)
-  c.eval.pgd_steps = 20
-  c.eval.pgd_step_size = 4.0
+  c.evals.pgd = eval_entry("pgd", eps=(32.0,), steps=20, step_size=4.0)
   return c

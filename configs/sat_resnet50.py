@@ -8,7 +8,7 @@ with PGD-200 at eps 4. `get_config('<activation>')` picks the activation:
 diagnostic on the ReLU baseline.
 """
 
-from advjax.config import as_config_dict, base_config
+from advjax.config import as_config_dict, base_config, eval_entry
 from advjax.attacks import pgd
 
 
@@ -32,7 +32,5 @@ def get_config(arg=None):
   c.schedule.warmup_epochs = 5.0
   c.eval.batch_size = 1000
   c.eval.split = "validation"
-  c.eval.pgd_eps = (4.0,)
-  c.eval.pgd_steps = 200
-  c.eval.pgd_step_size = 1.0
+  c.evals.pgd = eval_entry("pgd", eps=(4.0,), steps=200, step_size=1.0)
   return c

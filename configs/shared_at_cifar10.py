@@ -14,7 +14,7 @@ streams training images (CIFAR-10 has no validation split in tfds).
 import math
 
 from advjax.attacks import pgd
-from advjax.config import as_config_dict, base_config
+from advjax.config import as_config_dict, base_config, eval_entry
 
 
 def get_config(arg=None):
@@ -43,8 +43,6 @@ def get_config(arg=None):
   c.checkpoint_every_steps = 2000
   c.eval.batch_size = 512
   c.eval.num_examples = 512
-  c.eval.eps_uni_delta = 0.75
-  c.eval.eps_uni_search_steps = 10
-  c.eval.universal_batch_size = 16
-  c.eval.eps_adv_delta = 0.75
+  c.evals.eps_uni = eval_entry("eps_uni", rate=0.75, search_steps=10, batch_size=16)
+  c.evals.eps_adv = eval_entry("eps_adv", rate=0.75)
   return c

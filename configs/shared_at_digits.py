@@ -11,10 +11,11 @@ held-out digits, with fewer search and attack iterations than the paper's
 b = 10 / K = 200 so that a model is evaluated in about a minute on a CPU.
 """
 
+import dataclasses
 import math
 
-from advjax.attacks import pgd
-from advjax.config import as_config_dict
+from advjax.attacks import pgd, universal
+from advjax.config import as_config_dict, eval_entry
 from configs import default
 
 
@@ -32,11 +33,8 @@ def get_config(arg=None):
       eps=eps, step_size=0.5 * eps, num_steps=4, init="uniform", loss="clipped_cross_entropy",
       kappa=-math.log(0.2)))
   c.eval.num_examples = 500
-  c.eval.pgd_eps = ()
-  c.eval.eps_adv_delta = 0.5
-  c.eval.eps_adv_search_steps = 8
-  c.eval.eps_adv_attack_steps = 10
-  c.eval.eps_uni_delta = 0.75
-  c.eval.eps_uni_search_steps = 8
-  c.eval.universal.num_iterations = 100
+  del c.evals["pgd"]
+  c.evals.eps_adv = eval_entry("eps_adv", rate=0.5, search_steps=8, attack_steps=10)
+  c.evals.eps_uni = eval_entry("eps_uni", rate=0.75, search_steps=8, batch_size=16,
+                               universal=dataclasses.asdict(universal.shared_at_eval_config(num_iterations=100)))
   return c

@@ -32,6 +32,6 @@ def get_config(arg=None):
       eps=eps, step_size=0.4 * eps, num_steps=5, init="uniform", loss="clipped_cross_entropy"))
   c.eval.batch_size = 256
   c.eval.num_examples = 0
-  c.eval.universal_batch_size = 10_000
-  c.eval.universal.num_iterations = 20
+  c.evals.eps_uni.batch_size = 10_000
+  c.evals.eps_uni.universal.num_iterations = 20
   return c

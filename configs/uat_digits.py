@@ -7,8 +7,10 @@ paper's 40k and 60k of 80k steps), and delta ascending by the FGSM rule of
 eq. 6 inside the usual MNIST L-inf ball, eps = 0.3 (76.5 in 0-255 units).
 """
 
+import dataclasses
+
 from advjax.attacks import universal
-from advjax.config import as_config_dict, base_config
+from advjax.config import base_config, eval_entry
 
 
 def get_config(arg=None):
@@ -35,7 +37,7 @@ def get_config(arg=None):
   # rule, step 4, 250 iterations of 32 training digits = 2 epochs) at eps = 0.3.
   # eval.py with this config also measures ERM or PGD-trained runs of the convnet.
   c.eval.output_file = "eval_universal.json"
-  c.eval.universal_eps = (0.3 * 255,)
-  c.eval.universal_batch_size = 32
-  c.eval.universal = as_config_dict(universal.uat_config(eps=0.3 * 255, step_size=4.0, num_iterations=250))
+  c.evals.universal = eval_entry(
+      "universal", eps=(0.3 * 255,), batch_size=32,
+      universal=dataclasses.asdict(universal.uat_config(eps=0.3 * 255, step_size=4.0, num_iterations=250)))
   return c

@@ -1,11 +1,21 @@
-"""Bad input to train.py/eval.py: one line naming the problem, exit status 2, workdir untouched."""
+"""Bad input to train.py/eval.py: one line naming the problem, exit status 2, workdir untouched.
+
+Most cases run in-process against `advjax.runs` (the error is one AdvjaxError
+raised before anything is written); a few run the scripts themselves to check
+the command-line contract: the `error:` line, status 2, no traceback.
+"""
 
 import hashlib
 import os
 import subprocess
 import sys
 
+import jax
 import pytest
+
+from advjax import runs
+from advjax.errors import AdvjaxError
+from configs import tiny
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = os.path.join(ROOT, "configs/tiny.py")
@@ -28,72 +38,93 @@ def _snapshot(directory):
   return out
 
 
-@pytest.fixture(scope="module")
-def finished_run(tmp_path_factory):
-  """A finished tiny run whose directory bad invocations must leave untouched."""
-  workdir = str(tmp_path_factory.mktemp("run"))
-  result = _run("train.py", "--config", TINY, "--workdir", workdir, "--config.num_steps=4")
-  assert result.returncode == 0, result.stderr
-  return workdir
-
-
-BAD_INPUTS = {
-    "unknown model": (["--config.model.name=resnet9000"], "unknown model 'resnet9000'"),
-    "unknown dataset": (["--config.data.name=svhn9"], "unknown dataset 'svhn9'"),
-    "unknown activation": (["--config.model.activation=swoosh"], "unknown activation 'swoosh'"),
-    "batch not divisible": (["--config.batch_size=30"], "not divisible by the 8 devices"),
-    "missing tfds dataset": (["--config.data.name=cifar10", "--config.data.data_dir=/nonexistent/tfds"], "cifar10"),
-    "config field that does not exist": (["--config.optimizer.learning_rte=0.1"], "learning_rte"),
-    "value of the wrong type": (["--config.batch_size=many"], "batch_size"),
-    "different config in an existing run": (["--config.model.name=convnet"], "different config"),
-}
-
-
-@pytest.mark.parametrize("name", list(BAD_INPUTS))
-def test_bad_input_is_one_line_with_status_2_and_no_damage(finished_run, name):
-  overrides, expected = BAD_INPUTS[name]
-  before = _snapshot(finished_run)
-  result = _run("train.py", "--config", TINY, "--workdir", finished_run, *overrides)
+def _one_error_line(result, expected):
   assert result.returncode == 2, result.stderr
   lines = [l for l in result.stderr.strip().splitlines() if l.startswith("error:")]
   assert len(lines) == 1 and expected in lines[0], result.stderr
   assert "Traceback" not in result.stderr
+
+
+@pytest.fixture(scope="module")
+def finished_run(tmp_path_factory):
+  """A finished tiny run (4 steps) whose directory bad invocations must leave untouched."""
+  workdir = str(tmp_path_factory.mktemp("run"))
+  config = tiny.get_config()
+  config.num_steps = 4
+  runs.train_and_evaluate(config, workdir)
+  return workdir
+
+
+def _set(config, field, value):
+  parent, _, leaf = field.rpartition(".")
+  (config if not parent else config[parent])[leaf] = value
+
+
+BAD_INPUTS = {
+    "unknown model": ({"model.name": "resnet9000"}, "unknown model 'resnet9000'"),
+    "unknown dataset": ({"data.name": "svhn9"}, "unknown dataset 'svhn9'"),
+    "unknown activation": ({"model.activation": "swoosh"}, "unknown activation 'swoosh'"),
+    "unknown head": ({"model.head": "hydra"}, "unknown head 'hydra'"),
+    "unknown block": ({"model.insert_block": "nope"}, "unknown block 'nope'"),
+    "unknown evaluator": ({"evals.clean.type": "cleanest"}, "unknown evaluator 'cleanest'"),
+    "batch not divisible": ({"batch_size": 30}, "not divisible by the 8 devices"),
+    "missing tfds dataset": ({"data.name": "cifar10", "data.data_dir": "/nonexistent/tfds"}, "tfds build"),
+    "different config in an existing run": ({"model.name": "convnet"}, "different config"),
+}
+
+
+@pytest.mark.parametrize("field", ["init_checkpoint", "model.backbone_checkpoint"])
+def test_a_missing_source_run_is_one_error_that_creates_nothing(tmp_path, field):
+  config = tiny.get_config()
+  _set(config, field, "/nonexistent/run")
+  with pytest.raises(AdvjaxError, match="no checkpoints in '/nonexistent/run'"):
+    runs.train_and_evaluate(config, str(tmp_path / "w"))
+  assert not os.path.exists(tmp_path / "w")
+
+
+@pytest.mark.parametrize("name", list(BAD_INPUTS))
+def test_bad_input_is_one_error_and_no_damage(finished_run, name):
+  overrides, expected = BAD_INPUTS[name]
+  config = tiny.get_config()
+  config.num_steps = 4
+  for field, value in overrides.items():
+    _set(config, field, value)
+  before = _snapshot(finished_run)
+  with pytest.raises(AdvjaxError) as error:
+    runs.train_and_evaluate(config, finished_run)
+  assert expected in str(error.value) and "\n" not in str(error.value)
   assert _snapshot(finished_run) == before
 
 
-def test_missing_dataset_message_says_how_to_prepare(tmp_path):
-  result = _run("train.py", "--config", TINY, "--workdir", str(tmp_path / "w"),
-                "--config.data.name=cifar10", f"--config.data.data_dir={tmp_path / 'tfds'}")
-  assert result.returncode == 2
-  assert "tfds build" in result.stderr
-
-
-def test_fine_tuning_from_a_missing_run(tmp_path):
-  result = _run("train.py", "--config", TINY, "--workdir", str(tmp_path / "w"),
-                "--config.init_checkpoint=/nonexistent/run")
-  assert result.returncode == 2 and "no checkpoints in '/nonexistent/run'" in result.stderr
-  assert "Traceback" not in result.stderr
+def test_the_scripts_turn_errors_into_one_line_and_status_2(finished_run, tmp_path):
+  before = _snapshot(finished_run)
+  # A mistake found by the library, one in the flags, and one in the config file.
+  _one_error_line(_run("train.py", "--config", TINY, "--workdir", finished_run, "--config.model.name=resnet9000"),
+                  "unknown model 'resnet9000'")
+  _one_error_line(_run("train.py", "--config", TINY, "--workdir", finished_run, "--config.batch_size=many"),
+                  "batch_size")
+  _one_error_line(_run("train.py", "--config", TINY, "--workdir", finished_run,
+                       "--config.optimizer.learning_rte=0.1"), "learning_rte")
+  _one_error_line(_run("train.py", "--config", str(tmp_path / "nope.py"), "--workdir", str(tmp_path)), "nope.py")
+  assert _snapshot(finished_run) == before
 
 
 def test_unwritable_workdir(tmp_path):
   blocker = tmp_path / "file"
   blocker.write_text("not a directory")
-  result = _run("train.py", "--config", TINY, "--workdir", str(blocker / "run"))
-  assert result.returncode == 2 and "workdir" in result.stderr and "Traceback" not in result.stderr
+  config = tiny.get_config()
+  with pytest.raises(AdvjaxError, match="workdir"):
+    runs.train_and_evaluate(config, str(blocker / "run"))
   assert blocker.read_text() == "not a directory"
 
 
-def test_missing_config_file(tmp_path):
-  result = _run("train.py", "--config", str(tmp_path / "nope.py"), "--workdir", str(tmp_path))
-  assert result.returncode == 2 and "nope.py" in result.stderr
-
-
 def test_eval_without_checkpoint(tmp_path):
-  result = _run("eval.py", "--config", TINY, "--workdir", str(tmp_path))
-  assert result.returncode == 2 and "no checkpoints" in result.stderr
+  with pytest.raises(AdvjaxError, match="no checkpoints"):
+    runs.evaluate_run(tiny.get_config(), str(tmp_path))
 
 
 def test_eval_writes_eval_json(finished_run):
   result = _run("eval.py", "--config", TINY, "--workdir", finished_run, "--config.num_steps=4")
   assert result.returncode == 0, result.stderr
   assert os.path.exists(os.path.join(finished_run, "eval.json"))
+  assert jax.device_count() == 8

@@ -34,14 +34,24 @@ def test_default_and_tiny_validate_on_eight_devices():
     ("schedule.boundaries", (5.0, 2.0), "config.schedule.boundaries"),
     ("adv_weight", 1.5, "config.adv_weight"),
     ("model.dtype", "float16", "config.model.dtype"),
-    ("attack.bn_mode", "train", "config.attack"),
+    ("attack_bn_mode", "train", "config.attack_bn_mode"),
     ("attack.norm", "l3", "config.attack"),
-    ("eval.pgd_eps", (0.0, 300.0), "config.eval.pgd_eps"),
+    ("evals.pgd.eps", (0.0, 300.0), "pgd evaluator: eps values"),
     ("sharedness", 3, "config.sharedness: s=3 must divide the per-device batch 4"),
-    ("eval.eps_uni_delta", 2.0, "config.eval.eps_uni_delta"),
+    ("evals.eps_uni.rate", 2.0, "eps_uni evaluator: rate"),
+    ("evals.pgd.stepz", 3, "config.evals.pgd: unknown field"),
+    ("train_evals", ("clean", "robust"), "no evaluation entry named robust"),
+    ("uat.delta_rule", "rmsprop", "config.uat.delta_rule"),
+    ("advprop.eval_bn", "aux", "config.advprop.eval_bn"),
+    ("model.freeze_backbone", True, "config.model.freeze_backbone"),
 ])
 def test_bad_values_name_the_field(field, value, expected):
   config = tiny.get_config()
+  config.objective = field.split(".")[0] if field.split(".")[0] in ("uat", "advprop") else "pgd_at"
+  if config.objective == "uat":
+    config.objective = "uat_alternating"
+  config.evals.pgd = config_lib.eval_entry("pgd", eps=(8.0,))
+  config.evals.eps_uni = config_lib.eval_entry("eps_uni")
   parent, _, leaf = field.rpartition(".")
   target = config if not parent else config[parent]
   target[leaf] = value

@@ -1,11 +1,13 @@
 """The shared-AT sweep end to end on a tiny grid: tables, figures and resumption."""
 
 import csv
+import json
 import os
 
 import ml_collections
 import pytest
 
+from advjax import config as config_lib
 from advjax import sweep
 from advjax.errors import ConfigError
 from configs import tiny
@@ -18,12 +20,9 @@ def _tiny_sweep():
   experiment.attack.loss = "clipped_cross_entropy"
   experiment.eval.num_examples = 64
   experiment.eval.batch_size = 64
-  experiment.eval.eps_adv_delta = 0.5
-  experiment.eval.eps_adv_search_steps = 2
-  experiment.eval.eps_adv_attack_steps = 2
-  experiment.eval.eps_uni_delta = 0.75
-  experiment.eval.eps_uni_search_steps = 2
-  experiment.eval.universal.num_iterations = 3
+  experiment.evals.eps_adv = config_lib.eval_entry("eps_adv", rate=0.5, search_steps=2, attack_steps=2)
+  experiment.evals.eps_uni = config_lib.eval_entry("eps_uni", rate=0.75, search_steps=2)
+  experiment.evals.eps_uni.universal.num_iterations = 3
   c = ml_collections.ConfigDict()
   c.experiment = experiment
   c.erm = experiment.copy_and_resolve_references()
@@ -39,15 +38,18 @@ def test_sweep_writes_tables_and_figures_and_resumes(tmp_path):
   out = str(tmp_path)
   rows = sweep.run_sweep(_tiny_sweep(), out)
   assert [r["name"] for r in rows] == ["ERM", "s1_eps64_sigma0.5", "s4_eps64_sigma0.5"]
-  for row in rows:
-    assert 0.0 <= row["clean_accuracy"] <= 1.0
-    assert 0.0 <= row["eps_adv"] <= 255.0 and 0.0 <= row["eps_uni"] <= 255.0
+  # Each row carries the structured results of its run's evaluation.
+  for row, point in zip(rows, ("erm", "s1_eps64_sigma0.5", "s4_eps64_sigma0.5")):
+    with open(os.path.join(out, point, "eval.json")) as f:
+      report = json.load(f)
+    assert (row["clean_accuracy"], row["eps_adv"], row["eps_uni"]) == (
+        report["clean"]["accuracy"], report["eps_adv"]["eps"], report["eps_uni"]["eps"])
   with open(os.path.join(out, "results.csv")) as f:
     assert len(list(csv.DictReader(f))) == 3
   for name in ("results.md", "pareto.png", "perturbations.png"):
     assert os.path.getsize(os.path.join(out, name)) > 0
   for point in ("erm", "s1_eps64_sigma0.5", "s4_eps64_sigma0.5"):
-    assert os.path.exists(os.path.join(out, point, "universal_perturbation.npy"))
+    assert os.path.exists(os.path.join(out, point, "eps_uni.npy"))
   # The fine-tuned runs started from the ERM model and trained with heaps of s.
   with open(os.path.join(out, "s4_eps64_sigma0.5", "config.json")) as f:
     text = f.read()

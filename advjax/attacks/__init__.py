@@ -6,13 +6,19 @@ the model class; `make_logits_fn` builds the closure and makes the BatchNorm
 mode during the attack an explicit choice.
 
   losses     per-example losses, larger = stronger attack; registry by name
-  threat     eps balls (0-255 units in configs) intersected with [0, 1]
-  pgd        one iterative core: FGSM, BIM, PGD, MI-FGSM, DI2-FGSM, M-DI2-FGSM
+  threat     eps balls (0-255 units in configs), optional region masks, the box [0, 1]
+  rules      ascent rules (sign, L2, momentum, SGD, Adam) as optax transformations
+  core       the one iterative update, step-size schedules, restart selection
+  pgd        per-example attacks: FGSM, BIM, PGD, MI-FGSM, DI2-FGSM, M-DI2-FGSM
   diversity  DI2-FGSM's random resize and padding
   ensemble   fused logits of several models (Xie thesis, eq. 3.8)
   deepfool   minimal L2 / L-inf perturbations
   heap       heap adversaries: one perturbation shared by s examples (shared AT)
   universal  universal perturbations by stochastic PGD / SGD over a data stream
+  universal_deepfool  iterative DeepFool universal perturbations (UAT's algorithm 1)
+
+Labels are class indices or dense label maps; attacks score them through a
+task (`advjax.tasks`), by default the one the labels' rank implies.
 
 The presets `fgsm`, `bim`, `pgd`, `mi_fgsm`, `di2_fgsm`, `m_di2_fgsm` live in
 `advjax.attacks.pgd` (e.g. `attacks.pgd.pgd(eps=8.0)`) and DeepFool is
@@ -20,12 +26,15 @@ The presets `fgsm`, `bim`, `pgd`, `mi_fgsm`, `di2_fgsm`, `m_di2_fgsm` live in
 attributes `pgd` and `deepfool` must stay the modules.
 """
 
-from advjax.attacks import deepfool, diversity, ensemble, heap, losses, pgd, threat, universal
+from advjax.attacks import (core, deepfool, diversity, ensemble, heap, losses, pgd, rules, threat, universal,
+                            universal_deepfool)
 from advjax.attacks.deepfool import DeepFoolConfig
 from advjax.attacks.ensemble import ensemble_logits_fn
-from advjax.attacks.pgd import (BN_MODES, AttackConfig, attack, init_perturbation,
-                                optimize_perturbation, resolve_sizes)
+from advjax.attacks.pgd import AttackConfig, attack
 from advjax.errors import unknown_name
+
+# BatchNorm during an attack: the running statistics, or the attacked batch's.
+BN_MODES = ("eval", "batch")
 
 
 def make_logits_fn(model, variables, bn_mode: str = "eval"):
@@ -56,7 +65,7 @@ def make_logits_fn(model, variables, bn_mode: str = "eval"):
 
 
 __all__ = [
-    "AttackConfig", "BN_MODES", "DeepFoolConfig", "attack", "deepfool", "diversity", "ensemble",
-    "ensemble_logits_fn", "heap", "init_perturbation", "losses", "make_logits_fn", "universal",
-    "optimize_perturbation", "pgd", "resolve_sizes", "threat",
+    "AttackConfig", "BN_MODES", "DeepFoolConfig", "attack", "core", "deepfool", "diversity", "ensemble",
+    "ensemble_logits_fn", "heap", "losses", "make_logits_fn", "pgd", "rules", "threat", "universal",
+    "universal_deepfool",
 ]

@@ -78,6 +78,9 @@ def deepfool(logits_fn, x: jax.Array, y: jax.Array, rng: jax.Array,
     already misclassified are returned unchanged.
   """
   del rng
+  if y.ndim != 1:
+    raise ConfigError(f"DeepFool moves each example across one decision boundary, so it needs class labels "
+                      f"[batch], not labels of shape {y.shape}")
   clean = logits_fn(x)
   num_classes = clean.shape[-1]
   k = min(cfg.num_candidates, num_classes) - 1

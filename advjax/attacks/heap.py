@@ -17,8 +17,11 @@ x [d, H, W, C] is viewed as [d/s, s, H, W, C] and the perturbation is held as
 batch of d examples once per step, so a step costs what a per-example PGD step
 costs, and the gradient with respect to a heap's perturbation is the sum of its
 members' input gradients (the transpose of the broadcast). The iterations are
-the generic `pgd.optimize_perturbation`, so every step rule, schedule, input
-diversity and restart option of `AttackConfig` applies unchanged.
+the generic `core.optimize` (through `pgd.optimize_perturbation`), so every
+step rule, schedule, input diversity and restart option of `AttackConfig`
+applies unchanged. Labels may be class indices or dense label maps: a heap of
+segmentation images shares one perturbation and maximises the mean of its
+members' per-image (pixel-averaged) losses.
 
 Loss thresholding min(CE, kappa) (sec. 4.3, kappa = -log 0.2) is
 `cfg.loss='clipped_cross_entropy'`; label smoothing is `cfg.label_smoothing`.
@@ -35,18 +38,19 @@ only and the box is applied whenever it is added, in every forward pass of
 the attack as in the result: x_adv = clip(x + xi, 0, 1), so a member whose
 pixel is clipped passes no gradient to the heap's perturbation there.
 
-Targeted heaps have one target class per heap. Given `targets` are per example
-([d], as for `pgd.attack`; giving the same class to each member of a heap is the
-usual choice). Otherwise each heap draws its target the way `pgd.attack` draws
-one for a single example, as a uniformly random class different from the label
-of the heap's *first* member; for s=1 this is exactly `pgd.attack`'s choice.
+Targeted heaps have one target per heap. Given `targets` are per example
+(shaped like y, as for `pgd.attack`; giving the same target to each member of a
+heap is the usual choice). Otherwise each heap draws its target the way
+`pgd.attack` draws one for a single example, from the label of the heap's
+*first* member (a random wrong class, or for label maps that member's map
+relabelled by the task); for s=1 this is exactly `pgd.attack`'s choice.
 Members whose true label equals the heap's target still contribute their
 targeted loss to L_uni (keeping them at the target is part of the heap's
 objective, as in the fixed-target universal attack of sec. 6.3).
 
-With restarts, the strongest restart is kept per heap: by the heap's mean loss
-('loss') or by its fraction of successful members, ties broken by loss
-('misclassified').
+With restarts, the strongest restart is kept per heap (`core.keep_stronger`):
+by the heap's mean loss ('loss') or by its members' mean success, ties broken
+by loss ('misclassified').
 """
 
 import functools
@@ -54,36 +58,37 @@ from typing import Callable
 
 import jax
 import jax.numpy as jnp
-from jax import lax
 
-from advjax.attacks import diversity, losses, threat
+from advjax import tasks as tasks_lib
+from advjax.attacks import core, diversity, threat
 from advjax.attacks import pgd as pgd_lib
 from advjax.errors import ConfigError
 
 
 def heap_labels(logits_fn, x: jax.Array, y: jax.Array, rng: jax.Array,
-                cfg: pgd_lib.AttackConfig, sharedness: int,
+                cfg: pgd_lib.AttackConfig, sharedness: int, task: tasks_lib.Task,
                 targets: jax.Array | None = None) -> jax.Array:
-  """The labels the heap loss is evaluated on: one target class per heap if targeted.
+  """The labels the heap loss is evaluated on: one target per heap if targeted.
 
   Args:
     logits_fn: `x -> logits`.
     x: [batch, H, W, C] clean images.
-    y: [batch] true labels.
+    y: [batch] or [batch, H, W] true labels.
     rng: PRNG key for random targets.
     cfg: attack config.
     sharedness: heap size s; batch % s == 0.
-    targets: optional [batch] given targets (targeted only).
+    task: draws random targets.
+    targets: optional given targets shaped like y (targeted only).
 
   Returns:
-    [batch] int32 labels; for random targets, constant within each heap.
+    int32 labels shaped like y; random targets are constant within each heap.
   """
   if cfg.targeted and targets is None:
     num_classes = jax.eval_shape(logits_fn, x).shape[-1]
     # Drawn as pgd.attack draws one for a single example, from the heap's first label.
-    per_heap = losses.random_targets(rng, y[::sharedness], num_classes)
-    return jnp.repeat(per_heap, sharedness, total_repeat_length=y.shape[0])
-  return pgd_lib.attack_labels(logits_fn, x, y, rng, cfg, targets)
+    per_heap = task.random_targets(rng, y[::sharedness], num_classes)
+    return jnp.repeat(per_heap, sharedness, axis=0, total_repeat_length=y.shape[0])
+  return pgd_lib.attack_labels(logits_fn, x, y, rng, cfg, task, targets)
 
 
 def check_sharedness(batch_size: int, sharedness: int) -> None:
@@ -95,24 +100,25 @@ def check_sharedness(batch_size: int, sharedness: int) -> None:
                       f"(heaps are {sharedness} consecutive examples)")
 
 
-@functools.partial(jax.jit, static_argnames=("logits_fn", "cfg", "sharedness"))
+@functools.partial(jax.jit, static_argnames=("logits_fn", "cfg", "sharedness", "task"))
 def heap_attack(logits_fn: Callable[[jax.Array], jax.Array], x: jax.Array, y: jax.Array,
                 rng: jax.Array, cfg: pgd_lib.AttackConfig, sharedness: int, eps=None,
-                targets: jax.Array | None = None) -> jax.Array:
+                targets: jax.Array | None = None, task: tasks_lib.Task | None = None) -> jax.Array:
   """Shared perturbations on heaps of `sharedness` consecutive examples (sec. 4.2).
 
   Args:
     logits_fn: `x -> logits` closure with the parameters bound (static).
     x: [batch, height, width, channels] clean images in [0, 1]; batch must be
       a multiple of `sharedness`.
-    y: [batch] integer true labels.
+    y: [batch] class labels or [batch, height, width] label maps (-1 ignored).
     rng: PRNG key, used exactly as `pgd.attack` uses it.
     cfg: `AttackConfig` (static): steps, step rule, schedule, loss (e.g.
       'clipped_cross_entropy'), label smoothing, restarts.
     sharedness: heap size s (static); 1 is per-example PGD, batch is one
       batch-universal perturbation.
     eps: optional traced override of `cfg.eps`, 0-255 units.
-    targets: optional [batch] target classes for targeted attacks.
+    targets: optional targets shaped like y for targeted attacks.
+    task: static; default `advjax.tasks.for_labels(y)`.
 
   Returns:
     [batch, height, width, channels] adversarial images in [0, 1]; within a heap
@@ -123,14 +129,16 @@ def heap_attack(logits_fn: Callable[[jax.Array], jax.Array], x: jax.Array, y: ja
   """
   s = sharedness
   check_sharedness(x.shape[0], s)
+  task = tasks_lib.for_labels(y) if task is None else task
   num_heaps = x.shape[0] // s
   heap_shape = (num_heaps, s) + x.shape[1:]
   delta_shape = (num_heaps,) + x.shape[1:]
   x_heaps = x.reshape(heap_shape)
 
   sizes = pgd_lib.resolve_sizes(cfg, eps)
+  ball = pgd_lib.threat_model(cfg, sizes)
   k_labels, k_restarts = jax.random.split(rng)
-  labels = heap_labels(logits_fn, x, y, k_labels, cfg, s, targets)
+  labels = heap_labels(logits_fn, x, y, k_labels, cfg, s, task, targets)
   loss_fn = pgd_lib.attack_loss(cfg)
 
   def perturbed(delta):
@@ -149,37 +157,19 @@ def heap_attack(logits_fn: Callable[[jax.Array], jax.Array], x: jax.Array, y: ja
     return jnp.sum(loss_fn(logits_fn(x_in), labels)) / s
 
   def project(delta):
-    delta = threat.project(delta, cfg.norm, sizes.eps)
     # Folding the box into delta is only possible when delta belongs to one example.
-    return threat.clip_to_box(x, delta) if s == 1 else delta
+    return ball.project(delta, x if s == 1 else None)
 
   def heap_mean(v):
     return jnp.mean(v.reshape(num_heaps, s).astype(jnp.float32), axis=1)
 
   def run(r):
     k_init, k_steps = jax.random.split(jax.random.fold_in(k_restarts, r))
-    delta = project(pgd_lib.init_perturbation(k_init, delta_shape, cfg, sizes, x.dtype))
+    delta = project(ball.init(k_init, delta_shape, cfg.init, cfg.clean_init_fraction, x.dtype))
     delta = pgd_lib.optimize_perturbation(objective, delta, k_steps, cfg, sizes, project)
     x_adv = threat.apply(x_heaps, delta[:, None]).reshape(x.shape)
     logits = logits_fn(x_adv)
-    pred = jnp.argmax(logits, axis=-1)
-    success = pred == labels if cfg.targeted else pred != y
-    return x_adv, heap_mean(loss_fn(logits, labels)), heap_mean(success)
+    return core.Candidate(x_adv, heap_mean(loss_fn(logits, labels)),
+                          heap_mean(task.success(logits, y, labels, cfg.targeted)))
 
-  best = run(0)
-  if cfg.restarts == 1:
-    return best[0]
-
-  def better(new, old):
-    if cfg.restart_select == "loss":
-      return new[1] > old[1]
-    return (new[2] > old[2]) | ((new[2] == old[2]) & (new[1] > old[1]))
-
-  def body(r, best):
-    new = run(r)
-    take_heap = better(new, best)
-    take = jnp.repeat(take_heap, s, total_repeat_length=x.shape[0])
-    return (jnp.where(take.reshape(take.shape + (1,) * (x.ndim - 1)), new[0], best[0]),
-            jnp.where(take_heap, new[1], best[1]), jnp.where(take_heap, new[2], best[2]))
-
-  return lax.fori_loop(1, cfg.restarts, body, best)[0]
+  return core.best_of_restarts(run, cfg.restarts, cfg.restart_select, unit_size=s)

@@ -22,45 +22,10 @@ import jax
 import jax.numpy as jnp
 
 from advjax.errors import ConfigError, unknown_name
+from advjax.tasks import labels as labels_lib
 
-
-def _reduce_dense(per_position: jax.Array, labels: jax.Array) -> jax.Array:
-  """Averages `[batch, ...]` values over the non-batch axes, skipping ignored labels."""
-  if per_position.ndim == 1:
-    return per_position
-  valid = (labels >= 0).astype(per_position.dtype)
-  axes = tuple(range(1, per_position.ndim))
-  total = jnp.sum(per_position * valid, axis=axes)
-  return total / jnp.maximum(jnp.sum(valid, axis=axes), 1.0)
-
-
-def soft_targets(labels: jax.Array, num_classes: int, label_smoothing: float = 0.0) -> jax.Array:
-  """One-hot targets mixed with the uniform distribution: (1 - a) * onehot + a / K."""
-  onehot = jax.nn.one_hot(jnp.maximum(labels, 0), num_classes)
-  return onehot * (1.0 - label_smoothing) + label_smoothing / num_classes
-
-
-def cross_entropy(logits: jax.Array, labels: jax.Array, label_smoothing: float = 0.0) -> jax.Array:
-  """Softmax cross-entropy against (optionally label-smoothed) targets.
-
-  Args:
-    logits: [batch, ..., classes].
-    labels: [batch, ...] integer classes; negative entries are ignored.
-    label_smoothing: weight `a` of the uniform distribution in the targets.
-
-  Returns:
-    [batch] float32 loss per example.
-  """
-  logits = logits.astype(jnp.float32)
-  targets = soft_targets(labels, logits.shape[-1], label_smoothing)
-  per_position = -jnp.sum(targets * jax.nn.log_softmax(logits), axis=-1)
-  return _reduce_dense(per_position, labels)
-
-
-def correct(logits: jax.Array, labels: jax.Array) -> jax.Array:
-  """[batch] fraction of correctly classified positions (0/1 for class labels)."""
-  hits = (jnp.argmax(logits, axis=-1) == labels).astype(jnp.float32)
-  return _reduce_dense(hits, labels)
+# The cross-entropy of every loss and objective; defined with the label rules in tasks.
+cross_entropy = labels_lib.cross_entropy
 
 
 def clipped_cross_entropy(
@@ -84,10 +49,8 @@ def clipped_cross_entropy(
   Returns:
     [batch] float32 loss per example.
   """
-  logits = logits.astype(jnp.float32)
-  targets = soft_targets(labels, logits.shape[-1], label_smoothing)
-  per_position = -jnp.sum(targets * jax.nn.log_softmax(logits), axis=-1)
-  return _reduce_dense(jnp.minimum(per_position, kappa), labels)
+  per_position = labels_lib.cross_entropy_per_position(logits, labels, label_smoothing)
+  return labels_lib.mean_over_valid(jnp.minimum(per_position, kappa), labels)
 
 
 def targeted_cross_entropy(
@@ -131,7 +94,7 @@ def margin(logits: jax.Array, labels: jax.Array, confidence: float | None = None
   per_position = z_other - z_y
   if confidence is not None:
     per_position = jnp.minimum(per_position, confidence)
-  return _reduce_dense(per_position, labels)
+  return labels_lib.mean_over_valid(per_position, labels)
 
 
 def targeted_margin(
@@ -151,7 +114,7 @@ def targeted_margin(
   per_position = z_t - z_other
   if confidence is not None:
     per_position = jnp.minimum(per_position, confidence)
-  return _reduce_dense(per_position, targets)
+  return labels_lib.mean_over_valid(per_position, targets)
 
 
 def predicted_labels(logits: jax.Array) -> jax.Array:
@@ -167,21 +130,6 @@ def predicted_labels(logits: jax.Array) -> jax.Array:
     [batch, ...] int32 predicted classes, no gradient.
   """
   return jnp.argmax(jax.lax.stop_gradient(logits), axis=-1).astype(jnp.int32)
-
-
-def random_targets(rng: jax.Array, labels: jax.Array, num_classes: int) -> jax.Array:
-  """Uniformly random target classes that differ from `labels`.
-
-  Args:
-    rng: PRNG key.
-    labels: [batch] integer true classes.
-    num_classes: number of classes K >= 2.
-
-  Returns:
-    [batch] int32 targets, each uniform over the K - 1 wrong classes.
-  """
-  shift = jax.random.randint(rng, labels.shape, 1, num_classes)
-  return ((labels + shift) % num_classes).astype(jnp.int32)
 
 
 # name -> (untargeted loss, targeted loss or None). Every entry is called as

@@ -22,13 +22,16 @@ projection onto the eps ball (and the image box), and alpha_k constant or the
 annealed schedule of shared adversarial training (sec. 5.2):
 alpha_k = beta eps gamma^k / sum_{j<K} gamma^j, whose steps sum to beta eps.
 
-`optimize_perturbation` is that loop for any `objective(delta, key) -> scalar`
-and any perturbation shape: the per-example `attack` below passes a delta shaped
-like x and the sum of per-example losses (so each example gets its own
-gradient); a heap adversary passes delta [heaps, 1, H, W, C] broadcast against
-x [heaps, s, H, W, C] and the mean loss of each heap. The loop is a
-`lax.fori_loop`, so one compile serves every number of steps' worth of memory:
-nothing per step is stacked.
+The loop is `advjax.attacks.core.optimize`, shared with the heap and
+universal adversaries; `attack` below passes a delta shaped like x and the sum
+of per-example losses, so each example follows its own gradient. It is a
+`lax.fori_loop`: memory does not grow with the number of steps.
+
+Labels are class indices [batch] or dense maps [batch, H, W]; the task
+(`advjax.tasks`, by default the one the labels' rank implies) scores the
+attack's success per example (a fraction of pixels for maps) for restart
+selection and draws random targets. A `mask` restricts the perturbation to a
+region (`threat.ThreatModel`).
 
 Sizes (eps, step_size) are in 0-255 pixel units in configs; `resolve_sizes`
 converts them once. Differences to torchattacks 3.5.1 are noted where they
@@ -45,21 +48,15 @@ from typing import Any, Callable, NamedTuple
 
 import jax
 import jax.numpy as jnp
-import optax
-from jax import lax
 
-from advjax.attacks import diversity, losses, threat
+from advjax import tasks as tasks_lib
 from advjax import typed_config
+from advjax.attacks import core, diversity, losses, rules, threat
 from advjax.errors import ConfigError
 
-INITS = ("zero", "uniform", "mixed")
+# The ascent rules of per-example attacks (the others of `rules.RULES` need no eps ball).
 STEP_RULES = ("sign", "l2", "momentum", "optax:adam", "optax:rmsprop")
-SCHEDULES = ("constant", "annealed")
 LABEL_SOURCES = ("true", "predicted")
-RESTART_SELECTIONS = ("loss", "misclassified")
-BN_MODES = ("eval", "batch")
-_OPTAX = {"optax:adam": optax.adam, "optax:rmsprop": optax.rmsprop}
-_TINY = 1e-12
 
 
 @dataclasses.dataclass(frozen=True)
@@ -94,10 +91,8 @@ class AttackConfig:
     confidence: cap of the 'margin' losses, or None.
     restarts: number of random restarts; per example the strongest is kept.
     restart_select: 'loss' keeps the highest final loss; 'misclassified' prefers
-      a successful restart and breaks ties by loss.
-    bn_mode: BatchNorm during the attack, 'eval' or 'batch'; not read by
-      `attack` (which only sees a logits_fn) but by whoever builds the
-      logits_fn with `advjax.attacks.make_logits_fn`.
+      the restart that fools more (of an example's pixels, for label maps)
+      and breaks ties by loss.
   """
   norm: str = "linf"
   eps: float = 8.0
@@ -120,7 +115,6 @@ class AttackConfig:
   confidence: float | None = None
   restarts: int = 1
   restart_select: str = "loss"
-  bn_mode: str = "eval"
 
   def __post_init__(self):
     _validate(self)
@@ -151,14 +145,18 @@ def _validate(cfg: AttackConfig) -> None:
     check(getattr(cfg, field) in options, field, f"must be one of {', '.join(options)}")
 
   one_of("norm", threat.NORMS)
+  # An L-inf radius above 255 is the whole box; an L2 radius is a norm over every pixel.
+  check(math.isfinite(cfg.eps) and (cfg.norm != "linf" or cfg.eps <= 255), "eps",
+        "must be finite, and at most 255 for linf (0-255 pixel units)")
+  check(math.isfinite(cfg.step_size), "step_size", "must be finite (0-255 pixel units)")
   check(cfg.eps >= 0, "eps", "must be >= 0 (0-255 pixel units)")
   check(cfg.step_size >= 0, "step_size", "must be >= 0 (0-255 pixel units)")
   check(isinstance(cfg.num_steps, int) and cfg.num_steps >= 0, "num_steps", "must be an int >= 0")
-  one_of("init", INITS)
+  one_of("init", threat.INITS)
   check(0.0 <= cfg.clean_init_fraction <= 1.0, "clean_init_fraction", "must be in [0, 1]")
   one_of("step_rule", STEP_RULES)
   check(cfg.momentum >= 0, "momentum", "must be >= 0")
-  one_of("step_schedule", SCHEDULES)
+  one_of("step_schedule", core.STEP_SCHEDULES)
   check(cfg.beta > 0, "beta", "must be > 0")
   check(cfg.gamma > 0, "gamma", "must be > 0")
   check(0.0 <= cfg.diversity_prob <= 1.0, "diversity_prob", "must be in [0, 1]")
@@ -173,8 +171,7 @@ def _validate(cfg: AttackConfig) -> None:
   check(cfg.kappa > 0, "kappa", "must be > 0")
   check(cfg.confidence is None or cfg.confidence >= 0, "confidence", "must be None or >= 0")
   check(isinstance(cfg.restarts, int) and cfg.restarts >= 1, "restarts", "must be an int >= 1")
-  one_of("restart_select", RESTART_SELECTIONS)
-  one_of("bn_mode", BN_MODES)
+  one_of("restart_select", core.RESTART_SELECTIONS)
 
 
 def _kurakin_steps(eps: float) -> int:
@@ -246,138 +243,67 @@ def resolve_sizes(cfg: AttackConfig, eps=None) -> Sizes:
   return Sizes(threat.to_unit(eps_255), threat.to_unit(cfg.step_size))
 
 
-def step_size_at(cfg: AttackConfig, sizes: Sizes, k):
-  """alpha_k for iteration k (a traced int inside the loop)."""
-  if cfg.step_schedule == "constant":
-    return sizes.step_size
-  total = sum(cfg.gamma ** j for j in range(max(cfg.num_steps, 1)))
-  return cfg.beta * sizes.eps * jnp.power(cfg.gamma, k) / total
+def threat_model(cfg: AttackConfig, sizes: Sizes, mask: jax.Array | None = None) -> threat.ThreatModel:
+  """The eps ball of `cfg` (optionally restricted to `mask`)."""
+  return threat.ThreatModel(cfg.norm, sizes.eps, mask)
 
 
-def _step_rule(cfg: AttackConfig):
-  """Returns (init(delta) -> state, direction(grad, state) -> (d, state))."""
-  def steepest(g):
-    if cfg.norm == "linf":
-      return jnp.sign(g)
-    return g / jnp.maximum(threat.per_perturbation_norm(g, 2), _TINY)
-
-  if cfg.step_rule == "sign":
-    return (lambda d: (), lambda g, s: (jnp.sign(g), s))
-  if cfg.step_rule == "l2":
-    return (lambda d: (),
-            lambda g, s: (g / jnp.maximum(threat.per_perturbation_norm(g, 2), _TINY), s))
-  if cfg.step_rule == "momentum":
-    def update(g, acc):
-      # The L1 norm per perturbation makes mu comparable across iterations (eq. 3.4).
-      acc = cfg.momentum * acc + g / jnp.maximum(threat.per_perturbation_norm(g, 1), _TINY)
-      return steepest(acc), acc
-    return (jnp.zeros_like, update)
-  opt = _OPTAX[cfg.step_rule](learning_rate=1.0)
-
-  def opt_update(g, state):
-    # optax minimises; feeding -g makes its update an ascent direction.
-    updates, state = opt.update(-g, state)
-    return updates, state
-  return (opt.init, opt_update)
+def step_sizes(cfg: AttackConfig, sizes: Sizes):
+  """alpha_k of `cfg`: constant, or the annealed schedule of sec. 5.2."""
+  return core.step_sizes(cfg.step_schedule, step_size=sizes.step_size, eps=sizes.eps,
+                         num_steps=cfg.num_steps, beta=cfg.beta, gamma=cfg.gamma)
 
 
-def init_perturbation(rng: jax.Array, shape, cfg: AttackConfig, sizes: Sizes,
-                      dtype=jnp.float32) -> jax.Array:
-  """Initial delta of the given shape [n, ...] following `cfg.init`.
-
-  Args:
-    rng: PRNG key.
-    shape: perturbation shape; the first axis indexes perturbations.
-    cfg: attack config.
-    sizes: resolved sizes.
-    dtype: float dtype.
-
-  Returns:
-    [n, ...] initial perturbations inside the ball (not yet box-clipped).
-  """
-  if cfg.init == "zero":
-    return jnp.zeros(shape, dtype)
-  k_init, k_mix = jax.random.split(rng)
-  delta = threat.random_init(k_init, shape, cfg.norm, sizes.eps, dtype)
-  if cfg.init == "mixed":
-    n = shape[0]
-    num_clean = int(round(cfg.clean_init_fraction * n))
-    rank = jax.random.permutation(k_mix, n)
-    clean = (rank < num_clean).reshape((n,) + (1,) * (len(shape) - 1))
-    delta = jnp.where(clean, 0.0, delta)
-  return delta
+def ascent_rule(cfg: AttackConfig):
+  """The ascent rule of `cfg` (`advjax.attacks.rules`)."""
+  return rules.get(cfg.step_rule, norm=cfg.norm, momentum=cfg.momentum)
 
 
 def optimize_perturbation(objective: Callable[[jax.Array, jax.Array], jax.Array],
                           delta: jax.Array, rng: jax.Array, cfg: AttackConfig, sizes: Sizes,
                           project: Callable[[jax.Array], jax.Array]) -> jax.Array:
-  """Runs `cfg.num_steps` projected ascent steps on `objective` from `delta`.
-
-  The generic core shared by per-example, heap and universal adversaries.
+  """Runs `cfg.num_steps` projected ascent steps of `cfg`'s rule and schedule (`core.optimize`).
 
   Args:
-    objective: `(delta, key) -> scalar` to maximise; `key` is fresh per step
-      (for input diversity or other randomness).
-    delta: initial perturbation [n, ...] of any shape `objective` accepts.
+    objective: `(delta, key) -> scalar` to maximise.
+    delta: initial perturbation of any shape `objective` accepts.
     rng: PRNG key for the per-step keys.
     cfg: attack config (step rule, schedule, number of steps).
     sizes: resolved sizes (`resolve_sizes`).
-    project: maps a stepped delta back to the feasible set, e.g. the eps ball
-      and, for per-example deltas, the image box.
+    project: maps a stepped delta back to the feasible set.
 
   Returns:
     The final perturbation, same shape as `delta`.
   """
-  init_state, direction = _step_rule(cfg)
-  grad_fn = jax.grad(objective)
-
-  def body(k, carry):
-    delta, state = carry
-    g = grad_fn(delta, jax.random.fold_in(rng, k))
-    d, state = direction(g, state)
-    delta = project(delta + step_size_at(cfg, sizes, k) * d)
-    return delta, state
-
-  delta, _ = lax.fori_loop(0, cfg.num_steps, body, (delta, init_state(delta)),
-                           unroll=_unroll(cfg.num_steps))
-  return delta
-
-
-# XLA:CPU (jaxlib 0.10.2) runs a network's convolutions inside a while-loop
-# body about 3x slower than the same convolutions in straight-line code
-# (ResNet-20, batch 8: 0.67 s vs 0.21 s per PGD step; see BENCHMARKS.md),
-# and a partly unrolled loop is still a loop. So on CPU short attacks are
-# unrolled completely: the same arithmetic, one compile per step count, and
-# compile time growing with the steps, hence the bound. Accelerators keep the loop.
-CPU_UNROLL_MAX_STEPS = 16
-
-
-def _unroll(num_steps: int) -> bool:
-  return jax.default_backend() == "cpu" and 0 < num_steps <= CPU_UNROLL_MAX_STEPS
+  return core.optimize(objective, delta, rng, rule=ascent_rule(cfg), step_size=step_sizes(cfg, sizes),
+                       project=project, num_steps=cfg.num_steps)
 
 
 def attack_labels(logits_fn, x: jax.Array, y: jax.Array, rng: jax.Array, cfg: AttackConfig,
-                  targets: jax.Array | None = None) -> jax.Array:
+                  task: tasks_lib.Task, targets: jax.Array | None = None) -> jax.Array:
   """The labels the attack loss is evaluated on, computed once from the clean input.
 
   Args:
     logits_fn: `x -> logits`.
     x: [batch, H, W, C] clean images.
-    y: [batch] true labels.
+    y: [batch] or [batch, H, W] true labels.
     rng: PRNG key for random targets.
     cfg: attack config.
-    targets: [batch] given targets (targeted only); random ones != y otherwise.
+    task: scores labels of y's shape and draws random targets.
+    targets: given targets, shaped like y (targeted only); random ones otherwise.
 
   Returns:
-    [batch] int32: targets, predicted labels, or `y`.
+    int32 labels shaped like y: targets, predicted labels, or `y`.
   """
   if cfg.targeted:
     if targets is not None:
       return targets
     num_classes = jax.eval_shape(logits_fn, x).shape[-1]
-    return losses.random_targets(rng, y, num_classes)
+    return task.random_targets(rng, y, num_classes)
   if cfg.labels == "predicted":
-    return losses.predicted_labels(logits_fn(x))
+    predicted = losses.predicted_labels(logits_fn(x))
+    # Ignored positions of a label map stay ignored.
+    return jnp.where(y >= 0, predicted, y)
   return y
 
 
@@ -387,36 +313,37 @@ def attack_loss(cfg: AttackConfig):
                          kappa=cfg.kappa, confidence=cfg.confidence)
 
 
-def _success(logits, y, labels, cfg):
-  pred = jnp.argmax(logits, axis=-1)
-  return pred == labels if cfg.targeted else pred != y
-
-
-@functools.partial(jax.jit, static_argnames=("logits_fn", "cfg"))
+@functools.partial(jax.jit, static_argnames=("logits_fn", "cfg", "task"))
 def attack(logits_fn: Callable[[jax.Array], jax.Array], x: jax.Array, y: jax.Array,
-           rng: jax.Array, cfg: AttackConfig, eps=None,
-           targets: jax.Array | None = None) -> jax.Array:
+           rng: jax.Array, cfg: AttackConfig, eps=None, targets: jax.Array | None = None,
+           mask: jax.Array | None = None, task: tasks_lib.Task | None = None) -> jax.Array:
   """Per-example gradient attack (FGSM/BIM/PGD/MI/DI2 by `cfg`).
 
   Maximises the sum of per-example losses, so each example follows its own
-  gradient, with delta kept inside the eps ball and x + delta inside [0, 1].
+  gradient, with delta kept inside the eps ball (and the mask) and x + delta
+  inside [0, 1].
 
   Args:
     logits_fn: `x -> logits` closure with the parameters bound (see
       `make_logits_fn`); static, so reuse one object to avoid recompiles.
     x: [batch, height, width, channels] clean images in [0, 1].
-    y: [batch] integer true labels.
+    y: [batch] class labels or [batch, height, width] label maps (-1 ignored).
     rng: PRNG key; restart r uses `fold_in(rng, r)`.
     cfg: `AttackConfig` (static).
     eps: optional traced override of `cfg.eps`, 0-255 units.
-    targets: optional [batch] target classes for targeted attacks.
+    targets: optional targets shaped like y for targeted attacks.
+    mask: optional 1/0 region where pixels may change, broadcastable to x
+      (e.g. [batch, height, width, 1]).
+    task: static; default `advjax.tasks.for_labels(y)`.
 
   Returns:
     [batch, height, width, channels] adversarial images in [0, 1].
   """
+  task = tasks_lib.for_labels(y) if task is None else task
   sizes = resolve_sizes(cfg, eps)
+  ball = threat_model(cfg, sizes, mask)
   k_labels, k_restarts = jax.random.split(rng)
-  labels = attack_labels(logits_fn, x, y, k_labels, cfg, targets)
+  labels = attack_labels(logits_fn, x, y, k_labels, cfg, task, targets)
   loss_fn = attack_loss(cfg)
 
   def objective(delta, key):
@@ -424,29 +351,14 @@ def attack(logits_fn: Callable[[jax.Array], jax.Array], x: jax.Array, y: jax.Arr
     return jnp.sum(loss_fn(logits_fn(x_in), labels))
 
   def project(delta):
-    return threat.clip_to_box(x, threat.project(delta, cfg.norm, sizes.eps))
+    return ball.project(delta, x)
 
   def run(r):
     k_init, k_steps = jax.random.split(jax.random.fold_in(k_restarts, r))
-    delta = project(init_perturbation(k_init, x.shape, cfg, sizes, x.dtype))
+    delta = project(ball.init(k_init, x.shape, cfg.init, cfg.clean_init_fraction, x.dtype))
     delta = optimize_perturbation(objective, delta, k_steps, cfg, sizes, project)
     x_adv = threat.apply(x, delta)
     logits = logits_fn(x_adv)
-    return x_adv, loss_fn(logits, labels), _success(logits, y, labels, cfg)
+    return core.Candidate(x_adv, loss_fn(logits, labels), task.success(logits, y, labels, cfg.targeted))
 
-  best = run(0)
-  if cfg.restarts == 1:
-    return best[0]
-
-  def better(new, old):
-    if cfg.restart_select == "loss":
-      return new[1] > old[1]
-    return (new[2] & ~old[2]) | ((new[2] == old[2]) & (new[1] > old[1]))
-
-  def body(r, best):
-    new = run(r)
-    take = better(new, best)
-    return (jnp.where(take.reshape(take.shape + (1,) * (x.ndim - 1)), new[0], best[0]),
-            jnp.where(take, new[1], best[1]), jnp.where(take, new[2], best[2]))
-
-  return lax.fori_loop(1, cfg.restarts, body, best)[0]
+  return core.best_of_restarts(run, cfg.restarts, cfg.restart_select)

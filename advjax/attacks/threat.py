@@ -1,4 +1,4 @@
-"""Threat models: epsilon balls intersected with the image box [0, 1].
+"""Threat models: epsilon balls, optionally restricted to a region, intersected with the image box [0, 1].
 
 The papers state perturbation sizes in 0-255 pixel units (eps = 8 means 8/255
 on images in [0, 1]). Configs keep those units; `to_unit` converts them, and
@@ -13,7 +13,16 @@ first, so a per-example `delta` [batch, H, W, C], a heap `delta`
 When `delta` has the shape of `x`, `clip_to_box` also folds the box into
 `delta`, which makes `x + delta` the attacked image exactly as in BIM/PGD
 (Kurakin et al.'s Clip_{X,eps}).
+
+`ThreatModel` bundles these for the iterative adversaries: `init` draws the
+starting perturbation and `project` maps a stepped one back to the feasible
+set. Its optional `mask` (1 where a pixel may change, 0 where it must not,
+broadcastable to the perturbation) restricts the perturbation to a region:
+inpainting moves only the corrupted region, and a masked attack leaves every
+other pixel exactly in place.
 """
+
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -21,6 +30,7 @@ import jax.numpy as jnp
 from advjax.errors import unknown_name
 
 NORMS = ("linf", "l2")
+INITS = ("zero", "uniform", "mixed")
 _TINY = 1e-12
 
 
@@ -108,3 +118,67 @@ def random_init(rng: jax.Array, shape, norm: str, eps, dtype=jnp.float32) -> jax
     u = jax.random.uniform(k_rad, (shape[0],) + (1,) * (len(shape) - 1), dtype)
     return direction * eps * u ** (1.0 / dim)
   raise unknown_name("norm", norm, NORMS)
+
+
+class ThreatModel(NamedTuple):
+  """An eps ball of `norm`, optionally restricted to a region, within the image box.
+
+  Built inside traced code (eps may be traced), so it is a plain NamedTuple.
+
+  Attributes:
+    norm: 'linf' or 'l2'.
+    eps: radius on the [0, 1] scale, a float or a traced scalar.
+    mask: None, or 1/0 per pixel (broadcastable to the perturbation): where
+      the perturbation may be non-zero.
+  """
+  norm: str
+  eps: Any
+  mask: jax.Array | None = None
+
+  def init(self, rng: jax.Array, shape, kind: str = "zero", clean_fraction: float = 0.2,
+           dtype=jnp.float32) -> jax.Array:
+    """A starting perturbation [n, ...] inside the ball (not yet box-clipped).
+
+    Args:
+      rng: PRNG key.
+      shape: perturbation shape; the first axis indexes perturbations.
+      kind: 'zero', 'uniform' in the ball (PGD's random start), or 'mixed':
+        a random `clean_fraction` of the perturbations start at zero and the
+        rest uniformly (feature-denoising training, Xie thesis sec. 4.5).
+      clean_fraction: see 'mixed'.
+      dtype: float dtype.
+
+    Returns:
+      [n, ...] perturbations, zero outside the mask.
+    """
+    if kind == "zero":
+      return jnp.zeros(shape, dtype)
+    if kind not in INITS:
+      raise unknown_name("init", kind, INITS)
+    k_init, k_mix = jax.random.split(rng)
+    delta = random_init(k_init, shape, self.norm, self.eps, dtype)
+    if kind == "mixed":
+      n = shape[0]
+      num_clean = int(round(clean_fraction * n))
+      rank = jax.random.permutation(k_mix, n)
+      clean = (rank < num_clean).reshape((n,) + (1,) * (len(shape) - 1))
+      delta = jnp.where(clean, 0.0, delta)
+    return self._masked(delta)
+
+  def project(self, delta: jax.Array, x: jax.Array | None = None) -> jax.Array:
+    """`delta` projected onto the ball, zeroed outside the mask and, given `x`, folded into the box.
+
+    Args:
+      delta: [n, ...] perturbations.
+      x: the clean images when `delta` is per example (same shape): then
+        x + delta is kept in [0, 1] as well. Shared perturbations (heaps,
+        universal) pass None and are clipped where they are added.
+
+    Returns:
+      `delta` projected, same shape.
+    """
+    delta = self._masked(project(delta, self.norm, self.eps))
+    return delta if x is None else clip_to_box(x, delta)
+
+  def _masked(self, delta: jax.Array) -> jax.Array:
+    return delta if self.mask is None else delta * self.mask.astype(delta.dtype)

@@ -1,10 +1,110 @@
-"""Evaluators returning dicts of floats: clean and robust accuracy, robustness searches.
+"""Evaluation: a registry of evaluators run from `config.evals`, and the functions behind them.
 
-  robustness   clean_accuracy, accuracy_under_attack, eps_adv_search (eps_adv of
-               shared adversarial training, sec. 5.2)
+  context     EvalContext: task, model builder, held-out data, training
+              stream, named random keys, output directory
+  base        the Evaluator protocol; clean metrics of a model
+  search      the bisection behind eps_adv(delta) and eps_uni(delta)
+  robustness  metrics under attack and eps_adv ('clean', 'pgd', 'eps_adv')
+  universal   metrics under universal perturbations and eps_uni ('universal', 'eps_uni')
+
+`run(evals, ctx, variables)` runs the entries of a `config.evals` block and
+returns `{entry name: {name: value}}`; eval.py, the end-of-training
+evaluation and sweep.py all go through it. A new evaluator is one module with
+an `Evaluator` subclass and a `register_evaluator` call.
 """
 
-from advjax.evaluation.robustness import (accuracy_under_attack, clean_accuracy, eps_adv_config,
-                                          eps_adv_search)
+from __future__ import annotations
 
-__all__ = ["accuracy_under_attack", "clean_accuracy", "eps_adv_config", "eps_adv_search"]
+from collections.abc import Mapping
+from typing import Any
+
+from advjax.errors import ConfigError, unknown_name
+from advjax.evaluation import base, context, robustness, search, universal
+from advjax.evaluation.base import Evaluator, clean_metrics
+from advjax.evaluation.context import EvalContext
+from advjax.evaluation.robustness import attacked_metrics, eps_adv_config, eps_adv_search
+from advjax.evaluation.universal import eps_uni_search, evaluate_universal
+
+EVALUATORS: dict[str, type[Evaluator]] = {
+    "clean": robustness.Clean,
+    "pgd": robustness.PGD,
+    "eps_adv": robustness.EpsAdv,
+    "eps_uni": universal.EpsUni,
+    "universal": universal.Universal,
+}
+
+
+def register_evaluator(name: str, cls: type[Evaluator]) -> None:
+  """Adds an evaluator class to the registry (see `base.Evaluator`)."""
+  EVALUATORS[name] = cls
+
+
+def _entry(entry: Any) -> dict[str, Any]:
+  return entry.to_dict() if hasattr(entry, "to_dict") else dict(entry)
+
+
+def parse(evals: Mapping[str, Any], names: tuple[str, ...] | None = None) -> dict[str, tuple[type[Evaluator], Any]]:
+  """Checks a `config.evals` block: every entry's type is registered and its arguments valid.
+
+  Args:
+    evals: entry name -> {'type': registry name, **arguments}.
+    names: only these entries (all if None); each must exist.
+
+  Returns:
+    entry name -> (evaluator class, parsed Args).
+
+  Raises:
+    ConfigError: naming the first bad entry or field.
+  """
+  if names is not None:
+    missing = [n for n in names if n not in evals]
+    if missing:
+      raise ConfigError(f"no evaluation entry named {', '.join(missing)} in config.evals "
+                        f"(entries: {', '.join(evals) or 'none'})")
+  out = {}
+  for name in (evals if names is None else names):
+    fields = _entry(evals[name])
+    kind = fields.pop("type", None)
+    if kind is None:
+      raise ConfigError(f"config.evals.{name}: needs a 'type' (one of {', '.join(sorted(EVALUATORS))})")
+    if kind not in EVALUATORS:
+      raise ConfigError(f"config.evals.{name}: {unknown_name('evaluator', kind, EVALUATORS)}")
+    cls = EVALUATORS[kind]
+    out[name] = (cls, cls.parse_args(name, fields))
+  return out
+
+
+def run(evals: Mapping[str, Any], ctx: EvalContext, variables: Any,
+        names: tuple[str, ...] | None = None) -> dict[str, dict[str, Any]]:
+  """Runs evaluation entries on the model with `variables`.
+
+  Args:
+    evals: a `config.evals` block.
+    ctx: the evaluation context.
+    variables: the model's variables.
+    names: only these entries (all if None).
+
+  Returns:
+    {entry name: {value name: value}} in the order of `evals`.
+  """
+  results = {}
+  for name, (cls, args) in parse(evals, names).items():
+    results[name] = dict(cls(name, args, ctx).run(variables))
+  return results
+
+
+def scalars(results: Mapping[str, Any], prefix: str = "") -> dict[str, float]:
+  """The numeric leaves of nested results as flat 'a/b/c' names (for metrics.jsonl and TensorBoard)."""
+  out = {}
+  for key, value in results.items():
+    name = f"{prefix}{key}"
+    if isinstance(value, Mapping):
+      out.update(scalars(value, name + "/"))
+    elif isinstance(value, (bool, int, float)) and not isinstance(value, str):
+      out[name] = float(value)
+  return out
+
+
+__all__ = ["EVALUATORS", "EvalContext", "Evaluator", "attacked_metrics", "base", "clean_metrics", "context",
+           "eps_adv_config", "eps_adv_search", "eps_uni_search", "evaluate_universal", "parse",
+           "register_evaluator", "robustness", "run", "scalars", "search", "universal"]

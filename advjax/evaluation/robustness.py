@@ -1,9 +1,10 @@
-"""Jit-compiled robustness evaluators: clean accuracy, accuracy under attack, eps_adv.
+"""Jit-compiled robustness evaluation: clean metrics, metrics under attack, eps_adv.
 
-Batches are dicts {'image': [B, H, W, C] in [0, 1], 'label': [B], 'mask': [B]}
-with mask 1 for real examples and 0 for padding, so a ragged last batch can be
-padded to a fixed shape and compiled once. Each evaluator runs one jitted
-function per batch and returns a dict of Python floats.
+Batches are dicts {'image': [B, H, W, C] in [0, 1], 'label': [B] or [B, H, W],
+'mask': [B]} with mask 1 for real examples and 0 for padding, so a ragged last
+batch can be padded to a fixed shape and compiled once. Metrics are the task's
+(`advjax.tasks`): top-1 accuracy for class labels, pixel accuracy and mean IoU
+for label maps.
 
 The model enters either as a `logits_fn` closure, or as a builder
 `logits_fn(variables) -> (x -> logits)` together with `variables=`: then the
@@ -12,99 +13,72 @@ recompile (pass the same builder object each time; it is a static argument).
 
 `eps_adv_search` estimates the adversarial robustness of shared adversarial
 training, sec. 5.1-5.2: eps_adv(delta), the smallest L-inf radius (0-255 units)
-at which the attack reaches a misclassification rate of at least delta. It is a
-binary search of b iterations on [0, 255]; each probe runs K steps with the
+at which the attack reaches a misclassification rate of at least delta (for
+label maps: a pixel error rate). It is the b-step bisection of
+`advjax.evaluation.search` on [0, 255]; each probe runs K steps with the
 annealed step sizes alpha_k = beta eps gamma^k / sum_j gamma^j (paper defaults
-b = 10, K = 200, gamma = 0.975, beta = 4); a probe that reaches delta moves the
-search to the lower half, otherwise to the upper half, and the result is the
-smallest successful probe. The radius is a traced argument, so the b probes
-share one compilation. The result is an upper bound on the true eps_adv.
+b = 10, K = 200, gamma = 0.975, beta = 4). The radius is a traced argument, so
+the b probes share one compilation. The result is an upper bound on the true
+eps_adv.
+
+Evaluators (`config.evals` types): 'clean', 'pgd' (metrics under L-inf PGD-k
+at each eps) and 'eps_adv'.
 """
 
+from __future__ import annotations
+
+import dataclasses
 import functools
-from typing import Any, Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
+from typing import Any
 
 import jax
 import jax.numpy as jnp
 
+from advjax import tasks as tasks_lib
+from advjax.attacks import core
 from advjax.attacks import pgd as pgd_lib
+from advjax.evaluation import base, search
 from advjax.errors import ConfigError
 
 
-def _resolve(logits_fn, variables):
-  return logits_fn if variables is None else logits_fn(variables)
+@functools.partial(jax.jit, static_argnames=("model_fn", "cfg", "task", "attack_fn"))
+def _attacked_sums(model_fn, variables, batch, rng, cfg, task, attack_fn, eps):
+  fn = core.bind(model_fn, variables)
+  x, y, mask = batch["image"], batch["label"], batch["mask"]
+  x_adv = attack_fn(fn, x, y, rng, cfg, eps=eps, task=task)
+  return task.metric_sums(fn(x), y, mask), task.metric_sums(fn(x_adv), y, mask)
 
 
-@functools.partial(jax.jit, static_argnames=("logits_fn",))
-def _clean_batch(logits_fn, variables, batch):
-  fn = _resolve(logits_fn, variables)
-  mask = batch["mask"].astype(jnp.float32)
-  correct = (jnp.argmax(fn(batch["image"]), axis=-1) == batch["label"]).astype(jnp.float32)
-  return jnp.sum(correct * mask), jnp.sum(mask)
-
-
-@functools.partial(jax.jit, static_argnames=("logits_fn", "cfg", "attack_fn"))
-def _attack_batch(logits_fn, variables, batch, rng, cfg, attack_fn, eps):
-  fn = _resolve(logits_fn, variables)
-  x, y = batch["image"], batch["label"]
-  mask = batch["mask"].astype(jnp.float32)
-  x_adv = attack_fn(fn, x, y, rng, cfg, eps=eps)
-  clean = (jnp.argmax(fn(x), axis=-1) == y).astype(jnp.float32)
-  adv = (jnp.argmax(fn(x_adv), axis=-1) == y).astype(jnp.float32)
-  return jnp.sum(clean * mask), jnp.sum(adv * mask), jnp.sum(mask)
-
-
-def clean_accuracy(logits_fn: Callable, batches: Iterable[dict], *,
-                   variables: Any = None) -> dict[str, float]:
-  """Accuracy on unperturbed inputs.
+def attacked_metrics(model_fn: Callable, batches: Iterable[dict], cfg: pgd_lib.AttackConfig, rng: jax.Array, *,
+                     task: tasks_lib.Task | None = None, variables: Any = None, eps: float | None = None,
+                     attack_fn: Callable = pgd_lib.attack) -> dict[str, dict[str, Any]]:
+  """The task's metrics on clean and on adversarial inputs; batch i is attacked with `fold_in(rng, i)`.
 
   Args:
-    logits_fn: `x -> logits`, or a builder `variables -> (x -> logits)` when
-      `variables` is given.
-    batches: iterable of {'image', 'label', 'mask'} dicts.
-    variables: optional model variables (traced).
-
-  Returns:
-    {'accuracy': float, 'num_examples': float}.
-  """
-  correct = total = 0.0
-  for batch in batches:
-    c, n = _clean_batch(logits_fn, variables, batch)
-    correct += float(c)
-    total += float(n)
-  return {"accuracy": correct / max(total, 1.0), "num_examples": total}
-
-
-def accuracy_under_attack(logits_fn: Callable, batches: Iterable[dict],
-                          cfg: pgd_lib.AttackConfig, rng: jax.Array, *, variables: Any = None,
-                          eps: float | None = None,
-                          attack_fn: Callable = pgd_lib.attack) -> dict[str, float]:
-  """Accuracy on adversarial inputs; batch i is attacked with `fold_in(rng, i)`.
-
-  Args:
-    logits_fn: `x -> logits`, or a builder when `variables` is given.
+    model_fn: `x -> logits`, or a builder when `variables` is given.
     batches: iterable of {'image', 'label', 'mask'} dicts.
     cfg: attack config (static).
     rng: PRNG key.
+    task: scores the labels; default the one the labels' rank implies.
     variables: optional model variables (traced).
     eps: optional radius in 0-255 units overriding `cfg.eps`, traced.
-    attack_fn: `(logits_fn, x, y, rng, cfg, eps=) -> x_adv`, default the
+    attack_fn: `(logits_fn, x, y, rng, cfg, eps=, task=) -> x_adv`, default the
       per-example `advjax.attacks.pgd.attack`.
 
   Returns:
-    {'accuracy', 'clean_accuracy', 'misclassification_rate', 'num_examples'}.
+    {'clean': metrics, 'adversarial': metrics}; a targeted attack is scored
+    against the true labels (accuracy whatever the target).
   """
   eps = None if eps is None else jnp.asarray(eps, jnp.float32)
-  clean = adv = total = 0.0
+  clean = adv = None
   for i, batch in enumerate(batches):
-    c, a, n = _attack_batch(logits_fn, variables, batch, jax.random.fold_in(rng, i), cfg,
-                            attack_fn, eps)
-    clean += float(c)
-    adv += float(a)
-    total += float(n)
-  total = max(total, 1.0)
-  return {"accuracy": adv / total, "clean_accuracy": clean / total,
-          "misclassification_rate": 1.0 - adv / total, "num_examples": total}
+    task = base.task_for(task, model_fn, variables, batch)
+    c, a = _attacked_sums(model_fn, variables, batch, jax.random.fold_in(rng, i), cfg, task, attack_fn, eps)
+    clean, adv = base.add_sums(clean, c), base.add_sums(adv, a)
+  if clean is None:
+    return {"clean": {}, "adversarial": {}}
+  return {"clean": task.metric_values(clean), "adversarial": task.metric_values(adv)}
 
 
 def eps_adv_config(num_steps: int = 200, beta: float = 4.0, gamma: float = 0.975,
@@ -115,61 +89,125 @@ def eps_adv_config(num_steps: int = 200, beta: float = 4.0, gamma: float = 0.975
       step_schedule="annealed", beta=beta, gamma=gamma), **overrides})
 
 
-def eps_adv_search(logits_fn: Callable, batches: Iterable[dict], rng: jax.Array,
-                   cfg: pgd_lib.AttackConfig | None = None, *, delta: float = 0.5,
-                   num_search_steps: int = 10, lower: float = 0.0, upper: float = 255.0,
-                   variables: Any = None,
-                   attack_fn: Callable = pgd_lib.attack) -> dict[str, float]:
+def eps_adv_search(model_fn: Callable, batches: Iterable[dict], rng: jax.Array,
+                   cfg: pgd_lib.AttackConfig | None = None, *, target_rate: float = 0.5,
+                   num_steps: int = 10, lower: float = 0.0, upper: float = 255.0,
+                   task: tasks_lib.Task | None = None, variables: Any = None,
+                   attack_fn: Callable = pgd_lib.attack) -> search.SearchResult:
   """Binary search for eps_adv(delta) (shared adversarial training, sec. 5.2).
 
   Args:
-    logits_fn: `x -> logits`, or a builder when `variables` is given.
+    model_fn: `x -> logits`, or a builder when `variables` is given.
     batches: {'image', 'label', 'mask'} dicts; materialised once, every probe
       sees the same examples.
     rng: PRNG key, the same for every probe so the search is monotone in eps
       up to the attack's own behaviour.
     cfg: attack config whose `eps` is ignored; default `eps_adv_config()`.
-    delta: target misclassification rate in (0, 1].
-    num_search_steps: b, the number of bisection probes.
+    target_rate: delta, the misclassification (pixel error) rate in (0, 1] to reach.
+    num_steps: b, the number of bisection probes.
     lower: left end of the search interval (0-255 units).
     upper: right end of the search interval (0-255 units).
+    task: scores the labels; default the one the labels' rank implies.
     variables: optional model variables (traced).
-    attack_fn: as in `accuracy_under_attack`.
+    attack_fn: as in `attacked_metrics`.
 
   Returns:
-    {'eps_adv': smallest probed eps reaching delta, or `upper` if none did;
-     'found': 1.0 or 0.0; 'misclassification_rate': rate at eps_adv (NaN if
-     not found); 'lower_bound': largest probed eps that failed, or `lower`;
-     'rate_at_lower_bound'; 'clean_misclassification_rate'}.
-
-  Raises:
-    ConfigError: delta outside (0, 1] or an empty interval.
+    The `search.SearchResult` (eps = eps_adv).
   """
-  if not 0.0 < delta <= 1.0:
-    raise ConfigError(f"eps_adv_search: delta={delta!r} must be in (0, 1]")
-  if not 0.0 <= lower < upper:
-    raise ConfigError(f"eps_adv_search: need 0 <= lower < upper, got [{lower}, {upper}]")
   cfg = eps_adv_config() if cfg is None else cfg
   batches = list(batches)
+  if not batches:
+    raise ConfigError("eps_adv_search: no batches to evaluate")
+  task = base.task_for(task, model_fn, variables, batches[0])
 
-  def rate(eps):
-    return accuracy_under_attack(logits_fn, batches, cfg, rng, variables=variables, eps=eps,
-                                 attack_fn=attack_fn)["misclassification_rate"]
+  def probe(eps):
+    metrics = attacked_metrics(model_fn, batches, cfg, rng, task=task, variables=variables, eps=eps,
+                               attack_fn=attack_fn)
+    return task.error_rate(metrics["adversarial"]), None
 
-  clean_rate = rate(lower)
-  result = {"clean_misclassification_rate": clean_rate}
-  if clean_rate >= delta:
-    return {**result, "eps_adv": lower, "found": 1.0, "misclassification_rate": clean_rate,
-            "lower_bound": lower, "rate_at_lower_bound": clean_rate}
-  lo, hi, lo_rate = lower, upper, clean_rate
-  best, best_rate = None, float("nan")
-  for _ in range(num_search_steps):
-    eps = 0.5 * (lo + hi)
-    r = rate(eps)
-    if r >= delta:
-      best, best_rate, hi = eps, r, eps
-    else:
-      lo, lo_rate = eps, r
-  return {**result, "eps_adv": upper if best is None else best,
-          "found": 0.0 if best is None else 1.0, "misclassification_rate": best_rate,
-          "lower_bound": lo, "rate_at_lower_bound": lo_rate}
+  clean_rate = task.error_rate(base.clean_metrics(model_fn, batches, task=task, variables=variables))
+  return search.bisect(probe, target_rate=target_rate, clean_rate=clean_rate, num_steps=num_steps,
+                       lower=lower, upper=upper)
+
+
+class Clean(base.Evaluator):
+  """'clean': the task's metrics on the held-out data."""
+
+  def run(self, variables) -> Iterator[tuple[str, Any]]:
+    yield from base.clean_metrics(self.ctx.model_fn, self.ctx.held_out(), task=self.ctx.task,
+                                  variables=variables).items()
+
+
+class PGD(base.Evaluator):
+  """'pgd': metrics under L-inf PGD-k with a random start at each eps (Madry et al.).
+
+  Yields one entry per radius, 'eps<value>' -> the task's metrics under the
+  attack (top-1 accuracy whatever the target for targeted attacks).
+  """
+
+  @dataclasses.dataclass(frozen=True)
+  class Args:
+    """Attributes:
+      eps: radii in 0-255 units.
+      steps: k, PGD iterations.
+      step_size: 0-255 units; 0 means 2.5 * eps / steps (Madry et al.).
+      restarts: random restarts, the strongest kept per example.
+      targeted: toward a random wrong class (a relabelled map for segmentation).
+    """
+    eps: tuple = ()
+    steps: int = 40
+    step_size: float = 0.0
+    restarts: int = 1
+    targeted: bool = False
+
+    def __post_init__(self):
+      if not all(isinstance(e, (int, float)) and 0 < e <= 255 for e in self.eps):
+        raise ConfigError(f"pgd evaluator: eps values {self.eps!r} must be numbers in (0, 255]")
+
+  def attack_config(self, eps: float) -> pgd_lib.AttackConfig:
+    """The evaluation PGD-k attack at radius `eps` (0-255 units)."""
+    a = self.args
+    step_size = a.step_size or 2.5 * eps / a.steps
+    return pgd_lib.AttackConfig(norm="linf", eps=float(eps), step_size=float(step_size), num_steps=a.steps,
+                                init="uniform", restarts=a.restarts, targeted=a.targeted,
+                                restart_select="misclassified")
+
+  def run(self, variables) -> Iterator[tuple[str, Any]]:
+    rng = self.ctx.key(self.name)
+    for eps in self.args.eps:
+      metrics = attacked_metrics(self.ctx.model_fn, self.ctx.held_out(), self.attack_config(eps), rng,
+                                 task=self.ctx.task, variables=variables)
+      yield f"eps{eps:g}", metrics["adversarial"]
+
+
+class EpsAdv(base.Evaluator):
+  """'eps_adv': eps_adv(delta) of shared adversarial training (sec. 5.2), by bisection."""
+
+  @dataclasses.dataclass(frozen=True)
+  class Args:
+    """Attributes:
+      rate: delta, the misclassification rate to reach.
+      search_steps: b, bisection probes on [0, 255].
+      attack_steps: K, PGD steps of each probe (annealed step size).
+      beta: total step length of the annealed schedule in multiples of eps.
+      gamma: decay of the annealed schedule.
+    """
+    rate: float = 0.5
+    search_steps: int = 10
+    attack_steps: int = 200
+    beta: float = 4.0
+    gamma: float = 0.975
+
+    def __post_init__(self):
+      if not 0 < self.rate <= 1:
+        raise ConfigError(f"eps_adv evaluator: rate={self.rate!r} must be in (0, 1]")
+      if self.search_steps < 1 or self.attack_steps < 1:
+        raise ConfigError("eps_adv evaluator: search_steps and attack_steps must be >= 1")
+
+  def run(self, variables) -> Iterator[tuple[str, Any]]:
+    a = self.args
+    result = eps_adv_search(self.ctx.model_fn, self.ctx.held_out(), self.ctx.key(self.name),
+                            eps_adv_config(a.attack_steps, a.beta, a.gamma), target_rate=a.rate,
+                            num_steps=a.search_steps, task=self.ctx.task, variables=variables)
+    yield "target_rate", a.rate
+    yield from result.values().items()

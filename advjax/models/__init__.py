@@ -1,6 +1,6 @@
-"""Image classifiers, built by name.
+"""Image models, built by name: a backbone from `MODELS` and a head from `HEADS`.
 
-Every model is a linen Module with the same interface:
+Every model is a `network.Network` with the same interface:
 
     logits = model.apply(variables, x, train=False)           # eval
     logits, updates = model.apply(variables, x, train=True,   # training
@@ -9,15 +9,19 @@ Every model is a linen Module with the same interface:
 
 * `x: [batch, height, width, channels]` float32 in [0, 1]: attacks and their
   epsilons live in pixel space; the model normalises `(x - mean) / std` itself.
-* Returns `[batch, num_classes]` float32 logits, whatever the compute dtype.
+* Returns float32 logits, whatever the compute dtype: `[batch, num_classes]`
+  with the classifier head, `[batch, height, width, num_classes]` with a
+  dense head.
 * `use_batch_stats` (default: `train`) selects BatchNorm's batch statistics
   independently of dropout, e.g. to attack a model as it is trained. Whenever
   it is true the running statistics are updated, so pass
   `mutable=["batch_stats"]`.
 * Activation and normalisation are chosen by name (`layers.ACTIVATIONS`,
   `layers.NORMS`); parameters are float32, compute is float32 or bfloat16.
+* A registered block (`blocks.BLOCKS`) can be inserted after any stage or
+  residual block by name (`insert_block`, `insert_after`).
 
-Registry (`MODELS`), each with a `*_tiny` sibling for tests:
+Backbones (`MODELS`), each with a `*_tiny` sibling for tests:
   convnet, convnet_tiny              universality-paper convnet (convnet.py)
   resnet20, resnet20_tiny            CIFAR ResNet-20, 64-128-256 (resnet.py)
   preact_resnet18(_tiny)             pre-activation ResNet-18 (preact_resnet.py)
@@ -27,78 +31,154 @@ Registry (`MODELS`), each with a `*_tiny` sibling for tests:
   efficientnet_b0 .. efficientnet_b7, efficientnet_tiny
                                      EfficientNets, AdvProp's models (efficientnet.py)
 
+Heads (`HEADS`): 'classifier', the dense layer on the backbone's pooled vector.
+Blocks (`blocks.BLOCKS`): 'denoise:<operation>', the feature-denoising blocks
+of the Xie thesis, ch. 4 (denoising.py).
+Adding a backbone, a head or a block is one module and one `register_*` call.
+
 `aux_bn` selects, initialises and exports auxiliary BatchNorm sets (AdvProp).
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import dataclasses
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import flax.linen as nn
 
-from advjax.errors import unknown_name
-from advjax.models import aux_bn, convnet, efficientnet, layers, preact_resnet, resnet, wide_resnet
+from advjax.errors import ConfigError, unknown_name
+from advjax.models import (aux_bn, blocks, convnet, denoising, efficientnet, layers, network, preact_resnet, resnet,
+                           wide_resnet)
+from advjax.models.network import Backbone, ClassifierHead, Features, Network
 
-MODELS = {
-    "convnet": convnet.ConvNet,
-    "convnet_tiny": convnet.ConvNetTiny,
-    "resnet20": resnet.ResNet20,
-    "resnet20_tiny": resnet.ResNet20Tiny,
-    "preact_resnet18": preact_resnet.PreActResNet18,
-    "preact_resnet18_tiny": preact_resnet.PreActResNet18Tiny,
-    "wrn28_10": wide_resnet.WRN28_10,
-    "wrn32_10": wide_resnet.WRN32_10,
-    "wrn16_2": wide_resnet.WRN16_2,
-    "wrn_tiny": wide_resnet.WRNTiny,
-    "resnet50": resnet.ResNet50,
-    "resnet101": resnet.ResNet101,
-    "resnet152": resnet.ResNet152,
-    "wide_resnet50_2": resnet.WideResNet50_2,
-    "resnet50_tiny": resnet.ResNet50Tiny,
-    "efficientnet_b0": efficientnet.EfficientNetB0,
-    "efficientnet_b1": efficientnet.EfficientNetB1,
-    "efficientnet_b2": efficientnet.EfficientNetB2,
-    "efficientnet_b3": efficientnet.EfficientNetB3,
-    "efficientnet_b4": efficientnet.EfficientNetB4,
-    "efficientnet_b5": efficientnet.EfficientNetB5,
-    "efficientnet_b6": efficientnet.EfficientNetB6,
-    "efficientnet_b7": efficientnet.EfficientNetB7,
-    "efficientnet_tiny": efficientnet.EfficientNetTiny,
-}
+
+@dataclasses.dataclass(frozen=True)
+class ModelSpec:
+  """A registered backbone.
+
+  Attributes:
+    backbone: builds the `Backbone` from (activation, norm, dtype, insert_block,
+      insert_after, **overrides).
+    classifier_name: the name of its classifier's dense layer ('fc', or 'fc2' for the convnet).
+  """
+  backbone: Callable[..., nn.Module]
+  classifier_name: str = "fc"
+
+
+MODELS: dict[str, ModelSpec] = {}
+HeadFactory = Callable[..., nn.Module]
+HEADS: dict[str, HeadFactory] = {}
+
+
+def register_model(name: str, backbone: Callable[..., nn.Module], classifier_name: str = "fc") -> None:
+  """Adds a backbone to the registry (see `ModelSpec`)."""
+  MODELS[name] = ModelSpec(backbone, classifier_name)
+
+
+def register_head(name: str, factory: HeadFactory) -> None:
+  """Adds a head to the registry.
+
+  Args:
+    name: the registry name used in configs (`model.head`).
+    factory: called as `factory(num_classes=, activation=, norm=, dtype=, spec=)`
+      with the backbone's `ModelSpec`; returns a linen Module with a class
+      attribute `needs_pooled` (whether it reads `Features.pooled`), a method
+      `owns(top_level_name) -> bool` naming its variables, and
+      `__call__(features, train, use_batch_stats, image_shape) -> outputs`.
+  """
+  HEADS[name] = factory
+
+
+def _classifier(*, num_classes: int, activation: str, norm: str, dtype: str, spec: ModelSpec) -> nn.Module:
+  del activation, norm
+  return ClassifierHead(num_classes=num_classes, dense_name=spec.classifier_name, dtype=dtype)
+
+
+register_head("classifier", _classifier)
+# Feature denoising (Xie thesis ch. 4): 'denoise:<operation>[,no_conv][,no_residual]'.
+blocks.register_block("denoise", denoising.denoising_factory)
+
+for _name, _backbone, _classifier_name in (
+    ("convnet", convnet.ConvNet, "fc2"),
+    ("convnet_tiny", convnet.ConvNetTiny, "fc2"),
+    ("resnet20", resnet.ResNet20, "fc"),
+    ("resnet20_tiny", resnet.ResNet20Tiny, "fc"),
+    ("preact_resnet18", preact_resnet.PreActResNet18, "fc"),
+    ("preact_resnet18_tiny", preact_resnet.PreActResNet18Tiny, "fc"),
+    ("wrn28_10", wide_resnet.WRN28_10, "fc"),
+    ("wrn32_10", wide_resnet.WRN32_10, "fc"),
+    ("wrn16_2", wide_resnet.WRN16_2, "fc"),
+    ("wrn_tiny", wide_resnet.WRNTiny, "fc"),
+    ("resnet50", resnet.ResNet50, "fc"),
+    ("resnet101", resnet.ResNet101, "fc"),
+    ("resnet152", resnet.ResNet152, "fc"),
+    ("wide_resnet50_2", resnet.WideResNet50_2, "fc"),
+    ("resnet50_tiny", resnet.ResNet50Tiny, "fc"),
+    ("efficientnet_b0", efficientnet.EfficientNetB0, "fc"),
+    ("efficientnet_b1", efficientnet.EfficientNetB1, "fc"),
+    ("efficientnet_b2", efficientnet.EfficientNetB2, "fc"),
+    ("efficientnet_b3", efficientnet.EfficientNetB3, "fc"),
+    ("efficientnet_b4", efficientnet.EfficientNetB4, "fc"),
+    ("efficientnet_b5", efficientnet.EfficientNetB5, "fc"),
+    ("efficientnet_b6", efficientnet.EfficientNetB6, "fc"),
+    ("efficientnet_b7", efficientnet.EfficientNetB7, "fc"),
+    ("efficientnet_tiny", efficientnet.EfficientNetTiny, "fc"),
+):
+  register_model(_name, _backbone, _classifier_name)
 
 
 def create_model(name: str, *, num_classes: int, activation: str = "relu",
                  norm: str = "batchnorm", mean: Sequence[float] = (0.5,),
-                 std: Sequence[float] = (0.5,), dtype: str = "float32",
-                 **overrides) -> nn.Module:
+                 std: Sequence[float] = (0.5,), dtype: str = "float32", head: str = "classifier",
+                 insert_block: str = "", insert_after: str = "stages", frozen_backbone: bool = False,
+                 **overrides) -> Network:
   """Builds a registered model; every name is checked before anything runs.
 
   Args:
-    name: a key of `MODELS`.
-    num_classes: number of output logits.
+    name: a key of `MODELS` (the backbone).
+    num_classes: number of output classes.
     activation: a key of `layers.ACTIVATIONS`, optionally with arguments
       ('elu:0.5', see `layers.parse_name`).
     norm: a key of `layers.NORMS`, optionally with arguments ('batchnorm:0.99').
     mean: per-channel input mean in pixel space (length channels, or 1).
     std: per-channel input standard deviation, same length as `mean`.
     dtype: compute dtype, 'float32' or 'bfloat16'.
-    **overrides: further fields of the model class (e.g. `dropout=0.3` for a
-      wide ResNet).
+    head: a key of `HEADS`.
+    insert_block: a key of `blocks.BLOCKS` (with arguments), or '' for none.
+    insert_after: 'stages', 'blocks' or comma-separated positions.
+    frozen_backbone: the backbone normalises with its running statistics
+      (see `network.Network`).
+    **overrides: further fields of the backbone class (e.g. `dropout=0.3` for
+      a wide ResNet).
 
   Returns:
-    The unbound linen Module.
+    The unbound `Network`.
 
   Raises:
-    ConfigError: for an unknown model, activation, normalisation or dtype.
+    ConfigError: an unknown model, head, activation, normalisation, dtype,
+      block or insertion position.
   """
   if name not in MODELS:
     raise unknown_name("model", name, MODELS)
+  if head not in HEADS:
+    raise unknown_name("head", head, HEADS)
   layers.check_activation(activation)
   layers.check_norm(norm)
   layers.compute_dtype(dtype)
-  return MODELS[name](num_classes=num_classes, activation=activation, norm=norm,
-                      mean=tuple(float(m) for m in mean),
-                      std=tuple(float(s) for s in std), dtype=dtype, **overrides)
+  spec = MODELS[name]
+  try:
+    backbone = spec.backbone(activation=activation, norm=norm, dtype=dtype, insert_block=insert_block,
+                             insert_after=insert_after, **overrides)
+  except TypeError as e:
+    raise ConfigError(f"model {name!r}: {e}") from None
+  if insert_block:
+    blocks.check_block(insert_block)
+    backbone.check_insertion()
+  head_module = HEADS[head](num_classes=num_classes, activation=activation, norm=norm, dtype=dtype, spec=spec)
+  return Network(backbone=backbone, head=head_module, mean=tuple(float(m) for m in mean),
+                 std=tuple(float(s) for s in std), frozen_backbone=frozen_backbone)
 
 
-__all__ = ["MODELS", "aux_bn", "create_model", "layers"]
+__all__ = ["Backbone", "ClassifierHead", "Features", "HEADS", "MODELS", "ModelSpec", "Network", "aux_bn",
+           "blocks", "create_model", "layers", "network", "register_head", "register_model"]

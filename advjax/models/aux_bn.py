@@ -12,8 +12,8 @@ All other layers are shared. Here a set is a name:
            `layers.AuxBatchNorm`): params `scale_adv`, `bias_adv` next to the
            main ones, statistics in the collection 'batch_stats_adv'.
 
-`with_bn_set(model, 'adv')` returns that twin (a `clone` with another norm
-name), so selecting a set is choosing which module applies the one shared
+`with_bn_set(model, 'adv')` returns that twin (the network with another norm
+name, `Network.with_options`), so selecting a set is choosing which module applies the one shared
 variable dict; every weight outside the norms has the same path in both. A
 pass through set s reads only s's normalisation variables, and with batch
 statistics it writes only `collection(s)`, the one collection to make mutable.
@@ -32,7 +32,6 @@ from typing import Any
 
 import flax.linen as nn
 import jax
-import jax.numpy as jnp
 
 from advjax.errors import ConfigError
 from advjax.models import layers
@@ -76,7 +75,7 @@ def with_bn_set(model: nn.Module, bn_set: str) -> nn.Module:
   """
   if bn_set == MAIN:
     return model
-  return model.clone(norm=aux_norm(model.norm, bn_set))
+  return model.with_options(norm=aux_norm(model.norm, bn_set))
 
 
 def collection(bn_set: str) -> str:
@@ -96,21 +95,24 @@ def _merge(a: Mapping, b: Mapping) -> dict:
   return out
 
 
-def _initial(path, leaf) -> jax.Array:
-  # AuxBatchNorm's initialisers: unit scale and variance, zero offset and mean.
-  name = path[-1].key
-  fill = 1.0 if name.startswith("scale_") or name == "var" else 0.0
-  return jnp.full(leaf.shape, fill, leaf.dtype)
+def _main_leaf(tree: Mapping, path, rename) -> jax.Array:
+  """The leaf of `tree` at `path`, its last key renamed by `rename`."""
+  node = tree
+  for entry in path[:-1]:
+    node = node[entry.key]
+  return node[rename(path[-1].key)]
 
 
 def add_aux_sets(model: nn.Module, variables: Mapping[str, Any], bn_sets: Sequence[str],
                  x: jax.Array) -> dict[str, Any]:
-  """Adds freshly initialised auxiliary sets to the variables of the main model.
+  """Adds auxiliary sets, copies of the main set, to the variables of the main model.
 
-  Every auxiliary leaf starts where `layers.AuxBatchNorm` starts it (scale 1,
-  bias 0, running mean 0, variance 1), so the sets are derived from the
-  twins' variable shapes (`jax.eval_shape`, nothing is compiled or drawn)
-  and the shared weights of `variables` are kept.
+  Every auxiliary leaf starts as the corresponding main leaf (`scale_s` as
+  `scale`, the running statistics as the main ones): applied to the freshly
+  initialised main variables, each set starts where its initialisers would
+  start it (including a zero-initialised scale), without compiling or
+  drawing anything (only the twins' variable shapes are traced), and the
+  shared weights of `variables` are kept.
 
   Args:
     model: the main model.
@@ -130,9 +132,12 @@ def add_aux_sets(model: nn.Module, variables: Mapping[str, Any], bn_sets: Sequen
     shapes = jax.eval_shape(lambda v: twin.init({"params": jax.random.key(0), "dropout": jax.random.key(0)}, v),
                             x)
     names = _param_names(bn_set)
-    own = jax.tree_util.tree_map_with_path(_initial, _select(shapes["params"], names))
+    main_name = {f"scale_{bn_set}": "scale", f"bias_{bn_set}": "bias"}.__getitem__
+    own = jax.tree_util.tree_map_with_path(lambda path, _: _main_leaf(variables["params"], path, main_name),
+                                           _select(shapes["params"], names))
     out["params"] = _merge(out["params"], own)
-    out[collection(bn_set)] = jax.tree_util.tree_map_with_path(_initial, shapes[collection(bn_set)])
+    out[collection(bn_set)] = jax.tree_util.tree_map_with_path(
+        lambda path, _: _main_leaf(variables["batch_stats"], path, lambda k: k), shapes[collection(bn_set)])
   return out
 
 

@@ -38,6 +38,7 @@ import jax
 import jax.numpy as jnp
 
 from advjax.models import layers
+from advjax.models.network import Backbone, Features
 
 # (expand_ratio, kernel, stride, output filters, repeats) of B0's seven stages.
 B0_STAGES = (
@@ -133,11 +134,14 @@ class MBConv(nn.Module):
     return y
 
 
-class EfficientNet(nn.Module):
+class EfficientNet(Backbone):
   """EfficientNet with compound scaling of a stage table.
 
+  Stage s ('stage1'..'stage7' for B0) ends after its last MBConv block
+  ('block{s}_{b}', the block positions). The pooled vector is the 1x1 head
+  convolution's output, normalised, activated, averaged and dropped out.
+
   Attributes:
-    num_classes: number of logits.
     width: width multiplier (filters).
     depth: depth multiplier (blocks per stage).
     dropout: dropout rate before the classifier.
@@ -146,13 +150,9 @@ class EfficientNet(nn.Module):
     stem_features: unscaled stem width.
     head_features: unscaled head width.
     se_ratio: squeeze-excitation ratio.
-    activation: `layers.ACTIVATIONS` name.
-    norm: `layers.NORMS` name.
-    mean, std: per-channel input normalisation (pixel space -> network input).
-    dtype: compute dtype name, 'float32' or 'bfloat16'.
+    (activation, norm, dtype, insert_block, insert_after: see `Backbone`.)
   """
 
-  num_classes: int
   width: float = 1.0
   depth: float = 1.0
   dropout: float = 0.2
@@ -162,33 +162,25 @@ class EfficientNet(nn.Module):
   head_features: int = 1280
   se_ratio: float = SE_RATIO
   activation: str = "silu"
-  norm: str = "batchnorm"
-  mean: Sequence[float] = (0.5,)
-  std: Sequence[float] = (0.5,)
-  dtype: str = "float32"
+
+  def _repeats(self) -> list[int]:
+    return [round_repeats(stage[4], self.depth) for stage in self.stages]
+
+  def positions(self) -> dict[str, tuple[str, ...]]:
+    repeats = self._repeats()
+    return {"stage": tuple(f"stage{s + 1}" for s in range(len(repeats))),
+            "block": tuple(f"block{s + 1}_{b}" for s, n in enumerate(repeats) for b in range(n))}
 
   @nn.compact
-  def __call__(self, x: jax.Array, train: bool = False,
-               use_batch_stats: bool | None = None) -> jax.Array:
-    """Computes logits.
-
-    Args:
-      x: [batch, height, width, channels] images in [0, 1].
-      train: enables dropout and drop connect (needs the 'dropout' rng) and,
-        by default, batch statistics.
-      use_batch_stats: whether BatchNorm uses batch statistics; None = train.
-
-    Returns:
-      [batch, num_classes] float32 logits.
-    """
-    dtype = layers.compute_dtype(self.dtype)
-    use_batch_stats = layers.resolve_batch_stats(train, use_batch_stats)
-    x = layers.normalize_input(x, self.mean, self.std, dtype)
+  def __call__(self, x: jax.Array, train: bool, use_batch_stats: bool, pool: bool = True) -> Features:
+    """x: [batch, height, width, channels] normalised -> Features (pooled [batch, head width])."""
+    dtype = self.compute_dtype
     x = _conv(round_filters(self.stem_features, self.width), 3, stride=2, dtype=dtype, name="stem_conv")(x)
     x = layers.make_norm(self.norm, use_running_average=not use_batch_stats, dtype=dtype, name="stem_bn")(x)
     x = layers.get_activation(self.activation)(x)
-    repeats = [round_repeats(stage[4], self.depth) for stage in self.stages]
+    repeats = self._repeats()
     total, index = sum(repeats), 0
+    stages = []
     for s, ((expand, kernel, stride, filters, _), n) in enumerate(zip(self.stages, repeats)):
       for b in range(n):
         x = MBConv(
@@ -203,14 +195,18 @@ class EfficientNet(nn.Module):
             dtype=dtype,
             name=f"block{s + 1}_{b}",
         )(x, train, use_batch_stats)
+        x = self.insert(f"block{s + 1}_{b}", x, use_batch_stats, placement="block")
         index += 1
+      x = self.insert(f"stage{s + 1}", x, use_batch_stats)
+      stages.append(x)
+    if not pool:
+      return Features(tuple(stages), None)
     x = _conv(round_filters(self.head_features, self.width), 1, dtype=dtype, name="head_conv")(x)
     x = layers.make_norm(self.norm, use_running_average=not use_batch_stats, dtype=dtype, name="head_bn")(x)
     x = layers.get_activation(self.activation)(x)
     x = jnp.mean(x, axis=(1, 2))
     x = nn.Dropout(self.dropout, deterministic=not train)(x)
-    x = layers.dense(self.num_classes, dtype=dtype, name="fc")(x)
-    return x.astype(jnp.float32)
+    return Features(tuple(stages), x)
 
 
 def _variant(key: str):

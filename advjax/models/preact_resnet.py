@@ -18,7 +18,7 @@ two blocks with 64-128-256-512 channels, strides 1-2-2-2. The wide ResNets in
 dropout between the two convolutions of each block.
 
 Submodule names: conv1 (stem), layer{s}_{b}/{bn1, conv1, bn2, conv2,
-shortcut}, bn (final), fc. `advjax.bridge` maps them to the reference PyTorch
+shortcut}, bn (final), and the classifier head's fc. `advjax.bridge` maps them to the reference PyTorch
 modules in `benchmarks/torch_models.py`.
 """
 
@@ -33,6 +33,7 @@ import jax
 import jax.numpy as jnp
 
 from advjax.models import layers
+from advjax.models.network import Backbone, Features
 
 
 class PreActBlock(nn.Module):
@@ -73,51 +74,37 @@ class PreActBlock(nn.Module):
     return y + shortcut
 
 
-class PreActResNet(nn.Module):
+class PreActResNet(Backbone):
   """Pre-activation ResNet with a CIFAR stem.
 
+  Stage s ('stage1', ...) ends after its last block; every block
+  ('layer{s}_{b}') is an insertion position too. The pooled vector is the
+  global average of the last stage after the final norm and activation.
+
   Attributes:
-    num_classes: number of logits.
     stage_sizes: blocks per stage; stage s > 0 starts with stride 2.
     widths: per-stage output channels.
     stem_width: channels of the stem convolution; None = widths[0].
     dropout: dropout rate inside each block (0 disables it).
-    activation: `layers.ACTIVATIONS` name.
-    norm: `layers.NORMS` name.
-    mean, std: per-channel input normalisation (pixel space -> network input).
-    dtype: compute dtype name, 'float32' or 'bfloat16'.
+    (activation, norm, dtype, insert_block, insert_after: see `Backbone`.)
   """
 
-  num_classes: int
-  stage_sizes: Sequence[int]
-  widths: Sequence[int]
+  stage_sizes: Sequence[int] = (2, 2, 2, 2)
+  widths: Sequence[int] = (64, 128, 256, 512)
   stem_width: int | None = None
   dropout: float = 0.0
-  activation: str = "relu"
-  norm: str = "batchnorm"
-  mean: Sequence[float] = (0.5,)
-  std: Sequence[float] = (0.5,)
-  dtype: str = "float32"
+
+  def positions(self) -> dict[str, tuple[str, ...]]:
+    return {"stage": tuple(f"stage{s + 1}" for s in range(len(self.stage_sizes))),
+            "block": tuple(f"layer{s + 1}_{b}" for s, n in enumerate(self.stage_sizes) for b in range(n))}
 
   @nn.compact
-  def __call__(self, x: jax.Array, train: bool = False,
-               use_batch_stats: bool | None = None) -> jax.Array:
-    """Computes logits.
-
-    Args:
-      x: [batch, height, width, channels] images in [0, 1].
-      train: enables dropout (if any; needs the 'dropout' rng) and, by
-        default, batch statistics.
-      use_batch_stats: whether BatchNorm uses batch statistics; None = train.
-
-    Returns:
-      [batch, num_classes] float32 logits.
-    """
-    dtype = layers.compute_dtype(self.dtype)
-    use_batch_stats = layers.resolve_batch_stats(train, use_batch_stats)
-    x = layers.normalize_input(x, self.mean, self.std, dtype)
+  def __call__(self, x: jax.Array, train: bool, use_batch_stats: bool, pool: bool = True) -> Features:
+    """x: [batch, height, width, channels] normalised -> Features (pooled [batch, channels])."""
+    dtype = self.compute_dtype
     stem_width = self.widths[0] if self.stem_width is None else self.stem_width
     x = layers.conv(stem_width, 3, dtype=dtype, name="conv1")(x)
+    stages = []
     for s, (num_blocks, width) in enumerate(zip(self.stage_sizes, self.widths)):
       for b in range(num_blocks):
         x = PreActBlock(
@@ -129,12 +116,15 @@ class PreActResNet(nn.Module):
             dropout=self.dropout,
             name=f"layer{s + 1}_{b}",
         )(x, train, use_batch_stats)
+        x = self.insert(f"layer{s + 1}_{b}", x, use_batch_stats, placement="block")
+      x = self.insert(f"stage{s + 1}", x, use_batch_stats)
+      stages.append(x)
+    if not pool:
+      return Features(tuple(stages), None)
     x = layers.make_norm(self.norm, use_running_average=not use_batch_stats,
                          dtype=dtype, name="bn")(x)
     x = layers.get_activation(self.activation)(x)
-    x = jnp.mean(x, axis=(1, 2))
-    x = layers.dense(self.num_classes, dtype=dtype, name="fc")(x)
-    return x.astype(jnp.float32)
+    return Features(tuple(stages), jnp.mean(x, axis=(1, 2)))
 
 
 PreActResNet18 = functools.partial(PreActResNet, stage_sizes=(2, 2, 2, 2),

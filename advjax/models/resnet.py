@@ -17,7 +17,7 @@ B" of the paper). Two block types and two stems cover the models used here:
   doubles the inner width of every bottleneck (Zagoruyko & Komodakis, 2016).
 
 Submodules carry torchvision's names (conv1, bn1, layer{s}_{b}/conv1, ...,
-downsample_conv, downsample_bn, fc), which `advjax.bridge` maps to
+downsample_conv, downsample_bn, and the classifier head's fc), which `advjax.bridge` maps to
 torchvision state-dict keys (layer{s}.{b}.conv1, downsample.0, ...).
 """
 
@@ -32,6 +32,7 @@ import jax
 import jax.numpy as jnp
 
 from advjax.models import layers
+from advjax.models.network import Backbone, Features
 
 
 class BasicBlock(nn.Module):
@@ -111,48 +112,34 @@ def _shortcut(x: jax.Array, features: int, stride: int, norm, dtype) -> jax.Arra
   return norm(name="downsample_bn")(x)
 
 
-class ResNet(nn.Module):
+class ResNet(Backbone):
   """Post-activation ResNet with a CIFAR or ImageNet stem.
 
+  Stage s ('stage1', ...) ends after its last block; every block
+  ('layer{s}_{b}') is an insertion position too. The pooled vector is the
+  global average of the last stage.
+
   Attributes:
-    num_classes: number of logits.
     stage_sizes: blocks per stage.
     widths: per-stage block `features` (planes); the stem has widths[0].
     block_cls: `BasicBlock` or a `Bottleneck` (possibly a partial of it).
     stem: 'cifar' (3x3 conv) or 'imagenet' (7x7/2 conv + 3x3/2 max pool).
-    activation: `layers.ACTIVATIONS` name.
-    norm: `layers.NORMS` name.
-    mean, std: per-channel input normalisation (pixel space -> network input).
-    dtype: compute dtype name, 'float32' or 'bfloat16'.
+    (activation, norm, dtype, insert_block, insert_after: see `Backbone`.)
   """
 
-  num_classes: int
-  stage_sizes: Sequence[int]
-  widths: Sequence[int]
+  stage_sizes: Sequence[int] = (3, 3, 3)
+  widths: Sequence[int] = (64, 128, 256)
   block_cls: Any = BasicBlock
   stem: str = "cifar"
-  activation: str = "relu"
-  norm: str = "batchnorm"
-  mean: Sequence[float] = (0.5,)
-  std: Sequence[float] = (0.5,)
-  dtype: str = "float32"
+
+  def positions(self) -> dict[str, tuple[str, ...]]:
+    return {"stage": tuple(f"stage{s + 1}" for s in range(len(self.stage_sizes))),
+            "block": tuple(f"layer{s + 1}_{b}" for s, n in enumerate(self.stage_sizes) for b in range(n))}
 
   @nn.compact
-  def __call__(self, x: jax.Array, train: bool = False,
-               use_batch_stats: bool | None = None) -> jax.Array:
-    """Computes logits.
-
-    Args:
-      x: [batch, height, width, channels] images in [0, 1].
-      train: training mode; by default also selects batch statistics.
-      use_batch_stats: whether BatchNorm uses batch statistics; None = train.
-
-    Returns:
-      [batch, num_classes] float32 logits.
-    """
-    dtype = layers.compute_dtype(self.dtype)
-    use_batch_stats = layers.resolve_batch_stats(train, use_batch_stats)
-    x = layers.normalize_input(x, self.mean, self.std, dtype)
+  def __call__(self, x: jax.Array, train: bool, use_batch_stats: bool, pool: bool = True) -> Features:
+    """x: [batch, height, width, channels] normalised -> Features (pooled [batch, channels])."""
+    dtype = self.compute_dtype
     kernel = 7 if self.stem == "imagenet" else 3
     stride = 2 if self.stem == "imagenet" else 1
     x = layers.conv(self.widths[0], kernel, stride=stride, dtype=dtype, name="conv1")(x)
@@ -161,6 +148,7 @@ class ResNet(nn.Module):
     x = layers.get_activation(self.activation)(x)
     if self.stem == "imagenet":
       x = nn.max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
+    stages = []
     for s, (num_blocks, width) in enumerate(zip(self.stage_sizes, self.widths)):
       for b in range(num_blocks):
         x = self.block_cls(
@@ -171,9 +159,10 @@ class ResNet(nn.Module):
             dtype=dtype,
             name=f"layer{s + 1}_{b}",
         )(x, use_batch_stats)
-    x = jnp.mean(x, axis=(1, 2))
-    x = layers.dense(self.num_classes, dtype=dtype, name="fc")(x)
-    return x.astype(jnp.float32)
+        x = self.insert(f"layer{s + 1}_{b}", x, use_batch_stats, placement="block")
+      x = self.insert(f"stage{s + 1}", x, use_batch_stats)
+      stages.append(x)
+    return Features(tuple(stages), jnp.mean(x, axis=(1, 2)) if pool else None)
 
 
 CifarResNet = functools.partial(ResNet, block_cls=BasicBlock, stem="cifar")

@@ -29,7 +29,7 @@ def wide_resnet(depth: int, widen_factor: int, **kwargs) -> PreActResNet:
   Args:
     depth: 6n + 4 for n blocks per stage.
     widen_factor: k; stage widths are 16k, 32k, 64k.
-    **kwargs: remaining `PreActResNet` fields (num_classes, activation, ...).
+    **kwargs: remaining `PreActResNet` fields (activation, norm, dropout, ...).
 
   Returns:
     The (unbound) linen module.

@@ -1,8 +1,9 @@
-"""Training: the train state, objectives, step factories and the loop that runs them.
+"""Training: the train state, objectives, optimisers, the step's compilation and the loop.
 
-Importing any part of the package registers the objectives whose steps live
-in their own modules (`uat`, `advprop`) in `steps.CUSTOM_STEPS` and `objectives.EXTRAS`.
+  train_state  TrainState (params, model statistics, key, objective extras)
+  objectives   the registry of training objectives and their protocol
+  optim        optimisers and learning-rate schedules from config data
+  steps        jit-compilation of an objective's step over a device mesh
+  sat          the softplus-gradient diagnostic of smooth adversarial training
+  trainer      the loop: I/O, checkpoints, logging, preemption
 """
-
-from advjax.training import advprop  # noqa: F401  (registers advprop)
-from advjax.training import uat  # noqa: F401  (registers uat_alternating, uat_simultaneous)

@@ -4,14 +4,20 @@ Schedules are written in epochs in the config (as the papers state them:
 "lr 0.0025 dropped 10x after 50 epochs") and resolved to steps here, once.
 Weight decay is an L2 penalty added to the gradient of kernels only, before
 momentum, which is what PyTorch's `SGD(weight_decay=...)` does; biases and
-normalisation parameters are excluded by a mask.
+normalisation parameters are excluded by a mask. A frozen part of the model
+(a pretrained backbone, `model.freeze_backbone`) gets zero updates and no
+optimiser state.
 """
 
+from collections.abc import Callable
 from typing import Any
 
 import jax
 import ml_collections
 import optax
+
+OPTIMIZERS = ("sgd", "adam", "adamw", "rmsprop")
+LR_SCHEDULES = ("constant", "piecewise", "cosine")
 
 
 def decay_mask(params: Any) -> Any:
@@ -44,9 +50,30 @@ def make_schedule(cfg: ml_collections.ConfigDict, base_lr: float, steps_per_epoc
   return optax.join_schedules([optax.linear_schedule(0.0, base_lr, warmup), main], [warmup])
 
 
-def make_optimizer(config: ml_collections.ConfigDict, steps_per_epoch: int,
-                   total_steps: int) -> tuple[optax.GradientTransformation, optax.Schedule]:
-  """The optimiser and its learning-rate schedule from `config.optimizer` and `config.schedule`."""
+def freeze(tx: optax.GradientTransformation, trainable: Callable[[str], bool]) -> optax.GradientTransformation:
+  """`tx` on the parameters whose top-level name is `trainable`; zero updates elsewhere."""
+  def labels(params):
+    return {k: jax.tree.map(lambda _, t=("train" if trainable(k) else "frozen"): t, v) for k, v in params.items()}
+  return optax.multi_transform({"train": tx, "frozen": optax.set_to_zero()}, labels)
+
+
+def make_optimizer(config: ml_collections.ConfigDict, steps_per_epoch: int, total_steps: int,
+                   trainable: Callable[[str], bool] | None = None
+                   ) -> tuple[optax.GradientTransformation, optax.Schedule]:
+  """The optimiser and its learning-rate schedule from `config.optimizer` and `config.schedule`.
+
+  Args:
+    config: the experiment config.
+    steps_per_epoch: to turn epochs into steps.
+    total_steps: the run's length.
+    trainable: if given, only top-level parameters it accepts are trained.
+  """
+  tx, schedule = _make(config, steps_per_epoch, total_steps)
+  return (tx if trainable is None else freeze(tx, trainable)), schedule
+
+
+def _make(config: ml_collections.ConfigDict, steps_per_epoch: int,
+          total_steps: int) -> tuple[optax.GradientTransformation, optax.Schedule]:
   cfg = config.optimizer
   schedule = make_schedule(config.schedule, cfg.learning_rate, steps_per_epoch, total_steps)
   if cfg.name == "sgd":

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
+from advjax import tasks
 from advjax.attacks import heap, losses, universal
 from advjax.attacks import pgd as pgd_lib
 from advjax.errors import ConfigError
@@ -104,7 +105,7 @@ def test_targeted_heaps_share_a_target(logits_fn, batch):
   x, y = batch
   cfg = pgd_lib.pgd(64.0, step_size=16.0, num_steps=4, targeted=True)
   # heap_attack draws the targets with the first half of its key, as pgd.attack does.
-  targets = heap.heap_labels(logits_fn, x, y, jax.random.split(KEY)[0], cfg, 8)
+  targets = heap.heap_labels(logits_fn, x, y, jax.random.split(KEY)[0], cfg, 8, tasks.Classification(10))
   per_heap = np.asarray(targets).reshape(4, 8)
   assert (per_heap == per_heap[:, :1]).all() and (per_heap[:, 0] != np.asarray(y)[::8]).all()
   x_adv = heap.heap_attack(logits_fn, x, y, KEY, cfg, 8)

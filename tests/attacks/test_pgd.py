@@ -8,7 +8,7 @@ import ml_collections
 import numpy as np
 import pytest
 
-from advjax.attacks import losses, make_logits_fn, threat
+from advjax.attacks import core, losses, make_logits_fn, threat
 from advjax.attacks import pgd as pgd_lib
 from advjax.errors import ConfigError
 from tests.attacks import tiny_models
@@ -89,7 +89,7 @@ def test_mi_fgsm_with_mu0_is_ifgsm_bitwise(logits_fn, batch):
   assert not np.array_equal(np.asarray(ifgsm), np.asarray(mi1))
 
 
-@pytest.mark.parametrize("select", pgd_lib.RESTART_SELECTIONS)
+@pytest.mark.parametrize("select", core.RESTART_SELECTIONS)
 def test_restarts_never_weaken(select, logits_fn, batch):
   x, y = batch
   base = pgd_lib.pgd(8.0, num_steps=3, restart_select=select)
@@ -131,17 +131,18 @@ def test_memory_does_not_grow_with_steps(logits_fn, batch):
     compiled = pgd_lib.attack.lower(logits_fn, x, y, KEY, cfg).compile()
     return compiled.memory_analysis().temp_size_in_bytes
 
-  # Short attacks are unrolled on CPU (pgd.CPU_UNROLL_MAX_STEPS): compare two loops.
-  loop = pgd_lib.CPU_UNROLL_MAX_STEPS + 1
+  # Short attacks are unrolled on CPU (core.CPU_UNROLL_MAX_STEPS): compare two loops.
+  loop = core.CPU_UNROLL_MAX_STEPS + 1
   assert temp_bytes(10 * loop) <= temp_bytes(loop)
 
 
 def test_annealed_schedule_sums_to_beta_eps():
   cfg = pgd_lib.AttackConfig(step_schedule="annealed", num_steps=20, beta=4.0, gamma=0.9)
   sizes = pgd_lib.resolve_sizes(cfg, eps=jnp.float32(10.0))
-  total = sum(float(pgd_lib.step_size_at(cfg, sizes, k)) for k in range(20))
-  np.testing.assert_allclose(total, 4.0 * 10.0 / 255, rtol=1e-5)
-  assert float(pgd_lib.step_size_at(cfg, sizes, 0)) > float(pgd_lib.step_size_at(cfg, sizes, 19))
+  alpha = pgd_lib.step_sizes(cfg, sizes)
+  steps = np.array([float(alpha(k)) for k in range(20)])
+  np.testing.assert_allclose(steps.sum(), 4.0 * 10.0 / 255, rtol=1e-5)
+  np.testing.assert_allclose(steps[1:] / steps[:-1], 0.9, rtol=1e-5)
 
 
 def test_core_optimises_a_shared_perturbation(logits_fn, batch):
@@ -160,8 +161,9 @@ def test_core_optimises_a_shared_perturbation(logits_fn, batch):
     del key
     return jnp.sum(group_loss(delta))
 
-  delta0 = pgd_lib.init_perturbation(jax.random.key(3), (heaps, 1, 8, 8, 1), cfg, sizes)
-  project = lambda d: threat.project(d, cfg.norm, sizes.eps)
+  ball = pgd_lib.threat_model(cfg, sizes)
+  delta0 = ball.init(jax.random.key(3), (heaps, 1, 8, 8, 1), cfg.init)
+  project = ball.project
   delta = jax.jit(lambda d: pgd_lib.optimize_perturbation(
       objective, d, KEY, cfg, sizes, project))(delta0)
   assert delta.shape == (heaps, 1, 8, 8, 1)
@@ -175,15 +177,12 @@ def test_from_config_and_validation():
   cfg = pgd_lib.AttackConfig.from_config(c)
   assert cfg.eps == 4.0 and isinstance(cfg.eps, float) and cfg.num_steps == 7
   hash(cfg)
-  # The attack block of advjax/config.py, bn_mode included.
-  block = ml_collections.ConfigDict(dict(norm="linf", eps=8.0, step_size=2.0, num_steps=7,
-                                         init="uniform", loss="cross_entropy", bn_mode="eval"))
-  assert pgd_lib.AttackConfig.from_config(block).num_steps == 7
   for bad, field in ((dict(norm="l3"), "norm"), (dict(num_steps=2.5), "num_steps"),
                      (dict(diversity_prob=1.5), "diversity_prob"), (dict(epss=3), "epss"),
                      (dict(loss="clipped_cross_entropy", targeted=True), "targeted"),
                      (dict(step_rule="adam"), "step_rule"), (dict(restarts=0), "restarts"),
-                     (dict(bn_mode="train"), "bn_mode")):
+                     (dict(eps=1e7), "eps"), (dict(eps=float("nan")), "eps"),
+                     (dict(step_size=float("inf")), "step_size"), (dict(bn_mode="eval"), "bn_mode")):
     with pytest.raises(ConfigError, match=field):
       pgd_lib.AttackConfig.from_config(bad)
 
@@ -194,9 +193,16 @@ def test_batch_norm_mode_is_explicit():
   eval_fn = make_logits_fn(model, variables, "eval")
   batch_fn = make_logits_fn(model, variables, "batch")
   np.testing.assert_allclose(eval_fn(x), model.apply(variables, x), rtol=1e-6)
+  # 'batch' normalises with the attacked batch's statistics: the same logits as
+  # a network whose running statistics are replaced by that batch's mean and variance.
+  conv = variables["params"]["Conv_0"]
+  h = jax.lax.conv_general_dilated(x, conv["kernel"], (1, 1), "SAME",
+                                   dimension_numbers=("NHWC", "HWIO", "NHWC")) + conv["bias"]
+  stats = {"mean": h.mean(axis=(0, 1, 2)), "var": h.var(axis=(0, 1, 2))}
+  key = next(iter(variables["batch_stats"]))
+  replaced = {**variables, "batch_stats": {key: stats}}
+  np.testing.assert_allclose(batch_fn(x), model.apply(replaced, x), rtol=1e-4, atol=1e-5)
   assert not np.allclose(eval_fn(x), batch_fn(x), atol=1e-3)
-  before = jax.tree.map(np.asarray, variables["batch_stats"])
-  pgd_lib.attack(batch_fn, x, jnp.zeros(16, jnp.int32), KEY, pgd_lib.pgd(8.0, num_steps=2))
-  jax.tree.map(np.testing.assert_array_equal, before, variables["batch_stats"])
   with pytest.raises(ConfigError, match="bn_mode"):
     make_logits_fn(model, variables, "train")
+

@@ -115,7 +115,8 @@ def test_deepfool_matches_torchattacks_inside_the_box(twin, logits_fn):
   x, y = x[ok][:32], jnp.asarray(y[ok][:32])
   ours, theirs, ratio = _deepfool_both(net, logits_fn, x, y)
   assert ours >= 0.9 and abs(ours - theirs) <= 2 / 32, (ours, theirs)
-  assert 0.8 <= ratio <= 1.2, ratio
+  # Measured: the median L2 norms agree to 1.4e-5 (same steps up to float rounding).
+  assert abs(ratio - 1.0) <= 1e-3, ratio
 
 
 def test_deepfool_at_least_as_successful_on_saturated_digits(twin, logits_fn, batch):

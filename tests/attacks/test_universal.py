@@ -1,4 +1,4 @@
-"""Universal perturbations: the ball, strength, streaming, appendix D, evaluation, eps_uni."""
+"""Universal perturbations: the ball, strength, streaming, appendix D, and their evaluation and eps_uni search."""
 
 import jax
 import jax.numpy as jnp
@@ -8,6 +8,7 @@ import pytest
 
 from advjax.attacks import losses, universal
 from advjax.errors import ConfigError, DataError
+from advjax.evaluation import universal as evaluation
 from tests.attacks import tiny_models
 
 KEY = jax.random.key(3)
@@ -35,7 +36,7 @@ def _mean_ce(logits_fn, x, y, xi):
     universal.uat_config(eps=48.0, step_size=8.0, num_iterations=8),
     universal.shared_at_eval_config(eps=48.0, num_iterations=8),
     universal.uat_config(eps=48.0, step_rule="adam", step_size=8.0, num_iterations=8),
-    universal.UniversalConfig(norm="l2", eps=400.0, step_rule="momentum", step_size=4000.0,
+    universal.UniversalConfig(norm="l2", eps=400.0, step_rule="sgd_momentum", step_size=4000.0,
                               num_iterations=8, loss="cross_entropy"),
 ], ids=lambda c: f"{c.norm}-{c.step_rule}-{c.step_schedule}")
 def test_stays_in_ball_and_weakens_the_model(cfg, logits_fn, batch):
@@ -46,9 +47,10 @@ def test_stays_in_ball_and_weakens_the_model(cfg, logits_fn, batch):
   assert eps * 0.5 < norm <= eps * (1 + 1e-5)
   # Generalises from the training stream to held-out examples.
   assert _mean_ce(logits_fn, x, y, xi) > 2 * _mean_ce(logits_fn, x, y, 0.0)
-  metrics = universal.evaluate_universal(logits_fn, _held_out(batch), xi)
-  assert metrics["clean_accuracy"] == 1.0 and metrics["accuracy"] < 0.9
-  assert metrics["fooling_ratio"] == pytest.approx(metrics["misclassification_rate"])
+  metrics = evaluation.evaluate_universal(logits_fn, _held_out(batch), xi)
+  assert metrics["clean"]["accuracy"] == 1.0 and metrics["adversarial"]["accuracy"] < 0.9
+  # Every example starts correct, so the fooled ones are exactly the misclassified ones.
+  assert metrics["fooling_ratio"] == pytest.approx(1.0 - metrics["adversarial"]["accuracy"])
 
 
 def test_streams_a_generator_with_one_compile(logits_fn, batch):
@@ -106,37 +108,38 @@ def test_evaluation_respects_masks_and_targets(logits_fn, batch):
                                                              num_iterations=6), SHAPE)
   mask = jnp.where(jnp.arange(32) < 20, 1.0, 0.0)
   garbage = jnp.where(mask > 0, y, (y + 1) % 10)
-  padded = universal.evaluate_universal(logits_fn, [{"image": x, "label": garbage,
-                                                     "mask": mask}], xi)
-  real = universal.evaluate_universal(logits_fn, [{"image": x[:20], "label": y[:20],
-                                                   "mask": jnp.ones(20)}], xi)
-  assert padded == pytest.approx(real) and real["num_examples"] == 20
+  padded = evaluation.evaluate_universal(logits_fn, [{"image": x, "label": garbage, "mask": mask}], xi)
+  real = evaluation.evaluate_universal(logits_fn, [{"image": x[:20], "label": y[:20], "mask": jnp.ones(20)}], xi)
+  assert padded == real and real["adversarial"]["num_examples"] == 20
+  fooled = np.mean(np.asarray(jnp.argmax(logits_fn(jnp.clip(x[:20] + xi, 0, 1)), -1)
+                              != jnp.argmax(logits_fn(x[:20]), -1)))
+  assert real["fooling_ratio"] == pytest.approx(fooled)
 
   cfg = universal.UniversalConfig(eps=64.0, step_size=8.0, num_iterations=10, targeted=True,
                                   target_class=3, loss="cross_entropy")
   xi = universal.universal_perturbation(logits_fn, _train_batches(), KEY, cfg, SHAPE)
-  hit = universal.evaluate_universal(logits_fn, _held_out(batch), xi, target_class=3)
-  clean = universal.evaluate_universal(logits_fn, _held_out(batch), 0 * xi, target_class=3)
-  assert hit["target_success_rate"] > clean["target_success_rate"] + 0.3
+  hit = evaluation.evaluate_universal(logits_fn, _held_out(batch), xi, target=3)
+  clean = evaluation.evaluate_universal(logits_fn, _held_out(batch), 0 * xi, target=3)
+  assert hit["target"]["accuracy"] > clean["target"]["accuracy"] + 0.3
 
 
 def test_eps_uni_search_brackets_delta(logits_fn, batch):
   cfg = universal.shared_at_eval_config(num_iterations=8)
-  metrics, xi = universal.eps_uni_search(logits_fn, _train_batches(), _held_out(batch), KEY, cfg,
-                                         delta=0.5, num_search_steps=6)
-  assert metrics["found"] == 1.0 and metrics["clean_misclassification_rate"] == 0.0
-  assert metrics["lower_bound"] < metrics["eps_uni"] < 255.0
-  assert metrics["misclassification_rate"] >= 0.5 > metrics["rate_at_lower_bound"]
-  assert float(np.abs(xi).max()) <= metrics["eps_uni"] / 255 + 1e-6
+  result = evaluation.eps_uni_search(logits_fn, _train_batches(), _held_out(batch), KEY, cfg,
+                                     target_rate=0.5, num_steps=6)
+  xi = result.artifact
+  assert result.found and result.clean_rate == 0.0
+  assert result.lower_bound < result.eps < 255.0
+  assert result.rate >= 0.5 > result.rate_at_lower_bound
+  assert float(np.abs(xi).max()) <= result.eps / 255 + 1e-6
 
   def rate(eps):
     xi = universal.universal_perturbation(logits_fn, _train_batches(), KEY, cfg, SHAPE, eps=eps)
-    return universal.evaluate_universal(logits_fn, _held_out(batch),
-                                        xi)["misclassification_rate"]
+    return 1.0 - evaluation.evaluate_universal(logits_fn, _held_out(batch), xi)["adversarial"]["accuracy"]
 
-  assert rate(metrics["eps_uni"]) >= 0.5 > rate(metrics["lower_bound"])
-  assert universal.evaluate_universal(logits_fn, _held_out(batch), jnp.asarray(xi))[
-      "misclassification_rate"] == metrics["misclassification_rate"]
+  assert rate(result.eps) >= 0.5 > rate(result.lower_bound)
+  assert 1.0 - evaluation.evaluate_universal(logits_fn, _held_out(batch), jnp.asarray(xi))[
+      "adversarial"]["accuracy"] == result.rate
 
 
 def test_config_validation():
@@ -144,10 +147,16 @@ def test_config_validation():
       {"eps": 8, "grad_batches": 10, "step_rule": "adam"}))
   assert cfg.eps == 8.0 and cfg.grad_batches == 10
   for bad, field in [({"norm": "l2"}, "step_rule"),
-                     ({"targeted": True, "loss": "cross_entropy"}, "target_class"),
+                     ({"target_class": -2}, "target_class"),
                      ({"grad_batches": 0}, "grad_batches"),
                      ({"targeted": True, "target_class": 1}, "targeted")]:
     with pytest.raises(ConfigError, match=field):
       universal.UniversalConfig(**bad)
   with pytest.raises(ConfigError, match="unknown field"):
     universal.UniversalConfig.from_config({"epsilon": 8})
+
+
+def test_a_targeted_attack_needs_a_target(logits_fn, batch):
+  cfg = universal.UniversalConfig(eps=8.0, num_iterations=1, targeted=True, loss="cross_entropy")
+  with pytest.raises(ConfigError, match="target"):
+    universal.universal_perturbation(logits_fn, _train_batches(1), KEY, cfg, SHAPE)

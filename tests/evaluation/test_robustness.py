@@ -1,6 +1,4 @@
-"""Jitted evaluators: masking, attacks, and the eps_adv binary search of sec. 5.2."""
-
-import dataclasses
+"""Jitted evaluation: masking, attacks, the bisection helper and the eps_adv search of sec. 5.2."""
 
 import jax
 import jax.numpy as jnp
@@ -11,43 +9,74 @@ from advjax import evaluation
 from advjax.attacks import make_logits_fn
 from advjax.attacks import pgd as pgd_lib
 from advjax.errors import ConfigError
+from advjax.evaluation import search
 from tests.attacks import tiny_models
 
 KEY = jax.random.key(0)
 
 
-def test_clean_accuracy_respects_mask(logits_fn, batches, model_and_variables):
+def test_clean_metrics_respect_mask(logits_fn, batches, model_and_variables):
   _, _, x, y = tiny_models.digits()
   expected = float(np.mean(np.asarray(jnp.argmax(logits_fn(x[:84]), -1)) == y[:84]))
-  result = evaluation.clean_accuracy(logits_fn, batches)
-  assert result == pytest.approx({"accuracy": expected, "num_examples": 84.0})
+  result = evaluation.clean_metrics(logits_fn, batches)
+  assert result == {"accuracy": pytest.approx(expected), "num_examples": 84}
   model, variables = model_and_variables
   builder = lambda v: make_logits_fn(model, v)
-  assert evaluation.clean_accuracy(builder, batches, variables=variables)["accuracy"] == \
-      pytest.approx(expected)
+  assert evaluation.clean_metrics(builder, batches, variables=variables)["accuracy"] == pytest.approx(expected)
 
 
-def test_accuracy_under_attack(logits_fn, batches):
-  result = evaluation.accuracy_under_attack(logits_fn, batches, pgd_lib.pgd(32.0, step_size=4.0), KEY)
-  assert set(result) == {"accuracy", "clean_accuracy", "misclassification_rate", "num_examples"}
-  assert all(isinstance(v, float) for v in result.values())
-  assert result["accuracy"] < result["clean_accuracy"] - 0.2
-  assert result["misclassification_rate"] == pytest.approx(1 - result["accuracy"])
+def test_attacked_metrics(logits_fn, batches):
+  cfg = pgd_lib.pgd(32.0, step_size=4.0)
+  result = evaluation.attacked_metrics(logits_fn, batches, cfg, KEY)
+  assert result["clean"] == evaluation.clean_metrics(logits_fn, batches)
+  # The same attack, batch by batch, scored by hand (batch i attacked with fold_in(KEY, i)).
+  correct = total = 0
+  for i, b in enumerate(batches):
+    x_adv = pgd_lib.attack(logits_fn, b["image"], b["label"], jax.random.fold_in(KEY, i), cfg)
+    hits = np.asarray(jnp.argmax(logits_fn(x_adv), -1) == b["label"])
+    correct += int(np.sum(hits * np.asarray(b["mask"])))
+    total += int(np.sum(np.asarray(b["mask"])))
+  assert result["adversarial"] == {"accuracy": pytest.approx(correct / total), "num_examples": total}
+  assert result["adversarial"]["accuracy"] < result["clean"]["accuracy"] - 0.2
+
+
+def test_bisection_finds_the_threshold_of_a_monotone_rate():
+  # rate(eps) = eps / 200: the smallest eps reaching 0.5 is 100.
+  probes = []
+
+  def probe(eps):
+    probes.append(eps)
+    return eps / 200, f"delta@{eps}"
+
+  result = search.bisect(probe, target_rate=0.5, clean_rate=0.0, num_steps=8)
+  lo, hi, found = 0.0, 255.0, None
+  for _ in range(8):  # The same search written out.
+    mid = (lo + hi) / 2
+    if mid / 200 >= 0.5:
+      hi, found = mid, mid
+    else:
+      lo = mid
+  assert probes[0] == 127.5 and len(probes) == 8
+  assert (result.eps, result.lower_bound) == (found, lo) and result.found
+  assert result.eps >= 100 > result.lower_bound and result.artifact == f"delta@{found}"
+  never = search.bisect(lambda e: (0.1, None), target_rate=0.5, clean_rate=0.0, num_steps=3)
+  assert not never.found and never.eps == 255.0
+  already = search.bisect(probe, target_rate=0.5, clean_rate=0.7, num_steps=3, clean_artifact="zero")
+  assert already.eps == 0.0 and already.found and already.artifact == "zero"
+  with pytest.raises(ConfigError, match="target rate"):
+    search.bisect(probe, target_rate=1.5, clean_rate=0.0, num_steps=3)
 
 
 def test_eps_adv_search_is_consistent(logits_fn, batches):
   cfg = evaluation.eps_adv_config(num_steps=10)
-  delta = 0.5
-  result = evaluation.eps_adv_search(logits_fn, batches, KEY, cfg, delta=delta,
-                                     num_search_steps=6)
-  assert result["found"] == 1.0 and 0.0 < result["eps_adv"] <= 255.0
-  assert result["lower_bound"] < result["eps_adv"]
+  result = evaluation.eps_adv_search(logits_fn, batches, KEY, cfg, target_rate=0.5, num_steps=6)
+  assert result.found and result.lower_bound < result.eps
   # 6 bisections of [0, 255] leave an interval of 255 / 64.
-  assert result["eps_adv"] - result["lower_bound"] == pytest.approx(255 / 64)
-  at = lambda eps: evaluation.accuracy_under_attack(
-      logits_fn, batches, cfg, KEY, eps=eps)["misclassification_rate"]
-  assert at(result["eps_adv"]) >= delta > at(result["lower_bound"])
-  assert result["clean_misclassification_rate"] < delta
+  assert result.eps - result.lower_bound == pytest.approx(255 / 64)
+  at = lambda eps: 1 - evaluation.attacked_metrics(logits_fn, batches, cfg, KEY, eps=eps)["adversarial"]["accuracy"]
+  assert at(result.eps) >= 0.5 > at(result.lower_bound)
+  assert result.rate == pytest.approx(at(result.eps))
+  assert result.clean_rate == pytest.approx(1 - evaluation.clean_metrics(logits_fn, batches)["accuracy"])
 
 
 def test_eps_adv_search_does_not_recompile_per_eps(model_and_variables, batches):
@@ -59,12 +88,7 @@ def test_eps_adv_search_does_not_recompile_per_eps(model_and_variables, batches)
     return model.apply(variables, x)
 
   cfg = evaluation.eps_adv_config(num_steps=2)
-  evaluation.eps_adv_search(counting, batches[:1], KEY, cfg, num_search_steps=1)
+  evaluation.eps_adv_search(counting, batches[:1], KEY, cfg, num_steps=1)
   first = len(traces)
-  evaluation.eps_adv_search(counting, batches[:1], KEY, cfg, num_search_steps=4)
+  evaluation.eps_adv_search(counting, batches[:1], KEY, cfg, num_steps=4)
   assert len(traces) == first
-
-
-def test_eps_adv_search_validates():
-  with pytest.raises(ConfigError, match="delta"):
-    evaluation.eps_adv_search(lambda x: x, [], KEY, delta=1.5)

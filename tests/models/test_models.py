@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from advjax.errors import ConfigError
-from advjax.models import MODELS, create_model, layers
+from advjax.models import MODELS, ClassifierHead, Network, create_model, layers
 
 TINY = ["convnet_tiny", "resnet20_tiny", "preact_resnet18_tiny", "wrn_tiny", "resnet50_tiny",
         "efficientnet_tiny"]
@@ -177,7 +177,10 @@ def test_bfloat16_compute_keeps_float32_params_and_logits(name):
   logits = model.apply(variables, x)
   assert logits.dtype == jnp.float32
   reference = create_model(name, num_classes=NUM_CLASSES).apply(variables, x)
-  np.testing.assert_allclose(logits, reference, rtol=0.1, atol=0.1)
+  # Measured (jaxlib 0.10.2, CPU): the largest error is 0.4-0.8% of the largest
+  # logit, from bfloat16's 8-bit mantissa accumulated over the layers.
+  error = float(jnp.max(jnp.abs(logits - reference)))
+  assert error <= 0.02 * float(jnp.max(jnp.abs(reference))), error
 
 
 def test_convnet_takes_mnist_and_cifar_shapes():
@@ -259,7 +262,8 @@ def test_unknown_names_raise_config_error(field, value, kind):
 
 
 def test_unknown_activation_in_a_module_built_directly_raises():
-  model = MODELS["resnet20_tiny"](num_classes=10, activation="swishy")
+  backbone = MODELS["resnet20_tiny"].backbone(activation="swishy")
+  model = Network(backbone=backbone, head=ClassifierHead(num_classes=10))
   with pytest.raises(ConfigError, match="swishy"):
     jax.eval_shape(model.init, jax.random.key(0), _images())
 

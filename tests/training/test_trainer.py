@@ -19,20 +19,23 @@ import jax
 import numpy as np
 import pytest
 
-from advjax import checkpointing
-from advjax.training import metrics_io, trainer
+from advjax import checkpointing, data, experiment as experiment_lib, run_dir, runs
 from configs import tiny
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
+def _final_state(workdir, config):
+  experiment = experiment_lib.Experiment(config, jax.devices()[:1])
+  return checkpointing.Checkpointer(workdir, create=False).restore(experiment.init_state())
+
+
 def _final_params(workdir, config):
-  experiment = trainer.Experiment(config, jax.devices()[:1])
-  return experiment.restore_latest(workdir, experiment.init_state()).params
+  return _final_state(workdir, config).params
 
 
 def _losses(workdir):
-  return np.array([r["loss"] for r in metrics_io.read_metrics(workdir) if "loss" in r])
+  return np.array([r["loss"] for r in run_dir.read_metrics(workdir) if "loss" in r])
 
 
 def _env(device_count):
@@ -51,21 +54,28 @@ def _train_cmd(workdir, *overrides):
 def reference_run(tmp_path_factory):
   """The tiny run on all 8 devices, uninterrupted."""
   workdir = str(tmp_path_factory.mktemp("reference"))
-  summary = trainer.train_and_evaluate(tiny.get_config(), workdir)
+  summary = runs.train_and_evaluate(tiny.get_config(), workdir)
   return workdir, summary
 
 
 def test_run_directory_holds_everything(reference_run):
   workdir, summary = reference_run
-  records = metrics_io.read_metrics(workdir)
+  records = run_dir.read_metrics(workdir)
   assert [r["step"] for r in records if "loss" in r] == list(range(1, 13))
   assert {"loss", "accuracy", "learning_rate"} <= set(records[0])
   assert os.listdir(os.path.join(workdir, "tensorboard"))
   with open(os.path.join(workdir, "summary.json")) as f:
     on_disk = json.load(f)
-  assert on_disk["device_count"] == 8 and on_disk["steps"] == 12
-  assert 0.0 <= on_disk["test_accuracy"] <= 1.0 and on_disk["wall_time_s"] > 0
+  assert on_disk == json.loads(json.dumps(summary))
+  assert on_disk["device_count"] == 8 and on_disk["steps"] == 12 and on_disk["wall_time_s"] > 0
   assert on_disk["config"]["model"]["name"] == "convnet_tiny"
+  # The end-of-training evaluation scored every held-out digit with the final model.
+  state = _final_state(workdir, tiny.get_config())
+  model = experiment_lib.Experiment(tiny.get_config(), jax.devices()[:1]).model
+  _, _, x, y = data.mnist_arrays()
+  predictions = np.argmax(np.asarray(model.apply(state.variables, x)), -1)
+  assert on_disk["evals"]["clean"] == {"accuracy": float(np.mean(predictions == y)), "num_examples": len(y)}
+  assert records[-1]["eval/clean/accuracy"] == on_disk["evals"]["clean"]["accuracy"]
   assert os.path.exists(os.path.join(workdir, "config.json"))
   assert checkpointing.Checkpointer(workdir, create=False).latest_step() == 12
   # The loss went down: the step really trains.
@@ -75,13 +85,13 @@ def test_run_directory_holds_everything(reference_run):
 
 def test_one_device_matches_eight_step_for_step(reference_run, tmp_path):
   workdir, _ = reference_run
-  trainer.train_and_evaluate(tiny.get_config(), str(tmp_path), devices=jax.devices()[:1])
+  runs.train_and_evaluate(tiny.get_config(), str(tmp_path), devices=jax.devices()[:1])
   np.testing.assert_allclose(_losses(str(tmp_path)), _losses(workdir), rtol=1e-5)
 
 
 def test_same_seed_gives_bitwise_identical_parameters(reference_run, tmp_path):
   workdir, _ = reference_run
-  trainer.train_and_evaluate(tiny.get_config(), str(tmp_path))
+  runs.train_and_evaluate(tiny.get_config(), str(tmp_path))
   config = tiny.get_config()
   jax.tree.map(np.testing.assert_array_equal, _final_params(str(tmp_path), config), _final_params(workdir, config))
 
@@ -103,11 +113,11 @@ def test_resume_after_sigkill_is_bitwise_equal(reference_run, tmp_path):
     time.sleep(0.05)
   proc.wait()
   assert proc.returncode == -signal.SIGKILL, "the run finished before it could be killed"
-  summary = trainer.train_and_evaluate(config, resumed)
+  summary = runs.train_and_evaluate(config, resumed)
   assert summary["steps"] == 12
   jax.tree.map(np.testing.assert_array_equal, _final_params(resumed, config), _final_params(workdir, config))
   # The resumed run logged every step exactly once.
-  assert [r["step"] for r in metrics_io.read_metrics(resumed) if "loss" in r] == list(range(1, 13))
+  assert [r["step"] for r in run_dir.read_metrics(resumed) if "loss" in r] == list(range(1, 13))
 
 
 def test_sigterm_leaves_a_usable_checkpoint(tmp_path):
@@ -160,7 +170,7 @@ def test_fine_tuning_starts_from_another_runs_model(reference_run, tmp_path):
   config = tiny.get_config()
   config.optimizer.name = "adam"  # A different optimiser state structure than the reference run's.
   config.init_checkpoint = workdir
-  experiment = trainer.Experiment(config)
+  experiment = experiment_lib.Experiment(config)
   state = experiment.init_from(workdir, experiment.init_state())
   jax.tree.map(np.testing.assert_array_equal, state.params, _final_params(workdir, tiny.get_config()))
   assert int(state.step) == 0
@@ -171,6 +181,6 @@ def test_restore_model_reads_only_the_model(reference_run):
   workdir, _ = reference_run
   config = tiny.get_config()
   config.optimizer.name = "adam"
-  step, variables = trainer.Experiment(config).restore_model(workdir)
+  step, variables = experiment_lib.Experiment(config).restore_model(workdir)
   assert step == 12
   jax.tree.map(np.testing.assert_array_equal, variables["params"], _final_params(workdir, tiny.get_config()))

@@ -17,7 +17,9 @@ from advjax import checkpointing, parallel
 from advjax import config as config_lib
 from advjax.attacks import losses, threat
 from advjax.errors import ConfigError
-from advjax.training import objectives, optim, steps, trainer, uat
+from advjax.experiment import Experiment
+from advjax.training import objectives, optim, steps
+from advjax.training.objectives import uat
 from advjax.training.train_state import create_train_state
 from configs import tiny, uat_cifar10_wrn, uat_digits, uat_imagenet
 
@@ -38,7 +40,14 @@ def _config(objective, rule="fgsm", **uat_fields):
 @pytest.fixture(scope="module")
 def experiment():
   """Data, model, optimiser and the 8-device mesh of the tiny run (the same for every objective)."""
-  return trainer.Experiment(_config("uat_simultaneous"))
+  return Experiment(_config("uat_simultaneous"))
+
+
+def _objective(experiment, config):
+  """The objective of `config` on the experiment's model, task and schedule."""
+  return objectives.get(config.objective)(objectives.ObjectiveContext(
+      model=experiment.model, config=config, task=experiment.task, schedule=experiment.schedule,
+      total_steps=experiment.total_steps, steps_per_epoch=experiment.steps_per_epoch))
 
 
 @pytest.fixture(scope="module")
@@ -53,7 +62,7 @@ def _fresh_state(experiment, host_state, config):
   Built from host arrays so that fresh and restored states have the same
   (not weakly typed) avals and share one compiled step.
   """
-  extras = jax.device_get(objectives.init_extras(config, tuple(experiment.info.image_shape)))
+  extras = jax.device_get(_objective(experiment, config).init_extras(tuple(experiment.info.image_shape)))
   return jax.device_put(host_state.replace(extras=extras), parallel.replicated(experiment.mesh))
 
 
@@ -73,8 +82,7 @@ def runs(experiment, initial_host_state, tmp_path_factory):
   for objective, rule in (("uat_alternating", "fgsm"), ("uat_simultaneous", "adam")):
     config = _config(objective, rule, step_size=4.0, clip_beta=2.0)
     state = _fresh_state(experiment, initial_host_state, config)
-    step_fn = steps.compile_train_step(
-        steps.make_train_step(experiment.model, config, experiment.schedule), state, experiment.mesh)
+    step_fn = steps.compile_train_step(_objective(experiment, config).train_step, state, experiment.mesh)
     workdir = str(tmp_path_factory.mktemp(objective))
     checkpointer = checkpointing.Checkpointer(workdir)
     states, history = [jax.device_get(state)], []
@@ -131,7 +139,7 @@ def test_first_ascent_raises_the_loss(experiment, runs, objective):
   batch = experiment.train_source.batch(0)
 
   def loss_at(d):
-    logits, _ = experiment.model.apply(trainer.variables_of(weights), threat.apply(batch["image"], d),
+    logits, _ = experiment.model.apply(weights.variables, threat.apply(batch["image"], d),
                                        train=False, use_batch_stats=True, mutable=["batch_stats"])
     return float(jnp.mean(losses.cross_entropy(logits, batch["label"])))
 
@@ -160,9 +168,7 @@ def test_ascend_moves_with_the_gradient_and_projects(rule):
   """Every rule steps up the gradient, then clips to the eps ball (small case by hand)."""
   cfg = uat.UATConfig(delta_rule=rule, eps=0.1, step_size=0.05, clip_beta=0.0)
   delta = jnp.array([[[0.0], [0.08]], [[-0.08], [0.0]]])
-  extras = {"delta": delta}
-  if rule == "adam":
-    extras["delta_opt_state"] = uat.delta_optimizer(cfg).init(delta)
+  extras = {"delta": delta, "delta_opt_state": cfg.rule().init(delta)}
   grad = jnp.array([[[2.0], [1.0]], [[-3.0], [-0.5]]])
   new = np.asarray(uat.ascend(extras, grad, cfg)["delta"])
   step = {"fgsm": 0.1 * np.sign(grad), "sgd": 0.05 * np.asarray(grad), "adam": 0.05 * np.sign(grad)}[rule]
@@ -206,14 +212,14 @@ def test_backward_passes_simultaneous_one_alternating_two(experiment):
       experiment.model, experiment.tx, jax.random.PRNGKey(0), image_shape))
   batch = experiment.train_source.batch(0)
   forward = _count(jax.make_jaxpr(lambda v, x: experiment.model.apply(v, x))(
-      trainer.variables_of(state), batch["image"]).jaxpr, "conv_general_dilated")
+      state.variables, batch["image"]).jaxpr, "conv_general_dilated")
   assert forward == 6
 
   def convs(objective):
-    cfg = _config(objective)
-    extras = jax.eval_shape(lambda: objectives.init_extras(cfg, image_shape))
-    step = steps.make_train_step(experiment.model, cfg, experiment.schedule)
-    return _count(jax.make_jaxpr(step)(state.replace(extras=extras), batch).jaxpr, "conv_general_dilated")
+    built = _objective(experiment, _config(objective))
+    extras = jax.eval_shape(lambda: built.init_extras(image_shape))
+    return _count(jax.make_jaxpr(built.train_step)(state.replace(extras=extras), batch).jaxpr,
+                  "conv_general_dilated")
 
   erm = convs("erm")
   assert erm == 3 * forward - 1
@@ -224,7 +230,7 @@ def test_backward_passes_simultaneous_one_alternating_two(experiment):
 def test_bad_delta_rule_is_one_config_error():
   config = _config("uat_simultaneous", "pgd")
   with pytest.raises(ConfigError, match="uat.delta_rule"):
-    trainer.Experiment(config)
+    Experiment(config)
   with pytest.raises(ConfigError, match="uat.delta_rule"):
     uat.UATConfig.from_config(config)
 

@@ -4,7 +4,7 @@ AdvProp (Xie thesis, ch. 7, algorithm 2) treats clean images and adversarial
 examples as two domains that share every weight except the BatchNorms:
 
   1. attack the network *through the auxiliary BNs* (their batch statistics
-     by default, `attack.bn_mode`; nothing updated) to turn the clean
+     by default, `config.attack_bn_mode`; nothing updated) to turn the clean
      mini-batch x^c into x^a;
   2. L^c = CE(x^c) through the main BNs, L^a = CE(x^a) through the auxiliary
      BNs, each pass updating only its own running statistics;
@@ -41,12 +41,13 @@ and proportional to the mean over the mixed batch (eq. 6.1, alpha = x/(1+x))
 for the mixture BN. `advprop_attack` builds the attackers of sec. 7.5.1 from
 eps: n = eps + 1 steps (1 for eps = 1) of size 1.
 
-The auxiliary statistics live in `state.extras[AUX_BATCH_STATS]`, one entry
-per collection ('batch_stats_adv', ...), so they are replicated, donated and
-checkpointed with the state; `trainer.variables_of` puts them back beside
-'batch_stats'. Their affine parameters (`scale_adv`, ...) are ordinary params.
+The auxiliary statistics are collections of the model state beside
+'batch_stats' ('batch_stats_adv', ...), so they are replicated, donated and
+checkpointed with the train state; their affine parameters (`scale_adv`, ...)
+are ordinary params. Evaluation normalises with `advprop.eval_bn`.
 """
 
+import dataclasses
 import functools
 from collections.abc import Callable
 
@@ -54,18 +55,34 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import ml_collections
-import optax
 
-from advjax import data
-from advjax import config as config_lib
-from advjax.attacks import losses, pgd, threat
+from advjax import tasks
+from advjax.attacks import pgd, threat
 from advjax.errors import ConfigError
 from advjax.models import aux_bn
-from advjax.training import objectives, sat, steps
-from advjax.training.train_state import AUX_BATCH_STATS, TrainState
+from advjax.training import sat
+from advjax.training.objectives import base
+from advjax.training.train_state import TrainState
 
 # Attackers of AdvProp's ablation (sec. 7.5.4, table 7.7).
 ATTACKERS = ("pgd", "ifgsm", "gd")
+
+
+def config_block() -> ml_collections.ConfigDict:
+  """The documented `config.advprop` block (Xie thesis chs. 6-7)."""
+  c = ml_collections.ConfigDict()
+  # BN set of the adversarial examples: an auxiliary set name (AdvProp, MBN_adv),
+  # or 'main' for the mixture BN (clean and adversarial images in one batch).
+  c.adv_bn = "adv"
+  # Auxiliary BN set of augmented clean images batch['image_aug'] (fine-grained AdvProp, 7.5.4; needs
+  # data.augment, and then batch['image'] is the un-augmented view); '' none.
+  c.aug_bn = ""
+  c.clean_ratio = 1.0  # x of "100% adv + x% clean": fraction of each clean batch trained on (fig. 6.1).
+  c.logit_pairing = 0.0  # Weight of adversarial logit pairing (ALP, sec. 6.4.1); 0 disables.
+  c.project_eps_ball = True  # False: the unprojected GD attacker of sec. 7.5.4.
+  c.running_stats_last_epochs = 0.0  # Train with running BN statistics for the last N epochs (table 6.2).
+  c.eval_bn = "main"  # BN set used for evaluation: 'main' or a trained auxiliary set (table 6.1, 7.3).
+  return c
 
 
 def advprop_attack(eps: float, attacker: str = "pgd") -> pgd.AttackConfig:
@@ -77,9 +94,7 @@ def advprop_attack(eps: float, attacker: str = "pgd") -> pgd.AttackConfig:
       start; the caller also sets `advprop.project_eps_ball = False`).
 
   Returns:
-    An AttackConfig with n = eps + 1 iterations (n = 1 for eps = 1) of step 1
-    through the auxiliary set's batch statistics (bn_mode 'batch'); with
-    'eval' the attack normalises with that set's running statistics.
+    An AttackConfig with n = eps + 1 iterations (n = 1 for eps = 1) of step 1.
 
   Raises:
     ConfigError: unknown attacker or eps < 1.
@@ -90,17 +105,23 @@ def advprop_attack(eps: float, attacker: str = "pgd") -> pgd.AttackConfig:
     raise ConfigError(f"AdvProp eps {eps} must be >= 1 (0-255 units)")
   num_steps = 1 if eps == 1 else int(round(eps)) + 1
   return pgd.AttackConfig(norm="linf", eps=float(eps), step_size=1.0, num_steps=num_steps,
-                          init="zero" if attacker == "ifgsm" else "uniform", bn_mode="batch")
+                          init="zero" if attacker == "ifgsm" else "uniform")
 
 
 def configure_attacker(config: ml_collections.ConfigDict, eps: float, attacker: str = "pgd") -> None:
-  """Sets `config.attack` and `config.advprop.project_eps_ball` for an AdvProp attacker."""
-  config.attack = config_lib.as_config_dict(advprop_attack(eps, attacker))
+  """Sets the section-7.5.1 attacker in `config`: `attack`, `attack_bn_mode` and `advprop.project_eps_ball`.
+
+  The attack normalises with the auxiliary set's batch statistics ('batch');
+  set `config.attack_bn_mode = 'eval'` afterwards for its running statistics.
+  """
+  for field, value in dataclasses.asdict(advprop_attack(eps, attacker)).items():
+    config.attack[field] = value
+  config.attack_bn_mode = "batch"
   config.advprop.project_eps_ball = attacker != "gd"
 
 
 def unprojected_attack(logits_fn: Callable[[jax.Array], jax.Array], x: jax.Array, y: jax.Array,
-                       rng: jax.Array, cfg: pgd.AttackConfig) -> jax.Array:
+                       rng: jax.Array, cfg: pgd.AttackConfig, task=None) -> jax.Array:
   """The GD attacker (sec. 7.5.4): `cfg`'s iterations without the eps-ball projection.
 
   Starts like `cfg` (e.g. uniform in the eps ball) and keeps x + delta in
@@ -109,16 +130,18 @@ def unprojected_attack(logits_fn: Callable[[jax.Array], jax.Array], x: jax.Array
   Args:
     logits_fn: `x -> logits`.
     x: [batch, height, width, channels] clean images in [0, 1].
-    y: [batch] labels.
+    y: [batch] labels (or label maps).
     rng: PRNG key.
     cfg: the attack config (step rule, size and count, start).
+    task: scores the labels; default `advjax.tasks.for_labels(y)`.
 
   Returns:
     [batch, height, width, channels] adversarial images in [0, 1].
   """
+  task = tasks.for_labels(y) if task is None else task
   sizes = pgd.resolve_sizes(cfg)
   k_labels, k_init, k_steps = jax.random.split(rng, 3)
-  labels = pgd.attack_labels(logits_fn, x, y, k_labels, cfg)
+  labels = pgd.attack_labels(logits_fn, x, y, k_labels, cfg, task)
   loss_fn = pgd.attack_loss(cfg)
 
   def objective(delta, key):
@@ -128,15 +151,14 @@ def unprojected_attack(logits_fn: Callable[[jax.Array], jax.Array], x: jax.Array
   def project(delta):
     return threat.clip_to_box(x, delta)
 
-  delta = project(pgd.init_perturbation(k_init, x.shape, cfg, sizes, x.dtype))
+  ball = pgd.threat_model(cfg, sizes)
+  delta = project(ball.init(k_init, x.shape, cfg.init, cfg.clean_init_fraction, x.dtype))
   delta = pgd.optimize_perturbation(objective, delta, k_steps, cfg, sizes, project)
   return threat.apply(x, delta)
 
 
 def bn_sets(config: ml_collections.ConfigDict) -> tuple[str, ...]:
-  """The auxiliary BN sets `config` trains (none unless the objective is advprop)."""
-  if config.objective != "advprop":
-    return ()
+  """The auxiliary BN sets an `advprop` config trains."""
   names = (config.advprop.adv_bn, config.advprop.aug_bn)
   return tuple(dict.fromkeys(n for n in names if n and n != aux_bn.MAIN))
 
@@ -150,72 +172,117 @@ def _apply(model: nn.Module, variables: dict, x: jax.Array, bn_set: str, use_bat
   return logits, updates.get(col, variables[col])
 
 
-def make_advprop_loss(model: nn.Module, config: ml_collections.ConfigDict) -> objectives.LossFn:
-  """AdvProp's L^c + L^a (algorithm 2) with the chapter-6 knobs of `config.advprop`.
+class AdvProp(base.Objective):
+  """`advprop`: L^c + L^a with auxiliary BNs (algorithm 2) and the chapter-6 knobs of `config.advprop`."""
 
-  Args:
-    model: the classifier with its main norm ('batchnorm[:momentum]' for
-      auxiliary sets; any norm for the mixture strategy adv_bn='main').
-    config: the experiment config.
+  @classmethod
+  def views(cls, config: ml_collections.ConfigDict) -> tuple[str, ...]:
+    return ("image_aug",) if config.advprop.aug_bn else ()
 
-  Returns:
-    `loss_fn(params, batch_stats, batch, rng, use_batch_stats=True) ->
-    (loss, (batch_stats, metrics))`, where `batch_stats` maps collection
-    names ('batch_stats', 'batch_stats_adv', ...) to statistics and
-    `use_batch_stats` (static) is False in the running-statistics phase.
-  """
-  cfg = config.advprop
-  attack_cfg = pgd.AttackConfig.from_config(config.attack)
-  adv_set, aug_set = cfg.adv_bn, cfg.aug_bn
-  attack_model, model = sat.attacker_and_trainee(model, config)
-  smoothing = config.label_smoothing
-  attack_batch_stats = attack_cfg.bn_mode == "batch"
-  for bn_set in bn_sets(config):
-    aux_bn.aux_norm(model.norm, bn_set)  # Fails early, naming the norm, for a non-BatchNorm model.
+  @classmethod
+  def config_block(cls):
+    return "advprop", config_block()
 
-  def ce_sum(logits, labels):
-    return jnp.sum(losses.cross_entropy(logits, labels, smoothing))
+  @classmethod
+  def validate(cls, config: ml_collections.ConfigDict) -> None:
+    a = config.advprop
 
-  def loss_fn(params, batch_stats, batch, rng, use_batch_stats=True):
+    def require(ok, field, why):
+      if not ok:
+        raise ConfigError(f"config.advprop.{field}: {why}")
+
+    require(bool(a.adv_bn) and (a.adv_bn == aux_bn.MAIN or a.adv_bn.isidentifier()), "adv_bn",
+            "must be 'main' or an identifier naming an auxiliary BN set")
+    require(a.aug_bn == "" or (a.aug_bn.isidentifier() and a.aug_bn not in (aux_bn.MAIN, a.adv_bn)),
+            "aug_bn", "must be '' or an auxiliary set name other than 'main' and adv_bn")
+    require(not a.aug_bn or config.data.augment, "aug_bn",
+            "trains on the augmented view of each image, so data.augment must be True")
+    require(0.0 <= a.clean_ratio <= 1.0, "clean_ratio", "must be in [0, 1]")
+    require(0 <= a.logit_pairing < float("inf"), "logit_pairing", "must be finite and non-negative")
+    require(a.logit_pairing == 0 or a.clean_ratio > 0, "logit_pairing",
+            "pairs clean and adversarial logits, so clean_ratio must be positive")
+    require(0 <= a.running_stats_last_epochs < float("inf"), "running_stats_last_epochs",
+            "must be finite and non-negative")
+    trained = (aux_bn.MAIN, a.adv_bn, a.aug_bn)
+    require(a.eval_bn in trained, "eval_bn",
+            f"{a.eval_bn!r} is not a trained BN set; known: {', '.join(repr(t) for t in trained if t)}")
+    try:
+      pgd.AttackConfig.from_config(config.attack)
+    except ConfigError as e:
+      raise ConfigError(f"config.attack: {e}") from e
+    for bn_set in bn_sets(config):
+      aux_bn.aux_norm(config.model.norm, bn_set)  # Fails early, naming the norm, for a non-BatchNorm model.
+    sat.validate(config)
+
+  def __init__(self, ctx: base.ObjectiveContext):
+    super().__init__(ctx)
+    self.validate(self.config)
+    self.attack_cfg = pgd.AttackConfig.from_config(self.config.attack)
+    self.attack_model, self.train_model = sat.attacker_and_trainee(self.model, self.config)
+    last = self.config.advprop.running_stats_last_epochs
+    # The first step trained with running statistics (table 6.2), or None if never.
+    self.running_stats_start = (None if not last else
+                                max(0, ctx.total_steps - int(round(last * ctx.steps_per_epoch))))
+
+  def bn_sets(self) -> tuple[str, ...]:
+    return bn_sets(self.config)
+
+  def eval_model(self) -> nn.Module:
+    return aux_bn.with_bn_set(self.model, self.config.advprop.eval_bn)
+
+  def loss(self, params, model_state, batch, rng, use_batch_stats=True):
+    """(L^c + L^a) / B with the chapter-6 knobs; `use_batch_stats` (static) is False in the running-statistics phase.
+
+    Returns:
+      (loss, (model_state with every trained set's statistics, metrics)).
+    """
+    cfg = self.config.advprop
+    adv_set, aug_set = cfg.adv_bn, cfg.aug_bn
+    smoothing = self.config.label_smoothing
+    attack_batch_stats = self.config.attack_bn_mode == "batch"
     x, y = batch["image"], batch["label"]
     size = x.shape[0]
     num_clean = int(round(cfg.clean_ratio * size))
     attack_rng, clean_rng, adv_rng, aug_rng = jax.random.split(rng, 4)
-    variables = {"params": params, **batch_stats}
+    variables = {"params": params, **model_state}
     frozen = jax.lax.stop_gradient(variables)
+
+    def ce_sum(logits, labels):
+      return jnp.sum(self.task.loss(logits, labels, smoothing))
 
     def attack_logits(images):
       # The attacked network normalises with the adversarial set (its running statistics for
-      # attack.bn_mode 'eval', the batch's for 'batch'); any statistics update is discarded.
-      return _apply(attack_model, frozen, images, adv_set, attack_batch_stats and use_batch_stats,
+      # attack_bn_mode 'eval', the batch's for 'batch'); any statistics update is discarded.
+      return _apply(self.attack_model, frozen, images, adv_set, attack_batch_stats and use_batch_stats,
                     attack_rng, train=False)[0]
 
     if cfg.project_eps_ball:
-      x_adv = pgd.attack(attack_logits, x, y, attack_rng, attack_cfg)
+      x_adv = pgd.attack(attack_logits, x, y, attack_rng, self.attack_cfg, task=self.task)
     else:
-      x_adv = unprojected_attack(attack_logits, x, y, attack_rng, attack_cfg)
+      x_adv = unprojected_attack(attack_logits, x, y, attack_rng, self.attack_cfg, self.task)
     x_adv = jax.lax.stop_gradient(x_adv)
 
-    new_stats = dict(batch_stats)
+    new_state = dict(model_state)
     clean_logits = None
+    model = self.train_model
     if adv_set == aux_bn.MAIN and num_clean:
       # Mixture BN: one batch, one set of statistics for both domains.
-      both, new_stats["batch_stats"] = _apply(
+      both, new_state["batch_stats"] = _apply(
           model, variables, jnp.concatenate([x[:num_clean], x_adv]), aux_bn.MAIN, use_batch_stats, adv_rng)
       clean_logits, adv_logits = both[:num_clean], both[num_clean:]
     else:
-      adv_logits, new_stats[aux_bn.collection(adv_set)] = _apply(
+      adv_logits, new_state[aux_bn.collection(adv_set)] = _apply(
           model, variables, x_adv, adv_set, use_batch_stats, adv_rng)
       if num_clean:
-        clean_logits, new_stats["batch_stats"] = _apply(
+        clean_logits, new_state["batch_stats"] = _apply(
             model, variables, x[:num_clean], aux_bn.MAIN, use_batch_stats, clean_rng)
     total = ce_sum(adv_logits, y)
-    metrics = {"adv_accuracy": jnp.mean(losses.correct(adv_logits, y))}
+    metrics = {"adv_accuracy": jnp.mean(self.task.correct(adv_logits, y))}
     if clean_logits is not None:
       total += ce_sum(clean_logits, y[:num_clean])
-      metrics["accuracy"] = jnp.mean(losses.correct(clean_logits, y[:num_clean]))
+      metrics["accuracy"] = jnp.mean(self.task.correct(clean_logits, y[:num_clean]))
     if aug_set:
-      aug_logits, new_stats[aux_bn.collection(aug_set)] = _apply(
+      aug_logits, new_state[aux_bn.collection(aug_set)] = _apply(
           model, variables, batch["image_aug"], aug_set, use_batch_stats, aug_rng)
       total += ce_sum(aug_logits, y)
     loss = total / size
@@ -223,57 +290,21 @@ def make_advprop_loss(model: nn.Module, config: ml_collections.ConfigDict) -> ob
       pairing = jnp.mean(jnp.sum(jnp.square(clean_logits - adv_logits[:num_clean]), axis=-1))
       loss += cfg.logit_pairing * pairing
       metrics["logit_pairing"] = pairing
-    return loss, (new_stats, metrics)
+    return loss, (new_state, metrics)
 
-  return loss_fn
-
-
-def running_stats_start(config: ml_collections.ConfigDict) -> int | None:
-  """The first step trained with running statistics (table 6.2), or None if never."""
-  last = config.advprop.running_stats_last_epochs
-  if not last:
-    return None
-  steps_per_epoch = data.get_info(config.data).num_train // config.batch_size
-  total = config_lib.resolve_steps(config, steps_per_epoch)
-  return max(0, total - int(round(last * steps_per_epoch)))
-
-
-def make_advprop_step(model: nn.Module, config: ml_collections.ConfigDict,
-                      schedule: optax.Schedule) -> steps.TrainStep:
-  """The AdvProp train step: one update of all weights; each BN set keeps its own statistics.
-
-  Args:
-    model: the classifier (main BN set).
-    config: the experiment config.
-    schedule: the learning-rate schedule, logged as a metric.
-
-  Returns:
-    A pure `train_step(state, batch) -> (new_state, metrics)`.
-  """
-  loss_fn = make_advprop_loss(model, config)
-  start = running_stats_start(config)
-
-  def train_step(state: TrainState, batch: dict) -> tuple[TrainState, dict]:
+  def train_step(self, state: TrainState, batch: dict) -> tuple[TrainState, dict]:
+    """One update of all weights; each BN set keeps its own statistics."""
     rng = jax.random.fold_in(state.rng, state.step)
-    stats = {"batch_stats": state.batch_stats, **state.extras[AUX_BATCH_STATS]}
 
     def grads(use_batch_stats):
-      fn = functools.partial(loss_fn, use_batch_stats=use_batch_stats)
-      return jax.value_and_grad(fn, has_aux=True)(state.params, stats, batch, rng)
+      fn = functools.partial(self.loss, use_batch_stats=use_batch_stats)
+      return jax.value_and_grad(fn, has_aux=True)(state.params, state.model_state, batch, rng)
 
-    if start is None:
-      (loss, (stats, metrics)), g = grads(True)
+    if self.running_stats_start is None:
+      (loss, (model_state, metrics)), g = grads(True)
     else:
-      (loss, (stats, metrics)), g = jax.lax.cond(
-          state.step >= start, lambda: grads(False), lambda: grads(True))
-    main = stats.pop("batch_stats")
-    new_state = state.apply_gradients(grads=g, batch_stats=main,
-                                      extras={**state.extras, AUX_BATCH_STATS: stats})
-    metrics = {"loss": loss, **metrics, "learning_rate": jnp.asarray(schedule(state.step), jnp.float32)}
+      (loss, (model_state, metrics)), g = jax.lax.cond(
+          state.step >= self.running_stats_start, lambda: grads(False), lambda: grads(True))
+    new_state = state.apply_gradients(grads=g, model_state=model_state)
+    metrics = {"loss": loss, **metrics, "learning_rate": base.learning_rate(self.ctx.schedule, state.step)}
     return new_state, metrics
-
-  return train_step
-
-
-objectives.OBJECTIVES["advprop"] = make_advprop_loss
-steps.CUSTOM_STEPS["advprop"] = make_advprop_step

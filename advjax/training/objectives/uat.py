@@ -27,8 +27,12 @@ the clipped loss min(l, beta) of eq. 3 when `config.uat.clip_beta` > 0
 (the paper introduces the clipping for its universal attack, algorithm 2;
 algorithms 3-4 write the plain loss, which is clip_beta = 0).
 
+The update is the shared ascent step of the attacks (`advjax.attacks.core.ascend`
+with the rule of `advjax.attacks.rules`: 'sign', 'sgd' or 'adam').
+
 delta [height, width, channels] lives in `TrainState.extras['delta']`, with
-the Adam state of the 'adam' rule in `extras['delta_opt_state']`. The step
+its rule's state (Adam's moments; empty for the other rules) in
+`extras['delta_opt_state']`. The step
 jits with the whole state replicated and the batch split over devices, so the
 delta gradient, a mean over the global batch, is an all-reduce that jit
 inserts; every device then applies the same update to the same delta, and it
@@ -37,20 +41,35 @@ is checkpointed with the rest of the state.
 
 import dataclasses
 
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import ml_collections
-import optax
 
-from advjax.attacks import losses, threat
-from advjax.config import UAT_DELTA_RULES
+from advjax.attacks import core, rules, threat
 from advjax.errors import ConfigError
-from advjax.training import objectives, steps
+from advjax.training.objectives import base
 from advjax.training.train_state import TrainState
 
 DELTA = "delta"
 DELTA_OPT_STATE = "delta_opt_state"
+# Ascent rules of the perturbation player and the `advjax.attacks.rules` rule each one is.
+DELTA_RULES = {"fgsm": "sign", "sgd": "sgd", "adam": "adam"}
+
+
+def config_block() -> ml_collections.ConfigDict:
+  """The documented `config.uat` block (0-255 units)."""
+  c = ml_collections.ConfigDict()
+  # Ascent rule for delta: 'fgsm' delta += eps * sign(g) (eq. 6), 'sgd' delta +=
+  # step_size * g (eq. 7), 'adam' Adam ascent at rate step_size.
+  c.delta_rule = "fgsm"
+  c.eps = 8.0  # L-inf radius of delta, 0-255 units.
+  # tau_delta of the 'sgd' and 'adam' rules, 0-255 units (Adam moves a pixel by
+  # about this much per step; SGD scales the gradient on the [0, 1] image scale by it).
+  c.step_size = 1.0
+  # beta of eq. 3: delta ascends the mean of min(CE, beta) so no single example
+  # dominates; 0 ascends the plain CE of algorithms 3-4. Weights always descend the plain CE.
+  c.clip_beta = 0.0
+  return c
 
 
 @dataclasses.dataclass(frozen=True)
@@ -58,7 +77,7 @@ class UATConfig:
   """The delta player's hyper-parameters on the [0, 1] image scale.
 
   Attributes:
-    delta_rule: one of `UAT_DELTA_RULES`.
+    delta_rule: a key of `DELTA_RULES`.
     eps: L-inf radius of delta.
     step_size: tau of the 'sgd' and 'adam' rules.
     clip_beta: beta of eq. 3 for the delta objective; 0 for no clipping.
@@ -70,63 +89,48 @@ class UATConfig:
 
   @classmethod
   def from_config(cls, config: ml_collections.ConfigDict) -> "UATConfig":
-    """Reads `config.uat` (0-255 units) and converts the sizes once."""
+    """Reads and checks `config.uat` (0-255 units) and converts the sizes once.
+
+    Raises:
+      ConfigError: naming the first bad field.
+    """
     cfg = config.uat
-    if cfg.delta_rule not in UAT_DELTA_RULES:
+    if cfg.delta_rule not in DELTA_RULES:
       raise ConfigError(f"config.uat.delta_rule: unknown rule {cfg.delta_rule!r}; "
-                        f"known: {', '.join(UAT_DELTA_RULES)}")
+                        f"known: {', '.join(DELTA_RULES)}")
+    if not 0 < cfg.eps <= 255:
+      raise ConfigError("config.uat.eps: must be in (0, 255]")
+    if not 0 <= cfg.step_size <= 255:
+      raise ConfigError("config.uat.step_size: must be in [0, 255]")
+    if not 0 <= cfg.clip_beta < float("inf"):
+      raise ConfigError("config.uat.clip_beta: must be finite and non-negative (0 means no clipping)")
     return cls(delta_rule=cfg.delta_rule, eps=threat.to_unit(float(cfg.eps)),
                step_size=threat.to_unit(float(cfg.step_size)), clip_beta=float(cfg.clip_beta))
 
+  def rule(self):
+    """The ascent rule of delta."""
+    return rules.get(DELTA_RULES[self.delta_rule])
 
-def delta_optimizer(cfg: UATConfig) -> optax.GradientTransformation:
-  """The Adam of the 'adam' rule, a descent optimiser fed the negated gradient."""
-  return optax.adam(cfg.step_size)
-
-
-def init_extras(config: ml_collections.ConfigDict, image_shape: tuple[int, ...]) -> dict:
-  """The initial extras: delta = 0 and, for the 'adam' rule, Adam's state.
-
-  Args:
-    config: the experiment config.
-    image_shape: (height, width, channels).
-
-  Returns:
-    {'delta': [height, width, channels] float32 zeros} plus
-    'delta_opt_state' when `config.uat.delta_rule` is 'adam'.
-  """
-  cfg = UATConfig.from_config(config)
-  delta = jnp.zeros(image_shape, jnp.float32)
-  extras = {DELTA: delta}
-  if cfg.delta_rule == "adam":
-    extras[DELTA_OPT_STATE] = delta_optimizer(cfg).init(delta)
-  return extras
+  def ascent_step_size(self) -> float:
+    """alpha of the update: eps for the FGSM rule (eq. 6), tau otherwise."""
+    return self.eps if self.delta_rule == "fgsm" else self.step_size
 
 
 def ascend(extras: dict, grad: jax.Array, cfg: UATConfig) -> dict:
-  """One ascent step on delta followed by the projection onto the eps ball.
+  """One ascent step on delta followed by the projection onto the eps ball (`core.ascend`).
 
   Args:
-    extras: {'delta': [H, W, C], optionally 'delta_opt_state'}.
+    extras: {'delta': [H, W, C], 'delta_opt_state': the rule's state}.
     grad: [H, W, C] gradient of the delta objective, a mean over the batch.
     cfg: the delta player's config.
 
   Returns:
     The updated extras, same structure.
   """
-  delta = extras[DELTA]
-  new = dict(extras)
-  if cfg.delta_rule == "fgsm":
-    delta = delta + cfg.eps * jnp.sign(grad)
-  elif cfg.delta_rule == "sgd":
-    delta = delta + cfg.step_size * grad
-  else:
-    # optax descends; negating the gradient makes it ascend the delta objective.
-    updates, new[DELTA_OPT_STATE] = delta_optimizer(cfg).update(-grad, extras[DELTA_OPT_STATE], delta)
-    delta = optax.apply_updates(delta, updates)
-  # project() takes a leading perturbation axis; delta is a single one.
-  new[DELTA] = threat.project(delta[None], "linf", cfg.eps)[0]
-  return new
+  ball = threat.ThreatModel("linf", cfg.eps)
+  delta, opt_state = core.ascend(extras[DELTA], grad, extras[DELTA_OPT_STATE], cfg.rule(),
+                                 cfg.ascent_step_size(), lambda d: ball.project(d[None])[0])
+  return {**extras, DELTA: delta, DELTA_OPT_STATE: opt_state}
 
 
 def delta_objective(per_example_ce: jax.Array, clip_beta: float) -> jax.Array:
@@ -136,70 +140,76 @@ def delta_objective(per_example_ce: jax.Array, clip_beta: float) -> jax.Array:
   return per_example_ce
 
 
-def _metrics(loss, logits, labels, delta_loss, delta, lr) -> dict:
-  return {
-      "loss": loss,
-      "accuracy": jnp.mean(losses.correct(logits, labels)),
-      "delta_loss": delta_loss,
-      # The one conversion back to 0-255 units, for logging.
-      "delta_linf": jnp.max(jnp.abs(delta)) / threat.to_unit(1.0),
-      "learning_rate": lr,
-  }
+class _UniversalAdversarialTraining(base.Objective):
+  """What both algorithms share: delta in the extras, its config, the logged metrics."""
+
+  @classmethod
+  def validate(cls, config: ml_collections.ConfigDict) -> None:
+    UATConfig.from_config(config)
+
+  @classmethod
+  def config_block(cls):
+    return "uat", config_block()
+
+  def __init__(self, ctx: base.ObjectiveContext):
+    super().__init__(ctx)
+    self.uat = UATConfig.from_config(self.config)
+
+  def init_extras(self, image_shape: tuple[int, ...]) -> dict:
+    """delta = 0 [height, width, channels] float32, and its ascent rule's state."""
+    delta = jnp.zeros(image_shape, jnp.float32)
+    return {DELTA: delta, DELTA_OPT_STATE: self.uat.rule().init(delta)}
+
+  def _metrics(self, loss, logits, labels, delta_loss, delta, step) -> dict:
+    return {
+        "loss": loss,
+        "accuracy": jnp.mean(self.task.correct(logits, labels)),
+        "delta_loss": delta_loss,
+        # The one conversion back to 0-255 units, for logging.
+        "delta_linf": jnp.max(jnp.abs(delta)) / threat.to_unit(1.0),
+        "learning_rate": base.learning_rate(self.ctx.schedule, step),
+    }
 
 
-def make_alternating_step(model: nn.Module, config: ml_collections.ConfigDict,
-                          schedule: optax.Schedule) -> steps.TrainStep:
-  """Algorithm 3: a weight step on x + delta, then an ascent step on delta.
+class AlternatingUAT(_UniversalAdversarialTraining):
+  """`uat_alternating`, algorithm 3: a weight step on x + delta, then an ascent step on delta.
 
   Both steps use the same mini-batch, and the ascent sees the updated weights
   and batch statistics, as in the paper's order. The ascent's forward pass
   runs the model in training mode (batch statistics, dropout) like the weight
   step, so delta attacks the network as it is trained; its batch-statistics
-  update is discarded so the running averages move once per step.
-
-  Args:
-    model: the classifier, x in [0, 1].
-    config: the experiment config (`config.uat`, `config.label_smoothing`).
-    schedule: the weights' learning-rate schedule, logged.
-
-  Returns:
-    `train_step(state, batch) -> (state, metrics)` with batch
-    {'image': [batch, H, W, C] in [0, 1], 'label': [batch]}; metrics are
-    loss and accuracy of the weight step on x + delta, the delta objective
-    before the ascent, delta's L-inf norm in 0-255 units and the learning rate.
+  update is discarded so the running averages move once per step. Metrics
+  are the loss and accuracy of the weight step on x + delta, the delta
+  objective before the ascent, delta's L-inf norm in 0-255 units and the
+  learning rate.
   """
-  cfg = UATConfig.from_config(config)
 
-  def train_step(state: TrainState, batch: dict) -> tuple[TrainState, dict]:
+  def train_step(self, state: TrainState, batch: dict) -> tuple[TrainState, dict]:
     weight_rng, delta_rng = jax.random.split(jax.random.fold_in(state.rng, state.step))
     x, y = batch["image"], batch["label"]
     delta = state.extras[DELTA]
-    lr = jnp.asarray(schedule(state.step), jnp.float32)
+    smoothing = self.config.label_smoothing
 
     def weight_loss(params):
-      logits, batch_stats = objectives.apply_train(
-          model, params, state.batch_stats, threat.apply(x, delta), weight_rng)
-      return jnp.mean(losses.cross_entropy(logits, y, config.label_smoothing)), (batch_stats, logits)
+      logits, model_state = base.apply_train(self.model, params, state.model_state, threat.apply(x, delta),
+                                             weight_rng)
+      return jnp.mean(self.task.loss(logits, y, smoothing)), (model_state, logits)
 
-    (loss, (batch_stats, logits)), grads = jax.value_and_grad(weight_loss, has_aux=True)(state.params)
-    state = state.apply_gradients(grads=grads, batch_stats=batch_stats)
+    (loss, (model_state, logits)), grads = jax.value_and_grad(weight_loss, has_aux=True)(state.params)
+    new_state = state.apply_gradients(grads=grads, model_state=model_state)
 
     def delta_loss(delta):
-      logits, _ = objectives.apply_train(
-          model, state.params, state.batch_stats, threat.apply(x, delta), delta_rng)
-      per_example = losses.cross_entropy(logits, y, config.label_smoothing)
-      return jnp.mean(delta_objective(per_example, cfg.clip_beta))
+      logits, _ = base.apply_train(self.model, new_state.params, new_state.model_state, threat.apply(x, delta),
+                                   delta_rng)
+      return jnp.mean(delta_objective(self.task.loss(logits, y, smoothing), self.uat.clip_beta))
 
     d_loss, d_grad = jax.value_and_grad(delta_loss)(delta)
-    extras = ascend(state.extras, d_grad, cfg)
-    return state.replace(extras=extras), _metrics(loss, logits, y, d_loss, delta, lr)
-
-  return train_step
+    new_state = new_state.replace(extras=ascend(new_state.extras, d_grad, self.uat))
+    return new_state, self._metrics(loss, logits, y, d_loss, delta, state.step)
 
 
-def make_simultaneous_step(model: nn.Module, config: ml_collections.ConfigDict,
-                           schedule: optax.Schedule) -> steps.TrainStep:
-  """Algorithm 4: one backward pass yields the weight and the delta gradients.
+class SimultaneousUAT(_UniversalAdversarialTraining):
+  """`uat_simultaneous`, algorithm 4: one backward pass yields the weight and the delta gradients.
 
   delta is broadcast to one copy per example before it is added, and the loss
   is differentiated with respect to (params, copies) in a single VJP. The
@@ -210,47 +220,29 @@ def make_simultaneous_step(model: nn.Module, config: ml_collections.ConfigDict,
   example also depends on the others' inputs through the batch statistics,
   so with clip_beta > 0 that masking is exact only up to this cross-example
   term; with clip_beta = 0 (algorithm 4 as written) there is no approximation.
-
-  Args:
-    model: the classifier, x in [0, 1].
-    config: the experiment config (`config.uat`, `config.label_smoothing`).
-    schedule: the weights' learning-rate schedule, logged.
-
-  Returns:
-    `train_step(state, batch) -> (state, metrics)`, metrics as in
-    `make_alternating_step` (the delta objective at the old weights).
+  Metrics as in `AlternatingUAT` (the delta objective at the old weights).
   """
-  cfg = UATConfig.from_config(config)
 
-  def train_step(state: TrainState, batch: dict) -> tuple[TrainState, dict]:
+  def train_step(self, state: TrainState, batch: dict) -> tuple[TrainState, dict]:
     rng = jax.random.fold_in(state.rng, state.step)
     x, y = batch["image"], batch["label"]
     delta = state.extras[DELTA]
 
     def loss_fn(params, copies):
-      logits, batch_stats = objectives.apply_train(model, params, state.batch_stats, threat.apply(x, copies), rng)
-      per_example = losses.cross_entropy(logits, y, config.label_smoothing)
-      return jnp.mean(per_example), (batch_stats, logits, per_example)
+      logits, model_state = base.apply_train(self.model, params, state.model_state, threat.apply(x, copies), rng)
+      per_example = self.task.loss(logits, y, self.config.label_smoothing)
+      return jnp.mean(per_example), (model_state, logits, per_example)
 
     copies = jnp.broadcast_to(delta, x.shape)
     grad_fn = jax.value_and_grad(loss_fn, argnums=(0, 1), has_aux=True)
-    (loss, (batch_stats, logits, per_example)), (grads, copy_grads) = grad_fn(state.params, copies)
+    (loss, (model_state, logits, per_example)), (grads, copy_grads) = grad_fn(state.params, copies)
     # Each copy's gradient already carries the 1/batch of the mean; masking
     # the examples past beta and summing gives the gradient of the clipped mean.
-    if cfg.clip_beta > 0:
-      keep = (per_example < cfg.clip_beta).astype(copy_grads.dtype)
+    if self.uat.clip_beta > 0:
+      keep = (per_example < self.uat.clip_beta).astype(copy_grads.dtype)
       copy_grads = copy_grads * keep.reshape((-1,) + (1,) * (x.ndim - 1))
     d_grad = jnp.sum(copy_grads, axis=0)
-    d_loss = jnp.mean(delta_objective(per_example, cfg.clip_beta))
-    lr = jnp.asarray(schedule(state.step), jnp.float32)
-    state = state.apply_gradients(grads=grads, batch_stats=batch_stats)
-    state = state.replace(extras=ascend(state.extras, d_grad, cfg))
-    return state, _metrics(loss, logits, y, d_loss, delta, lr)
-
-  return train_step
-
-
-steps.CUSTOM_STEPS["uat_alternating"] = make_alternating_step
-steps.CUSTOM_STEPS["uat_simultaneous"] = make_simultaneous_step
-objectives.EXTRAS["uat_alternating"] = init_extras
-objectives.EXTRAS["uat_simultaneous"] = init_extras
+    d_loss = jnp.mean(delta_objective(per_example, self.uat.clip_beta))
+    new_state = state.apply_gradients(grads=grads, model_state=model_state)
+    new_state = new_state.replace(extras=ascend(new_state.extras, d_grad, self.uat))
+    return new_state, self._metrics(loss, logits, y, d_loss, delta, state.step)

@@ -1,0 +1,103 @@
+"""The evaluator protocol and the helpers every evaluator shares.
+
+An evaluator is a class registered by name (`advjax.evaluation.EVALUATORS`).
+`config.evals` names the evaluations to run, big_vision style: each entry is
+a ConfigDict with a `type` (the registry name) and that evaluator's
+arguments, e.g.
+
+    config.evals.pgd = ml_collections.ConfigDict(dict(type='pgd', eps=(8.0,), steps=40))
+
+An evaluator class declares its arguments as a frozen dataclass `Args` (every
+field with a default; `from_config` checks types and values and names a bad
+field), is built as `cls(name, args, ctx)` with the entry's name and an
+`EvalContext`, and `run(variables)` yields `(name, value)` pairs whose values
+are JSON-ready numbers, booleans, strings, lists or dicts. The runner
+collects them into `{entry name: {name: value}}`.
+
+Metrics over a split are sums of per-batch statistics (`Task.metric_sums`)
+computed by jitted functions taking the model builder as a static argument, so
+one compile serves every checkpoint and every probe of a search.
+"""
+
+from __future__ import annotations
+
+import abc
+import dataclasses
+import functools
+from collections.abc import Callable, Iterable, Iterator
+from typing import Any
+
+import jax
+import numpy as np
+
+from advjax import tasks as tasks_lib
+from advjax import typed_config
+from advjax.attacks import core
+from advjax.evaluation.context import EvalContext
+
+
+class Evaluator(abc.ABC):
+  """Base class of evaluators (see the module docstring)."""
+
+  @dataclasses.dataclass(frozen=True)
+  class Args:
+    """No arguments."""
+
+  def __init__(self, name: str, args: Any, ctx: EvalContext):
+    self.name = name
+    self.args = args
+    self.ctx = ctx
+
+  @classmethod
+  def parse_args(cls, name: str, entry: dict[str, Any]) -> Any:
+    """The evaluator's `Args` from a config entry (without its 'type'); ConfigError names a bad field."""
+    return typed_config.from_mapping(cls.Args, entry, f"config.evals.{name}")
+
+  @abc.abstractmethod
+  def run(self, variables: Any) -> Iterator[tuple[str, Any]]:
+    """Evaluates the model with `variables`, yielding (name, value) pairs."""
+
+
+def task_for(task: tasks_lib.Task | None, model_fn: Callable, variables: Any, batch: dict) -> tasks_lib.Task:
+  """`task`, or the task the batch's labels imply with the model's number of classes."""
+  if task is not None:
+    return task
+  shape = jax.eval_shape(core.bind(model_fn, variables), batch["image"]).shape
+  return tasks_lib.for_labels(batch["label"], shape[-1])
+
+
+def add_sums(total: dict[str, np.ndarray] | None, sums: dict[str, Any]) -> dict[str, np.ndarray]:
+  """Adds one batch's statistics (device arrays) to running host float64 totals."""
+  sums = {k: np.asarray(v, np.float64) for k, v in jax.device_get(sums).items()}
+  if total is None:
+    return sums
+  return {k: total[k] + sums[k] for k in total}
+
+
+@functools.partial(jax.jit, static_argnames=("model_fn", "task"))
+def _clean_sums(model_fn, variables, batch, task):
+  logits = core.bind(model_fn, variables)(batch["image"])
+  return task.metric_sums(logits, batch["label"], batch["mask"])
+
+
+def clean_metrics(model_fn: Callable, batches: Iterable[dict], *, task: tasks_lib.Task | None = None,
+                  variables: Any = None) -> dict[str, Any]:
+  """The task's metrics on unperturbed inputs.
+
+  Args:
+    model_fn: `x -> logits`, or a builder `variables -> (x -> logits)` when
+      `variables` is given.
+    batches: {'image', 'label', 'mask'} dicts (mask 1 = real example, 0 = padding).
+    task: scores the labels; default the one the labels' rank implies.
+    variables: optional model variables (traced).
+
+  Returns:
+    `task.metric_values` of the summed statistics: {'accuracy',
+    'num_examples'} for classification, {'pixel_accuracy', 'miou', 'iou',
+    ...} for segmentation.
+  """
+  total = None
+  for batch in batches:
+    task = task_for(task, model_fn, variables, batch)
+    total = add_sums(total, _clean_sums(model_fn, variables, batch, task))
+  return task.metric_values(total) if total is not None else {}

@@ -1,0 +1,284 @@
+"""Measuring universal perturbations, and the eps_uni(delta) search.
+
+A universal perturbation delta [H, W, C] (`advjax.attacks.universal`) is
+judged on held-out data with it added, x + delta clipped to [0, 1]:
+
+  accuracy        the task's metrics on the perturbed data (for a targeted
+                  attack, also against the target: the fraction of examples,
+                  or of pixels, that land on it)
+  fooling ratio   the fraction of examples whose prediction changes (UAT
+                  paper, footnote 1; for label maps, of valid pixels)
+
+eps_uni(delta) is the universal robustness of shared adversarial training
+(sec. 5.1-5.2): the smallest L-inf radius at which a universal perturbation
+reaches the rate delta. As in the paper, each probe fits the universal
+adversary with stochastic PGD on training data (5000 validation images in
+mini-batches of m_k = 16 there) and measures the rate on held-out data (512
+test images there), by the bisection of `advjax.evaluation.search`. The rate
+is the misclassification (pixel error) rate, or for a targeted attack the
+rate of hitting the target: for segmentation with a target scene, the pixel
+accuracy against the target map (the shared-AT paper's success criterion,
+pixel accuracy >= delta = 0.95). The radius is traced, so the probes share one
+compilation.
+
+Evaluators (`config.evals` types): 'eps_uni' (the search; the perturbation
+found is saved as `<entry>.npy` and an amplified `<entry>.png`) and
+'universal' (accuracy and fooling ratio under a perturbation of fixed radius,
+the UAT paper's tables 1-2, optionally beside the iterative DeepFool universal
+perturbation, with the wall time of each).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import os
+import time
+from collections.abc import Callable, Iterable, Iterator
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from advjax import tasks as tasks_lib
+from advjax import viz
+from advjax.attacks import core, threat
+from advjax.attacks import universal as universal_lib
+from advjax.attacks import universal_deepfool
+from advjax.errors import ConfigError, DataError
+from advjax.evaluation import base, search
+from advjax.tasks import labels as labels_lib
+
+
+@functools.partial(jax.jit, static_argnames=("model_fn", "task"))
+def _universal_sums(model_fn, variables, batch, delta, target, task):
+  fn = core.bind(model_fn, variables)
+  y, mask = batch["label"], universal_lib.batch_mask(batch)
+  clean_logits = fn(batch["image"])
+  adv_logits = fn(threat.apply(batch["image"], delta))
+  fooled = labels_lib.mean_over_valid((jnp.argmax(adv_logits, -1) != jnp.argmax(clean_logits, -1))
+                                      .astype(jnp.float32), y)
+  sums = {"clean": task.metric_sums(clean_logits, y, mask), "adversarial": task.metric_sums(adv_logits, y, mask),
+          "fooled": {"fooled": jnp.sum(fooled * mask), "count": jnp.sum(mask)}}
+  if target is not None:
+    sums["target"] = task.metric_sums(adv_logits, jnp.broadcast_to(target, y.shape).astype(jnp.int32), mask)
+  return sums
+
+
+def evaluate_universal(model_fn: Callable, batches: Iterable[dict], delta: jax.Array, *,
+                       task: tasks_lib.Task | None = None, variables: Any = None,
+                       target: Any = None) -> dict[str, Any]:
+  """The task's metrics with a universal perturbation added, and its fooling ratio.
+
+  Args:
+    model_fn: `x -> logits`, or a builder when `variables` is given.
+    batches: iterable of {'image', 'label', 'mask'} dicts (held-out data).
+    delta: [H, W, C] universal perturbation.
+    task: scores the labels; default the one the labels' rank implies.
+    variables: optional model variables (traced).
+    target: optional target of a targeted attack: a class, or a label map
+      [H, W]; adds the metrics against it.
+
+  Returns:
+    {'clean': metrics, 'adversarial': metrics on clip(x + delta, 0, 1),
+     'fooling_ratio': the fraction of examples (of valid pixels, for label
+     maps) whose prediction changes, and 'target': metrics against the
+     target if one is given}.
+  """
+  target = None if target is None else jnp.asarray(target, jnp.int32)
+  totals = None
+  for batch in batches:
+    task = base.task_for(task, model_fn, variables, batch)
+    sums = _universal_sums(model_fn, variables, batch, delta, target, task)
+    totals = {k: base.add_sums(None if totals is None else totals[k], v) for k, v in sums.items()}
+  if totals is None:
+    raise DataError("evaluate_universal: no batches")
+  out = {"clean": task.metric_values(totals["clean"]), "adversarial": task.metric_values(totals["adversarial"]),
+         "fooling_ratio": float(totals["fooled"]["fooled"] / max(float(totals["fooled"]["count"]), 1.0))}
+  if target is not None:
+    out["target"] = task.metric_values(totals["target"])
+  return out
+
+
+def success_rate(report: dict[str, Any], task: tasks_lib.Task, targeted: bool) -> float:
+  """The rate a universal attack aims at: hitting the target, or the error rate."""
+  return task.accuracy(report["target"]) if targeted else task.error_rate(report["adversarial"])
+
+
+def eps_uni_search(model_fn: Callable,
+                   attack_batches: Iterable[dict] | Callable[[], Iterable[dict]],
+                   eval_batches: Iterable[dict], rng: jax.Array,
+                   cfg: universal_lib.UniversalConfig | None = None, *, target_rate: float = 0.75,
+                   num_steps: int = 10, lower: float = 0.0, upper: float = 255.0,
+                   task: tasks_lib.Task | None = None, variables: Any = None,
+                   target: Any = None) -> search.SearchResult:
+  """Binary search for eps_uni(delta), the universal robustness of sec. 5.1-5.2.
+
+  Args:
+    model_fn: `x -> logits`, or a builder when `variables` is given.
+    attack_batches: batches the adversary is fitted on, re-iterable or a
+      callable returning a fresh iterable (every probe restarts it, so every
+      probe sees the same stream).
+    eval_batches: held-out batches (materialised once).
+    rng: PRNG key, the same for every probe.
+    cfg: universal config whose eps is ignored; default
+      `universal.shared_at_eval_config()`. With `cfg.targeted` the rate is
+      that of hitting the target (`target`, or `cfg.target_class`).
+    target_rate: delta in (0, 1].
+    num_steps: b, the number of bisection probes (paper: 10).
+    lower: left end of the interval (0-255 units).
+    upper: right end of the interval (0-255 units).
+    task: scores the labels; default the one the labels' rank implies.
+    variables: optional model variables (traced).
+    target: optional target label map [H, W] of a targeted attack.
+
+  Returns:
+    The `search.SearchResult` (eps = eps_uni); its artifact is the [H, W, C]
+    perturbation found at eps_uni as a numpy array (zeros if eps_uni = 0,
+    None if not found).
+
+  Raises:
+    DataError: no evaluation batches.
+  """
+  cfg = universal_lib.shared_at_eval_config() if cfg is None else cfg
+  held_out = list(eval_batches)
+  if not held_out:
+    raise DataError("eps_uni_search: eval_batches is empty")
+  task = base.task_for(task, model_fn, variables, held_out[0])
+  image_shape = tuple(held_out[0]["image"].shape[1:])
+  if cfg.targeted and target is None:
+    target = cfg.target_class
+  goal = target if cfg.targeted else None
+
+  def rate(delta):
+    report = evaluate_universal(model_fn, held_out, delta, task=task, variables=variables, target=goal)
+    return success_rate(report, task, cfg.targeted)
+
+  def probe(eps):
+    delta = universal_lib.universal_perturbation(model_fn, attack_batches, rng, cfg, image_shape,
+                                                 variables=variables, eps=eps,
+                                                 target=target if cfg.targeted else None)
+    return rate(delta), np.asarray(delta)
+
+  zero = np.zeros(image_shape, np.float32)
+  return search.bisect(probe, target_rate=target_rate, clean_rate=rate(jnp.asarray(zero)), num_steps=num_steps,
+                       lower=lower, upper=upper, clean_artifact=zero)
+
+
+def save_perturbation(delta: np.ndarray, out_dir: str | None, name: str, eps: float) -> None:
+  """`<name>.npy` and an amplified `<name>.png` in `out_dir` (process 0 only; nothing if out_dir is None)."""
+  if out_dir is None or jax.process_index() != 0:
+    return
+  viz.save_perturbation(np.asarray(delta), os.path.join(out_dir, name), eps=eps / 255.0,
+                        scale=max(1, 128 // delta.shape[0]))
+
+
+def _universal_args(name: str, fields: dict) -> universal_lib.UniversalConfig:
+  try:
+    return universal_lib.UniversalConfig.from_config(fields)
+  except ConfigError as e:
+    raise ConfigError(f"config.evals.{name}.universal: {e}") from e
+
+
+class EpsUni(base.Evaluator):
+  """'eps_uni': eps_uni(delta) of shared adversarial training by bisection; saves the perturbation."""
+
+  @dataclasses.dataclass(frozen=True)
+  class Args:
+    """Attributes:
+      rate: delta, the rate to reach (misclassification, or target hits).
+      search_steps: b, bisection probes on [0, 255].
+      batch_size: m_k, training examples per iteration of the universal adversary.
+      universal: fields of `advjax.attacks.universal.UniversalConfig` (its eps
+        is set by the search); default the paper's K = 200, beta = 4, gamma = 0.975.
+    """
+    rate: float = 0.75
+    search_steps: int = 10
+    batch_size: int = 16
+    universal: dict = dataclasses.field(default_factory=lambda: dataclasses.asdict(
+        universal_lib.shared_at_eval_config()))
+
+    def __post_init__(self):
+      if not 0 < self.rate <= 1:
+        raise ConfigError(f"eps_uni evaluator: rate={self.rate!r} must be in (0, 1]")
+      if self.search_steps < 1 or self.batch_size < 1:
+        raise ConfigError("eps_uni evaluator: search_steps and batch_size must be >= 1")
+
+  @classmethod
+  def parse_args(cls, name, entry):
+    args = super().parse_args(name, entry)
+    _universal_args(name, args.universal)
+    return args
+
+  def run(self, variables) -> Iterator[tuple[str, Any]]:
+    a = self.args
+    cfg = _universal_args(self.name, a.universal)
+    result = eps_uni_search(self.ctx.model_fn, self.ctx.train_stream(a.batch_size, self.name),
+                            self.ctx.held_out(), self.ctx.key(self.name), cfg, target_rate=a.rate,
+                            num_steps=a.search_steps, task=self.ctx.task, variables=variables)
+    if result.artifact is not None:
+      save_perturbation(result.artifact, self.ctx.out_dir, self.name, result.eps)
+    yield "target_rate", a.rate
+    yield from result.values().items()
+
+
+class Universal(base.Evaluator):
+  """'universal': metrics and fooling ratio under universal perturbations of fixed radii (UAT tables 1-2).
+
+  For each eps the perturbation of `universal` is fitted on training batches
+  and measured on the held-out ones ('eps<value>' -> {'accuracy', ...,
+  'fooling_ratio', 'seconds'}); with `deepfool_examples`, the iterative
+  DeepFool universal perturbation (UAT's algorithm 1) is fitted on that many
+  training images too ('deepfool_eps<value>'). Perturbations are saved as
+  '<entry>_eps<value>.npy/.png'.
+  """
+
+  @dataclasses.dataclass(frozen=True)
+  class Args:
+    """Attributes:
+      eps: radii in 0-255 units.
+      batch_size: training examples per iteration of the universal adversary.
+      universal: fields of `UniversalConfig` (eps set per radius); default algorithm 2's.
+      deepfool_examples: fit iterative DeepFool on this many training images too; 0 skips.
+      deepfool_passes: at most this many passes over them (algorithm 1).
+    """
+    eps: tuple = ()
+    batch_size: int = 16
+    universal: dict = dataclasses.field(default_factory=lambda: dataclasses.asdict(universal_lib.uat_config()))
+    deepfool_examples: int = 0
+    deepfool_passes: int = 10
+
+    def __post_init__(self):
+      if not all(isinstance(e, (int, float)) and 0 < e <= 255 for e in self.eps):
+        raise ConfigError(f"universal evaluator: eps values {self.eps!r} must be numbers in (0, 255]")
+
+  @classmethod
+  def parse_args(cls, name, entry):
+    args = super().parse_args(name, entry)
+    _universal_args(name, args.universal)
+    return args
+
+  def _report(self, variables, delta, seconds) -> dict[str, Any]:
+    result = evaluate_universal(self.ctx.model_fn, self.ctx.held_out(), delta, task=self.ctx.task,
+                                variables=variables)
+    return {**result["adversarial"], "fooling_ratio": result["fooling_ratio"], "seconds": seconds}
+
+  def run(self, variables) -> Iterator[tuple[str, Any]]:
+    a = self.args
+    rng = self.ctx.key(self.name)
+    for eps in a.eps:
+      cfg = dataclasses.replace(_universal_args(self.name, a.universal), eps=float(eps))
+      start = time.perf_counter()
+      delta = universal_lib.universal_perturbation(self.ctx.model_fn, self.ctx.train_stream(a.batch_size, self.name),
+                                                   rng, cfg, self.ctx.image_shape, variables=variables)
+      delta = jax.block_until_ready(delta)
+      yield f"eps{eps:g}", self._report(variables, delta, time.perf_counter() - start)
+      save_perturbation(np.asarray(delta), self.ctx.out_dir, f"{self.name}_eps{eps:g}", eps)
+      if a.deepfool_examples:
+        images = next(iter(self.ctx.train_stream(a.deepfool_examples, self.name + "/deepfool")()))["image"]
+        start = time.perf_counter()
+        deepfool_cfg = universal_deepfool.UniversalDeepFoolConfig(eps=float(eps), max_passes=a.deepfool_passes)
+        result = universal_deepfool.universal_deepfool(self.ctx.model_fn(variables), images, rng, deepfool_cfg)
+        v = jax.block_until_ready(result.perturbation)
+        yield f"deepfool_eps{eps:g}", self._report(variables, v, time.perf_counter() - start)

@@ -1,0 +1,70 @@
+"""Per-example reductions over labels of any shape: the arithmetic every task shares.
+
+Labels are class indices `[batch]` or dense maps `[batch, height, width]` where
+a negative entry marks a position to ignore. A per-position quantity
+`[batch, ...]` becomes one value per example by averaging over the valid
+positions (`mean_over_valid`); for class labels this is the identity. The
+cross-entropy and correctness here are the ones every loss, objective and
+metric in advjax reduces this way, so that a dense label map is never scored
+by a different rule in two places.
+"""
+
+import jax
+import jax.numpy as jnp
+
+
+def valid(labels: jax.Array) -> jax.Array:
+  """Boolean mask of the positions that carry a label (label >= 0)."""
+  return labels >= 0
+
+
+def mean_over_valid(per_position: jax.Array, labels: jax.Array) -> jax.Array:
+  """Averages `[batch, ...]` values over the non-batch axes, skipping ignored labels.
+
+  Args:
+    per_position: [batch] or [batch, ...] values, one per labelled position.
+    labels: integer labels of the same shape; negative entries are ignored.
+
+  Returns:
+    [batch] means; an example without a valid position gets 0.
+  """
+  if per_position.ndim == 1:
+    return per_position
+  weights = valid(labels).astype(per_position.dtype)
+  axes = tuple(range(1, per_position.ndim))
+  total = jnp.sum(per_position * weights, axis=axes)
+  return total / jnp.maximum(jnp.sum(weights, axis=axes), 1.0)
+
+
+def soft_targets(labels: jax.Array, num_classes: int, label_smoothing: float = 0.0) -> jax.Array:
+  """One-hot targets mixed with the uniform distribution: (1 - a) * onehot + a / K."""
+  onehot = jax.nn.one_hot(jnp.maximum(labels, 0), num_classes)
+  return onehot * (1.0 - label_smoothing) + label_smoothing / num_classes
+
+
+def cross_entropy_per_position(logits: jax.Array, labels: jax.Array,
+                               label_smoothing: float = 0.0) -> jax.Array:
+  """[batch, ...] softmax cross-entropy of every position, in float32 (ignored positions included)."""
+  logits = logits.astype(jnp.float32)
+  targets = soft_targets(labels, logits.shape[-1], label_smoothing)
+  return -jnp.sum(targets * jax.nn.log_softmax(logits), axis=-1)
+
+
+def cross_entropy(logits: jax.Array, labels: jax.Array, label_smoothing: float = 0.0) -> jax.Array:
+  """Softmax cross-entropy against (optionally label-smoothed) targets.
+
+  Args:
+    logits: [batch, ..., classes].
+    labels: [batch, ...] integer classes; negative entries are ignored.
+    label_smoothing: weight `a` of the uniform distribution in the targets.
+
+  Returns:
+    [batch] float32 loss per example.
+  """
+  return mean_over_valid(cross_entropy_per_position(logits, labels, label_smoothing), labels)
+
+
+def correct(logits: jax.Array, labels: jax.Array) -> jax.Array:
+  """[batch] fraction of valid positions whose argmax is the label (0/1 for class labels)."""
+  hits = (jnp.argmax(logits, axis=-1) == labels).astype(jnp.float32)
+  return mean_over_valid(hits, labels)

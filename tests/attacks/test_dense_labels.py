@@ -1,0 +1,176 @@
+"""Dense label maps through every adversary and evaluation, checked against NumPy.
+
+A tiny fully convolutional model labels each pixel of 8x8 digit images with
+one of three classes (background, thin stroke, thick stroke); the label maps
+carry ignored (-1) pixels. PGD with restarts, the heap adversary and the
+universal adversary toward a target map run on them unchanged, and the
+evaluation's pixel accuracy and mean IoU equal a NumPy recomputation on the
+same adversarial images.
+"""
+
+import dataclasses
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from advjax import evaluation, tasks
+from advjax.attacks import heap, make_logits_fn, universal
+from advjax.attacks import pgd as pgd_lib
+from advjax.evaluation import universal as universal_eval
+from tests.attacks import tiny_models
+
+K = 3
+KEY = jax.random.key(5)
+
+
+class TinyFCN(nn.Module):
+  """conv3x3(8) - relu - conv3x3(8) - relu - conv1x1(K): logits [B, H, W, K]."""
+
+  @nn.compact
+  def __call__(self, x, train: bool = False, use_batch_stats: bool | None = None):
+    del train, use_batch_stats
+    x = nn.relu(nn.Conv(8, (3, 3), padding="SAME")(x))
+    x = nn.relu(nn.Conv(8, (3, 3), padding="SAME")(x))
+    return nn.Conv(K, (1, 1))(x).astype(jnp.float32)
+
+
+def _label_maps(x):
+  """0 background, 1 faint ink, 2 strong ink; an ignored band in the middle row."""
+  y = np.where(x[..., 0] > 0.6, 2, np.where(x[..., 0] > 0.1, 1, 0)).astype(np.int32)
+  y[:, 4, :] = -1
+  return y
+
+
+@pytest.fixture(scope="module")
+def fcn():
+  """(logits_fn, x [32, 8, 8, 1], y [32, 8, 8]) after a few Adam steps."""
+  import optax
+  x_train, _, x_test, _ = tiny_models.digits()
+  y_train = _label_maps(x_train)
+  model = TinyFCN()
+  params = model.init(jax.random.key(0), jnp.asarray(x_train[:2]))
+  tx = optax.adam(1e-2)
+  opt = tx.init(params)
+  task = tasks.Segmentation(K)
+
+  @jax.jit
+  def step(params, opt, x, y):
+    grads = jax.grad(lambda p: jnp.mean(task.loss(model.apply(p, x), y)))(params)
+    updates, opt = tx.update(grads, opt)
+    return optax.apply_updates(params, updates), opt
+
+  rng = np.random.default_rng(0)
+  for _ in range(60):
+    idx = rng.choice(len(x_train), 128, replace=False)
+    params, opt = step(params, opt, x_train[idx], y_train[idx])
+  x = jnp.asarray(x_test[:32])
+  return make_logits_fn(model, params), x, jnp.asarray(_label_maps(np.asarray(x)))
+
+
+def _np_scores(logits, y):
+  """(per-image fooled fraction, confusion matrix) in NumPy."""
+  pred = np.asarray(logits).argmax(-1)
+  y = np.asarray(y)
+  valid = y >= 0
+  fooled = ((pred != y) & valid).sum((1, 2)) / np.maximum(valid.sum((1, 2)), 1)
+  confusion = np.zeros((K, K))
+  np.add.at(confusion, (y[valid], pred[valid]), 1)
+  return fooled, confusion
+
+
+def test_the_model_segments(fcn):
+  logits_fn, x, y = fcn
+  _, confusion = _np_scores(logits_fn(x), y)
+  assert np.trace(confusion) / confusion.sum() > 0.9
+
+
+def test_pgd_with_restarts_on_label_maps(fcn):
+  logits_fn, x, y = fcn
+  cfg = pgd_lib.pgd(24.0, step_size=6.0, num_steps=4, restart_select="misclassified")
+  one = pgd_lib.attack(logits_fn, x, y, KEY, cfg)
+  many = pgd_lib.attack(logits_fn, x, y, KEY, dataclasses.replace(cfg, restarts=3))
+  for x_adv in (one, many):
+    assert float(jnp.max(jnp.abs(x_adv - x))) <= 24 / 255 + 1e-6
+    assert float(x_adv.min()) >= 0.0 and float(x_adv.max()) <= 1.0
+  fooled_one, _ = _np_scores(logits_fn(one), y)
+  fooled_many, _ = _np_scores(logits_fn(many), y)
+  # Restart 0 is the single run; per image the kept restart fools at least as many pixels.
+  assert np.all(fooled_many >= fooled_one - 1e-6) and np.any(fooled_many > fooled_one)
+  # The task's success is the fooled fraction of an image's valid pixels.
+  np.testing.assert_allclose(tasks.Segmentation(K).success(logits_fn(many), y, y, False), fooled_many, rtol=1e-6)
+
+
+def test_attacked_evaluation_matches_numpy(fcn):
+  logits_fn, x, y = fcn
+  mask = (jnp.arange(32) < 27).astype(jnp.float32)
+  batches = [{"image": x, "label": y, "mask": mask}]
+  cfg = pgd_lib.pgd(24.0, step_size=6.0, num_steps=4)
+  result = evaluation.attacked_metrics(logits_fn, batches, cfg, KEY, task=tasks.Segmentation(K))
+  x_adv = pgd_lib.attack(logits_fn, x, y, jax.random.fold_in(KEY, 0), cfg, task=tasks.Segmentation(K))
+  for name, images in (("clean", x), ("adversarial", x_adv)):
+    _, confusion = _np_scores(logits_fn(images[:27]), y[:27])
+    inter = np.diag(confusion)
+    union = confusion.sum(0) + confusion.sum(1) - inter
+    assert result[name]["pixel_accuracy"] == pytest.approx(inter.sum() / confusion.sum())
+    assert result[name]["miou"] == pytest.approx(np.mean(inter[union > 0] / union[union > 0]))
+    assert result[name]["num_examples"] == 27
+  assert result["adversarial"]["miou"] < result["clean"]["miou"] - 0.1
+
+
+def test_heap_adversary_on_label_maps(fcn):
+  logits_fn, x, y = fcn
+  cfg = pgd_lib.pgd(24.0, step_size=6.0, num_steps=3)
+  np.testing.assert_array_equal(np.asarray(heap.heap_attack(logits_fn, x, y, KEY, cfg, 1)),
+                                np.asarray(pgd_lib.attack(logits_fn, x, y, KEY, cfg)))
+  x_adv = heap.heap_attack(logits_fn, x, y, KEY, cfg, 8)
+  delta = np.asarray(x_adv - x).reshape(4, 8, 8, 8, 1)
+  # One perturbation per heap: wherever the box did not clip a member, the members agree.
+  free = (np.asarray(x_adv) > 0) & (np.asarray(x_adv) < 1)
+  free = free.reshape(delta.shape)
+  high = np.where(free, delta, -np.inf).max(axis=1)
+  low = np.where(free, delta, np.inf).min(axis=1)
+  both = free.sum(axis=1) >= 2
+  assert both.sum() > 100 and np.all((high - low)[both] <= 1e-6)
+  fooled, _ = _np_scores(logits_fn(x_adv), y)
+  clean, _ = _np_scores(logits_fn(x), y)
+  assert fooled.mean() > clean.mean() + 0.05
+
+
+def test_universal_perturbation_toward_a_target_map(fcn):
+  logits_fn, x, y = fcn
+  target = np.asarray(y[0]).copy()
+  target[target < 0] = 0
+  target = np.where(np.arange(8)[None, :] < 4, 2, target)  # A scene: the left half 'strong ink'.
+  batches = [{"image": x[i:i + 8], "label": y[i:i + 8], "mask": jnp.ones(8)} for i in range(0, 32, 8)]
+  cfg = universal.UniversalConfig(eps=128.0, step_size=16.0, num_iterations=16, targeted=True, loss="cross_entropy")
+  delta = universal.universal_perturbation(logits_fn, batches, KEY, cfg, (8, 8, 1), target=jnp.asarray(target))
+  assert float(jnp.max(jnp.abs(delta))) <= 128 / 255 + 1e-6
+  report = universal_eval.evaluate_universal(logits_fn, batches, delta, target=target)
+  before = universal_eval.evaluate_universal(logits_fn, batches, 0 * delta, target=target)
+  # Pixel accuracy against the target map, recomputed in NumPy.
+  pred = np.asarray(logits_fn(jnp.clip(x + delta, 0, 1))).argmax(-1)
+  assert report["target"]["pixel_accuracy"] == pytest.approx(np.mean(pred == target[None]))
+  assert report["target"]["pixel_accuracy"] > before["target"]["pixel_accuracy"] + 0.1
+
+
+def test_targeted_universal_on_constant_maps_equals_the_classification_adversary(logits_fn, batch):
+  """A segmentation model whose every pixel carries the classifier's logits, labels constant per image:
+  the dense loss is the classification loss, so both adversaries take the same steps."""
+  x, y = batch
+
+  def dense_fn(images):
+    return jnp.broadcast_to(logits_fn(images)[:, None, None, :], images.shape[:3] + (10,))
+
+  maps = jnp.broadcast_to(y[:, None, None], (32, 8, 8))
+  cfg = universal.UniversalConfig(eps=32.0, step_size=4.0, num_iterations=5, targeted=True, target_class=3,
+                                  loss="cross_entropy")
+  flat = universal.universal_perturbation(logits_fn, [{"image": x, "label": y}], KEY, cfg, (8, 8, 1))
+  dense = universal.universal_perturbation(dense_fn, [{"image": x, "label": maps}], KEY, cfg, (8, 8, 1))
+  np.testing.assert_allclose(np.asarray(dense), np.asarray(flat), atol=1e-6)
+  by_map = universal.universal_perturbation(dense_fn, [{"image": x, "label": maps}], KEY, cfg, (8, 8, 1),
+                                            target=jnp.full((8, 8), 3))
+  np.testing.assert_allclose(np.asarray(by_map), np.asarray(flat), atol=1e-6)
+  assert float(jnp.max(jnp.abs(flat))) > 0
