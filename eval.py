@@ -3,7 +3,11 @@
 Writes `<workdir>/eval.json` and appends the results to the run's metrics.
 """
 
-from advjax import cli
+from advjax import preemption
+
+preemption.install()  # From here on SIGTERM asks for a clean stop, even during the imports below.
+
+from advjax import cli  # noqa: E402
 
 
 def main(config, workdir):

@@ -4,7 +4,11 @@ Override any config field with `--config.<field>=<value>`. Rerunning with the
 same workdir resumes from the latest checkpoint.
 """
 
-from advjax import cli
+from advjax import preemption
+
+preemption.install()  # From here on SIGTERM asks for a clean stop, even during the imports below.
+
+from advjax import cli  # noqa: E402
 
 
 def main(config, workdir):

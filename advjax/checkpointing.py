@@ -1,31 +1,118 @@
-"""Checkpoints of the train state with orbax, in `<workdir>/checkpoints`.
+"""Checkpoints of the train state with orbax, in `<workdir>/checkpoints`, verified on restore.
 
 A run saves every `checkpoint_every_steps` steps and at the end, keeping the
 most recent few. Restarting a run with the same workdir restores the latest
 checkpoint and continues; because data order and per-step randomness are
 functions of the step, the resumed run is bitwise the uninterrupted one.
 
-Restores are checked against the structure, shapes and dtypes of a freshly
-initialised state, so a checkpoint from another model is one clear
-`CheckpointError` and nothing in the directory is modified.
+Integrity. Every checkpoint holds two items: `state`, the train state, and
+`integrity`, a fingerprint of each of its arrays (a position-weighted sum of
+the array's bits modulo 2^32, computed on the device, and whether it is
+finite). A restore recomputes the fingerprints of what it read and compares:
+
+  * a checkpoint whose arrays do not match their fingerprints, hold
+    non-finite values, or cannot be decoded is *damaged*: it is moved aside
+    to `checkpoints_damaged/<step>` (never deleted), the step and the first
+    bad array are named on stderr, and the run falls back to the newest
+    checkpoint that verifies. So a damaged checkpoint is never restored, and
+    the checkpoint rotation (`keep_checkpoints`) never sees it.
+  * a checkpoint whose structure, shapes or dtypes differ from the template
+    holds another model or state: that is one clear `CheckpointError`, and
+    nothing in the directory is modified.
+
+Only finite states are saved (`save` refuses others), so with the training
+loop's non-finite guard the newest checkpoint is always a good one.
+
+Write failures. `checkpoints/` must be writable before a run starts
+(`Checkpointer` checks with a probe file); saves run asynchronously, and the
+error of a failed one (a full disk, a removed permission) is raised by the
+next `save` or `check`, which the training loop calls every step, as one
+`CheckpointError` naming the directory. The previous checkpoint is intact:
+orbax writes into a temporary directory and renames it when complete.
 
 `read(run_dir, template)` reads part of another run's latest checkpoint (its
 model, for fine-tuning, evaluation or a pretrained backbone) with one shared
-orbax checkpointer, without opening a manager on that run.
+orbax checkpointer, without opening a manager on that run, verifying the
+arrays it reads the same way.
 """
 
 import functools
 import os
+import shutil
+import sys
 from typing import Any
 
 import jax
+import jax.numpy as jnp
+import numpy as np
 import orbax.checkpoint as ocp
+from jax import lax
 
 from advjax.errors import CheckpointError
 
 CHECKPOINT_DIR = "checkpoints"
-# The item name CheckpointManager gives a single saved tree (`<step>/default`).
-_ITEM = "default"
+DAMAGED_DIR = "checkpoints_damaged"
+STATE_ITEM = "state"
+INTEGRITY_ITEM = "integrity"
+# An odd multiplier: every array position contributes its bits times a distinct odd weight.
+_GOLDEN = np.uint32(2654435761)
+
+
+def path_name(path) -> str:
+  """'params/conv1/kernel' for a pytree key path (attribute and dict keys alike)."""
+  parts = []
+  for entry in path:
+    for attr in ("name", "key", "idx"):
+      if hasattr(entry, attr):
+        parts.append(str(getattr(entry, attr)))
+        break
+  return "/".join(parts)
+
+
+def _leaf_fingerprint(x: jax.Array) -> jax.Array:
+  """[checksum, finite] as a uint32 pair."""
+  if jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key):
+    x = jax.random.key_data(x)
+  flat = jnp.ravel(x)
+  size = flat.dtype.itemsize
+  if flat.dtype == jnp.bool_ or size == 1:
+    bits = flat.astype(jnp.uint32)
+  elif size == 2:
+    bits = lax.bitcast_convert_type(flat, jnp.uint16).astype(jnp.uint32)
+  else:
+    bits = jnp.ravel(lax.bitcast_convert_type(flat, jnp.uint32))
+  weights = jnp.arange(bits.shape[0], dtype=jnp.uint32) * _GOLDEN + jnp.uint32(1)
+  checksum = jnp.sum(bits * weights, dtype=jnp.uint32)
+  finite = jnp.all(jnp.isfinite(flat)) if jnp.issubdtype(flat.dtype, jnp.inexact) else jnp.bool_(True)
+  return jnp.stack([checksum, finite.astype(jnp.uint32)])
+
+
+@jax.jit
+def _fingerprint_arrays(tree: Any) -> Any:
+  return jax.tree.map(_leaf_fingerprint, tree)
+
+
+def fingerprints(tree: Any) -> dict[str, list]:
+  """{array path: [checksum, finite]} of every array of `tree` (computed on the device).
+
+  The checksum sum_i bits_i * (i * 2654435761 + 1) mod 2^32 changes when any
+  single element changes and, with probability 1 - 2^-32, when several do.
+  """
+  prints = jax.device_get(_fingerprint_arrays(tree))
+  flat, _ = jax.tree_util.tree_flatten_with_path(prints)
+  return {path_name(path): [int(pair[0]), bool(pair[1])] for path, pair in flat}
+
+
+def _first_mismatch(found: dict[str, list], saved: dict[str, list]) -> str | None:
+  """The first array whose fingerprint differs from the saved one, or that is not finite."""
+  for name, (checksum, finite) in found.items():
+    if name not in saved:
+      return f"{name} has no saved fingerprint"
+    if checksum != saved[name][0]:
+      return f"{name} does not match its checksum"
+    if not finite:
+      return f"{name} holds non-finite values"
+  return None
 
 
 def _abstract(tree: Any) -> Any:
@@ -33,52 +120,165 @@ def _abstract(tree: Any) -> Any:
   return jax.tree.map(ocp.utils.to_shape_dtype_struct, tree)
 
 
+def _shapes(tree: Any) -> dict[str, tuple]:
+  flat, _ = jax.tree_util.tree_flatten_with_path(tree)
+  return {path_name(p): (tuple(leaf.shape), str(jnp.dtype(leaf.dtype))) for p, leaf in flat}
+
+
+def _structure_difference(template: Any, metadata: Any, partial: bool) -> str | None:
+  """Why a saved tree (metadata) cannot be restored into `template`, or None."""
+  want = _shapes(_abstract(template))
+  have = {name: (tuple(m.shape), str(jnp.dtype(m.dtype))) for name, m in _shapes_of_metadata(metadata).items()}
+  for name, spec in want.items():
+    if name not in have:
+      return f"it has no array {name}"
+    if have[name][0] != spec[0]:
+      return f"{name} has shape {have[name][0]}, the model needs {spec[0]}"
+  extra = sorted(set(have) - set(want))
+  if extra and not partial:
+    return f"it holds arrays this state does not have ({', '.join(extra[:3])})"
+  return None
+
+
+def _shapes_of_metadata(metadata: Any) -> dict[str, Any]:
+  flat, _ = jax.tree_util.tree_flatten_with_path(metadata, is_leaf=lambda v: hasattr(v, "shape"))
+  return {path_name(p): m for p, m in flat if hasattr(m, "shape")}
+
+
+def _first_line(e: Exception) -> str:
+  text = str(e).strip()
+  return text.splitlines()[0] if text else type(e).__name__
+
+
 class Checkpointer:
-  """A thin wrapper of `ocp.CheckpointManager` for one run directory."""
+  """`ocp.CheckpointManager` for one run directory, with fingerprints and write checks."""
 
   def __init__(self, workdir: str, *, keep: int = 2, create: bool = True):
-    self.directory = os.path.join(os.path.abspath(workdir), CHECKPOINT_DIR)
-    options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=create)
-    self._manager = ocp.CheckpointManager(self.directory, options=options)
+    self.workdir = os.path.abspath(workdir)
+    self.directory = os.path.join(self.workdir, CHECKPOINT_DIR)
+    if create:
+      _check_writable(self.directory)
+    self._options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=create)
+    self._manager = self._open()
+
+  def _open(self) -> ocp.CheckpointManager:
+    return ocp.CheckpointManager(self.directory, options=self._options, item_handlers={
+        STATE_ITEM: ocp.StandardCheckpointHandler(), INTEGRITY_ITEM: ocp.JsonCheckpointHandler()})
 
   def latest_step(self) -> int | None:
     return self._manager.latest_step()
 
-  def save(self, step: int, state: Any, *, wait: bool = False) -> None:
-    """Saves `state` (a pytree of arrays) as checkpoint `step`."""
-    self._manager.save(step, args=ocp.args.StandardSave(state), force=True)
-    if wait:
-      self._manager.wait_until_finished()
+  def check(self) -> None:
+    """Raises the error of a failed asynchronous save, as one CheckpointError naming the directory."""
+    try:
+      self._manager.check_for_errors()
+    except Exception as e:  # orbax re-raises whatever the writer thread hit.
+      raise CheckpointError(f"saving a checkpoint in {self.directory} failed: {_first_line(e)}") from e
 
-  def restore(self, template: Any, step: int | None = None) -> Any:
-    """Restores checkpoint `step` (default latest) into the structure of `template`.
+  def save(self, step: int, state: Any, *, wait: bool = False) -> None:
+    """Saves `state` (a pytree of arrays) with its fingerprints as checkpoint `step`.
+
+    Raises:
+      CheckpointError: a previous save failed, this one cannot start, or the
+        state holds non-finite values (it is never written).
+    """
+    self.check()
+    prints = fingerprints(state)
+    bad = next((name for name, (_, finite) in prints.items() if not finite), None)
+    if bad is not None:
+      raise CheckpointError(f"refusing to save checkpoint {step}: {bad} holds non-finite values")
+    try:
+      self._manager.save(step, args=ocp.args.Composite(**{
+          STATE_ITEM: ocp.args.StandardSave(state), INTEGRITY_ITEM: ocp.args.JsonSave(prints)}), force=True)
+      if wait:
+        self._manager.wait_until_finished()
+    except Exception as e:  # Disk full, permissions: one line naming the directory.
+      raise CheckpointError(f"saving checkpoint {step} in {self.directory} failed: {_first_line(e)}") from e
+    self.check()
+
+  def restore(self, template: Any, step: int | None = None) -> tuple[int, Any]:
+    """The newest checkpoint (or `step`) that verifies, restored into `template`'s structure.
 
     Args:
       template: a pytree with the structure, shapes, dtypes and shardings the
         checkpoint must have (a freshly initialised state).
-      step: which checkpoint; None for the latest.
+      step: which checkpoint; None for the newest that verifies.
+
+    Returns:
+      (step, state).
 
     Raises:
-      CheckpointError: if there is no checkpoint or it does not match `template`.
+      CheckpointError: no checkpoint, one that holds another model or state,
+        or no checkpoint that verifies.
     """
-    step = self.latest_step() if step is None else step
-    if step is None:
+    candidates = [step] if step is not None else sorted(self._manager.all_steps(), reverse=True)
+    if not candidates:
       raise CheckpointError(f"no checkpoint in {self.directory}")
-    try:
-      return self._manager.restore(step, args=ocp.args.StandardRestore(_abstract(template)))
-    except Exception as e:  # orbax raises many types for mismatched trees.
-      first_line = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-      raise CheckpointError(
-          f"checkpoint {step} in {self.directory} does not match this config's model/state: {first_line}") from e
+    for candidate in candidates:
+      try:
+        metadata = self._manager.item_metadata(candidate)[STATE_ITEM]
+      except Exception as e:  # Unreadable metadata: the checkpoint is damaged.
+        self._set_aside(candidate, f"its metadata cannot be read ({_first_line(e)})")
+        continue
+      why = _structure_difference(template, metadata, partial=False)
+      if why is not None:
+        raise CheckpointError(f"checkpoint {candidate} in {self.directory} holds another model or state: {why}")
+      try:
+        restored = self._manager.restore(candidate, args=ocp.args.Composite(**{
+            STATE_ITEM: ocp.args.StandardRestore(_abstract(template)), INTEGRITY_ITEM: ocp.args.JsonRestore()}))
+        problem = _first_mismatch(fingerprints(restored[STATE_ITEM]), restored[INTEGRITY_ITEM])
+      except Exception as e:  # Undecodable bytes.
+        problem = f"it cannot be read ({_first_line(e)[:200]})"
+      if problem is None:
+        return candidate, restored[STATE_ITEM]
+      self._set_aside(candidate, problem)
+    raise CheckpointError(f"no checkpoint in {self.directory} verifies (the damaged ones are in "
+                          f"{os.path.join(self.workdir, DAMAGED_DIR)})")
 
-  def close(self) -> None:
-    self._manager.wait_until_finished()
+  def _set_aside(self, step: int, why: str) -> None:
+    """Moves a damaged checkpoint to `checkpoints_damaged/<step>` and says so on stderr."""
+    source = os.path.join(self.directory, str(step))
+    target = os.path.join(self.workdir, DAMAGED_DIR, str(step))
+    if jax.process_index() == 0:
+      os.makedirs(os.path.dirname(target), exist_ok=True)
+      if os.path.exists(target):
+        shutil.rmtree(target)
+      os.replace(source, target)
+      print(f"warning: checkpoint {step} ({source}) is damaged: {why}; moved to {target}, "
+            "falling back to the previous checkpoint", file=sys.stderr, flush=True)
     self._manager.close()
+    self._manager = self._open()
+
+  def close(self, quiet: bool = False) -> None:
+    """Waits for pending saves and raises their error, if any (unless `quiet`, when another error is on its way)."""
+    try:
+      self._manager.wait_until_finished()
+    except Exception as e:
+      if not quiet:
+        raise CheckpointError(f"saving a checkpoint in {self.directory} failed: {_first_line(e)}") from e
+    finally:
+      try:
+        self._manager.close()
+      except Exception:  # A manager whose writer failed may fail to close again; the error is reported.
+        if not quiet:
+          raise
+
+
+def _check_writable(directory: str) -> None:
+  """Creates `directory` if needed and writes a probe file; CheckpointError if either fails."""
+  probe = os.path.join(directory, ".write_probe")
+  try:
+    os.makedirs(directory, exist_ok=True)
+    with open(probe, "w") as f:
+      f.write("ok")
+    os.remove(probe)
+  except OSError as e:
+    raise CheckpointError(f"checkpoint directory {directory!r} is not writable: {e.strerror}") from e
 
 
 @functools.lru_cache(maxsize=None)
-def _reader() -> ocp.Checkpointer:
-  return ocp.PyTreeCheckpointer()
+def _readers() -> tuple[ocp.Checkpointer, ocp.Checkpointer]:
+  return ocp.PyTreeCheckpointer(), ocp.Checkpointer(ocp.JsonCheckpointHandler())
 
 
 def latest_step(run_dir: str) -> int | None:
@@ -91,7 +291,7 @@ def latest_step(run_dir: str) -> int | None:
 
 
 def read(run_dir: str, template: dict[str, Any], step: int | None = None) -> tuple[int, dict[str, Any]]:
-  """Reads some fields of a run's saved train state.
+  """Reads some fields of a run's saved train state, verified against their fingerprints.
 
   Args:
     run_dir: a run directory holding `checkpoints/`.
@@ -106,17 +306,43 @@ def read(run_dir: str, template: dict[str, Any], step: int | None = None) -> tup
     (step, the restored fields).
 
   Raises:
-    CheckpointError: no checkpoint, or its fields differ from `template`'s.
+    CheckpointError: no checkpoint, fields that differ from `template`'s, or
+      arrays that do not match their fingerprints.
   """
-  step = latest_step(run_dir) if step is None else step
   if step is None:
-    raise CheckpointError(f"no checkpoints in {run_dir!r}")
-  path = os.path.join(os.path.abspath(run_dir), CHECKPOINT_DIR, str(step), _ITEM)
+    directory = os.path.join(os.path.abspath(run_dir), CHECKPOINT_DIR)
+    steps = sorted(ocp.path.step.checkpoint_steps(directory), reverse=True) if os.path.isdir(directory) else []
+    if not steps:
+      raise CheckpointError(f"no checkpoints in {run_dir!r}")
+    for candidate in steps[:-1]:
+      try:
+        return read(run_dir, template, candidate)
+      except CheckpointError as e:
+        if "does not hold this config's model" in str(e):
+          raise
+        print(f"warning: {e}; reading the previous checkpoint", file=sys.stderr, flush=True)
+    step = steps[-1]
+  base = os.path.join(os.path.abspath(run_dir), CHECKPOINT_DIR, str(step))
+  trees, jsons = _readers()
+  try:
+    metadata = trees.metadata(os.path.join(base, STATE_ITEM))
+    metadata = getattr(metadata, "item_metadata", metadata)
+  except Exception as e:
+    raise CheckpointError(f"checkpoint {step} in {run_dir!r} is damaged: its metadata cannot be read "
+                          f"({_first_line(e)[:200]})") from e
+  why = _structure_difference(template, metadata, partial=True)
+  if why is not None:
+    raise CheckpointError(f"checkpoint {step} in {run_dir!r} does not hold this config's model: {why}")
   abstract = _abstract(template)
   args = ocp.args.PyTreeRestore(item=abstract, restore_args=ocp.checkpoint_utils.construct_restore_args(abstract),
                                 partial_restore=True)
   try:
-    return step, _reader().restore(path, args=args)
-  except Exception as e:  # orbax raises many types for mismatched trees.
-    first_line = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-    raise CheckpointError(f"checkpoint {step} in {run_dir!r} does not hold this config's model: {first_line}") from e
+    restored = trees.restore(os.path.join(base, STATE_ITEM), args=args)
+    saved = jsons.restore(os.path.join(base, INTEGRITY_ITEM))
+  except Exception as e:
+    raise CheckpointError(f"checkpoint {step} in {run_dir!r} is damaged: it cannot be read "
+                          f"({_first_line(e)[:200]})") from e
+  problem = _first_mismatch(fingerprints(restored), saved)
+  if problem is not None:
+    raise CheckpointError(f"checkpoint {step} in {run_dir!r} is damaged: {problem}")
+  return step, restored

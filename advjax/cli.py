@@ -7,6 +7,7 @@ unwritable workdir, missing data) ends the program with one line on stderr
 naming the problem and exit status 2, before anything is written.
 """
 
+import ast
 import os
 import sys
 from collections.abc import Callable
@@ -28,7 +29,38 @@ def fail(message: str) -> None:
   sys.exit(EXIT_USAGE)
 
 
+def _config_path(argv: list[str]) -> str | None:
+  """The file part of the `--config` argument ('configs/x.py' of 'configs/x.py:arg'), if any."""
+  for i, arg in enumerate(argv):
+    value = None
+    if arg.startswith("--config="):
+      value = arg.split("=", 1)[1]
+    elif arg == "--config" and i + 1 < len(argv):
+      value = argv[i + 1]
+    if value is not None:
+      return value.split(":", 1)[0]
+  return None
+
+
+def check_config_file(path: str) -> None:
+  """One clear line for a config file that is missing, does not parse, or has no get_config()."""
+  if not os.path.isfile(path):
+    fail(f"config file {path!r} does not exist")
+  try:
+    with open(path) as f:
+      tree = ast.parse(f.read(), filename=path)
+  except SyntaxError as e:
+    fail(f"config file {path!r} has a syntax error at line {e.lineno}: {e.msg}")
+  except (OSError, UnicodeDecodeError) as e:
+    fail(f"config file {path!r} cannot be read: {e}")
+  if not any(isinstance(node, ast.FunctionDef) and node.name == "get_config" for node in tree.body):
+    fail(f"config file {path!r} defines no get_config() function")
+
+
 def _parse_flags(argv: list[str]) -> list[str]:
+  path = _config_path(argv)
+  if path is not None:
+    check_config_file(path)
   try:
     return flags.FLAGS(argv)
   except flags.Error as e:
@@ -59,5 +91,8 @@ def run(main: Callable[[object, str], None]) -> None:
       main(config, os.path.abspath(_WORKDIR.value))
     except AdvjaxError as e:
       fail(str(e))
+    finally:
+      # orbax's background threads must not print after the error line.
+      logging.set_verbosity(logging.FATAL)
 
   app.run(_main, flags_parser=_parse_flags)

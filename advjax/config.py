@@ -118,6 +118,10 @@ def base_config() -> ml_collections.ConfigDict:
   # batch statistics) of a fresh run, to fine-tune as the shared-AT paper does; '' starts from scratch.
   c.init_checkpoint = ""
 
+  # A step whose loss, gradient norm or new state is not finite: 'stop' the run
+  # with an error before anything from it is saved, or 'skip' it (undone in the step).
+  c.nonfinite = "stop"
+
   c.log_every_steps = 50  # Metrics cadence (metrics.jsonl, TensorBoard, progress line).
   c.checkpoint_every_steps = 500  # Checkpoint cadence; one is always written at the end.
   c.keep_checkpoints = 2  # Most recent checkpoints kept.
@@ -128,6 +132,8 @@ def base_config() -> ml_collections.ConfigDict:
   c.eval.split = "test"
   c.eval.num_examples = 0  # Evaluate on the first N held-out examples; 0 means all.
   c.eval.output_file = "eval.json"  # Name of eval.py's results file in the workdir.
+  # eval.py refuses a config whose model fields differ from the run's config.json; True allows it.
+  c.eval.cross_evaluate = False
 
   # What eval.py measures, big_vision style: entry name -> {'type': a key of
   # advjax.evaluation.EVALUATORS, **its arguments} (each evaluator's Args
@@ -180,6 +186,59 @@ def _require(condition: bool, field: str, message: str) -> None:
     raise ConfigError(f"config.{field}: {message}")
 
 
+def _number(value) -> bool:
+  return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+# Numeric fields: (lowest, highest, whether the lowest is allowed, whether it must be an integer).
+# Every one must also be finite. Attack, universal, UAT and AdvProp blocks and
+# evaluator arguments are checked by their owners.
+_RANGES = {
+    "seed": (0, 2**32 - 1, True, True),
+    "data.image_size": (0, 16384, True, True),
+    "data.class_subset": (0, 1_000_000, True, True),
+    "batch_size": (1, 2**24, True, True),
+    "num_epochs": (0, 1e6, True, False),
+    "num_steps": (0, 2**31 - 1, True, True),
+    "adv_weight": (0.0, 1.0, True, False),
+    "label_smoothing": (0.0, 0.999, True, False),
+    "sharedness": (1, 2**24, True, True),
+    "optimizer.learning_rate": (0.0, 1e3, True, False),
+    "optimizer.momentum": (0.0, 0.9999, True, False),
+    "optimizer.b1": (0.0, 0.9999, True, False),
+    "optimizer.b2": (0.0, 0.999999, True, False),
+    "optimizer.decay": (0.0, 0.9999, True, False),
+    "optimizer.eps": (0.0, 1.0, False, False),
+    "optimizer.weight_decay": (0.0, 1.0, True, False),
+    "schedule.decay_factor": (0.0, 1e3, False, False),
+    "schedule.warmup_epochs": (0.0, 1e6, True, False),
+    "log_every_steps": (1, 2**31 - 1, True, True),
+    "checkpoint_every_steps": (1, 2**31 - 1, True, True),
+    "keep_checkpoints": (1, 10_000, True, True),
+    "eval.batch_size": (1, 2**24, True, True),
+    "eval.num_examples": (0, 2**31 - 1, True, True),
+    "sat.softplus_alpha": (0.0, 1e6, False, False),
+}
+
+
+def _check_ranges(config: ml_collections.ConfigDict) -> None:
+  """Every numeric field is a finite number of the right kind inside its range."""
+  for field, (low, high, low_ok, integer) in _RANGES.items():
+    node = config
+    for key in field.split("."):
+      node = node[key]
+    ok = _number(node) and math.isfinite(node) and (not integer or float(node) == int(node))
+    ok = ok and (low <= node if low_ok else low < node) and node <= high
+    if not ok:
+      kind = "an integer" if integer else "a finite number"
+      bound = "[" if low_ok else "("
+      _require(False, field, f"must be {kind} in {bound}{low}, {high}], got {node!r}")
+  boundaries = config.schedule.boundaries
+  _require(all(_number(b) and math.isfinite(b) and b >= 0 for b in boundaries), "schedule.boundaries",
+           f"must be finite, non-negative epochs, got {tuple(boundaries)!r}")
+  _require(config.nonfinite in ("stop", "skip"), "nonfinite", f"must be 'stop' or 'skip', not {config.nonfinite!r}")
+
+
 def _check_fields(config: ml_collections.ConfigDict, reference: ml_collections.ConfigDict, prefix: str = "") -> None:
   """Every field of `config` must exist in the base config (catches typos in experiment files).
 
@@ -210,6 +269,7 @@ def validate(config: ml_collections.ConfigDict, *, num_devices: int = 1) -> None
     ConfigError: naming the first bad field.
   """
   _check_fields(config, base_config())
+  _check_ranges(config)
   try:
     objective = objectives.get(config.objective)
   except ConfigError as e:

@@ -26,3 +26,7 @@ class CheckpointError(AdvjaxError):
 def unknown_name(kind: str, name: str, known) -> ConfigError:
   """Builds the error for a registry lookup of a name that does not exist."""
   return ConfigError(f"unknown {kind} {name!r}; known: {', '.join(sorted(known))}")
+
+
+class NonFiniteError(AdvjaxError):
+  """Training produced a non-finite loss, gradient or parameter; nothing from that step was saved."""

@@ -11,6 +11,11 @@ Only process 0 writes. `metrics.jsonl` holds one JSON object per logged step
 (`{"step": 100, "loss": ...}`), which is what tests and sweep tools read; the
 TensorBoard event files hold the same scalars for people. Everything here
 works on plain dicts, so it depends on nothing else in advjax.
+
+Nothing a kill or a full disk can interrupt leaves a damaged file behind:
+the JSON files are written to a temporary file and renamed into place
+(`write_json`), and a partial last line of `metrics.jsonl` (a record cut by a
+kill) is dropped on resume (`truncate_after`) and skipped when read.
 """
 
 import json
@@ -30,7 +35,7 @@ METRICS_FILE = "metrics.jsonl"
 # Top-level config fields that may change when a run is resumed (its length,
 # cadences and evaluation).
 RESUMABLE_CHANGES = ("num_epochs", "num_steps", "log_every_steps", "checkpoint_every_steps",
-                     "keep_checkpoints", "eval", "evals", "train_evals", "distributed")
+                     "keep_checkpoints", "nonfinite", "eval", "evals", "train_evals", "distributed")
 
 
 def _flatten(d: Mapping, prefix: str = "") -> dict[str, Any]:
@@ -62,8 +67,16 @@ def prepare(workdir: str, config: Mapping[str, Any]) -> None:
     raise ConfigError(f"workdir {workdir!r} is not a writable directory")
   saved_path = os.path.join(workdir, CONFIG_FILE)
   if os.path.exists(saved_path):
-    with open(saved_path) as f:
-      saved = _flatten(json.load(f))
+    try:
+      with open(saved_path) as f:
+        saved = _flatten(json.load(f))
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+      checkpoints = os.path.join(workdir, "checkpoints")
+      if os.path.isdir(checkpoints) and any(name.isdigit() for name in os.listdir(checkpoints)):
+        raise CheckpointError(f"workdir {workdir!r} holds checkpoints but its {CONFIG_FILE} is unreadable "
+                              f"({e}); restore that file, or use a new workdir") from None
+      # A config cut short before any checkpoint: this is still a fresh run; it is rewritten.
+      return
     current = _flatten(config)
     changed = sorted(k for k in set(saved) | set(current)
                      if saved.get(k) != current.get(k) and k.split(".")[0] not in RESUMABLE_CHANGES)
@@ -73,29 +86,69 @@ def prepare(workdir: str, config: Mapping[str, Any]) -> None:
           "use a new workdir")
 
 
+def has_config(workdir: str) -> bool:
+  """Whether the workdir holds a readable config.json (one cut short by a kill does not count)."""
+  try:
+    with open(os.path.join(workdir, CONFIG_FILE)) as f:
+      json.load(f)
+    return True
+  except (OSError, json.JSONDecodeError, UnicodeDecodeError):
+    return False
+
+
 def write_json(path: str, value: Any) -> None:
-  """Writes `value` as indented JSON (process 0 only)."""
+  """Writes `value` as indented JSON atomically: a temporary file renamed into place (process 0 only).
+
+  Raises:
+    CheckpointError: the file cannot be written (a full disk, permissions); an
+      existing file at `path` is left as it was.
+  """
   if jax.process_index() != 0:
     return
-  with open(path, "w") as f:
-    json.dump(value, f, indent=2)
+  _replace(path, json.dumps(value, indent=2) + "\n")
+
+
+def _replace(path: str, text: str) -> None:
+  """Writes `text` to `path` through a temporary file, fsync and rename."""
+  tmp = f"{path}.tmp-{os.getpid()}"
+  try:
+    with open(tmp, "w") as f:
+      f.write(text)
+      f.flush()
+      os.fsync(f.fileno())
+    os.replace(tmp, path)
+  except OSError as e:
+    if os.path.exists(tmp):
+      os.remove(tmp)
+    raise CheckpointError(f"cannot write {path!r}: {e.strerror}") from e
+
+
+def _records(path: str) -> list[dict]:
+  """The parseable records of a metrics file; a line cut short by a kill is skipped."""
+  records = []
+  with open(path) as f:
+    for line in f:
+      if not line.strip():
+        continue
+      try:
+        records.append(json.loads(line))
+      except json.JSONDecodeError:
+        continue
+  return records
 
 
 def truncate_after(workdir: str, step: int) -> None:
-  """Drops records logged after `step`, so a resumed run does not log a step twice."""
+  """Drops records logged after `step` and any partial line, so a resumed run logs each step once."""
   path = os.path.join(workdir, METRICS_FILE)
   if jax.process_index() != 0 or not os.path.exists(path):
     return
-  with open(path) as f:
-    kept = [line for line in f if line.strip() and json.loads(line)["step"] <= step]
-  with open(path, "w") as f:
-    f.writelines(kept)
+  kept = [r for r in _records(path) if r.get("step", 0) <= step]
+  _replace(path, "".join(json.dumps(r) + "\n" for r in kept))
 
 
 def read_metrics(workdir: str) -> list[dict]:
-  """All records of a run's metrics.jsonl, in order."""
-  with open(os.path.join(workdir, METRICS_FILE)) as f:
-    return [json.loads(line) for line in f if line.strip()]
+  """All complete records of a run's metrics.jsonl, in order."""
+  return _records(os.path.join(workdir, METRICS_FILE))
 
 
 class MetricWriter:

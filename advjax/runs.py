@@ -4,14 +4,19 @@
       trains (or resumes) the run, evaluates the trained model with the
       `config.train_evals` entries of `config.evals` and writes
       `summary.json` (final training metrics, those results, steps, wall
-      time, device and process counts, the config)
+      time, device and process counts, the config); a finished run with a
+      summary is left as it is
   evaluate_run(config, workdir)
       restores the latest checkpoint's model and runs every entry of
-      `config.evals`, writing `eval.json` (`config.eval.output_file`)
+      `config.evals`, writing `eval.json` (`config.eval.output_file`); the
+      config must describe the run's model (`config.eval.cross_evaluate`
+      allows another)
 
 Both go through the evaluator registry (`advjax.evaluation`) with an
 `EvalContext` from the experiment, so results are structured the same way
-everywhere: `{entry name: {value name: value}}`.
+everywhere: `{entry name: {value name: value}}`. SIGTERM at any moment ends
+either cleanly (`advjax.preemption`): training saves the current step, an
+evaluation stops between evaluators, and nothing is half-written.
 """
 
 from __future__ import annotations
@@ -24,9 +29,24 @@ from typing import Any
 import jax
 import ml_collections
 
-from advjax import config as config_lib, evaluation, parallel, run_dir
+from advjax import config as config_lib, evaluation, parallel, preemption, run_dir
+from advjax.errors import ConfigError
 from advjax.experiment import Experiment
 from advjax.training import trainer
+
+# The config fields that define a model's architecture and input normalisation.
+MODEL_FIELDS = ("model.name", "model.head", "model.activation", "model.norm", "model.insert_block",
+                "model.insert_after", "data.name", "data.class_subset", "data.image_size")
+
+
+def _evaluate(config, experiment, variables, names, out_dir=None) -> dict[str, Any] | None:
+  """The named evaluation entries, or None if SIGTERM arrived between them."""
+  results = {}
+  for name in names:
+    if preemption.requested():
+      return None
+    results.update(evaluation.run(config.evals, experiment.eval_context(out_dir), variables, names=(name,)))
+  return results
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, devices=None) -> dict[str, Any]:
@@ -41,26 +61,63 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, devices=
     The summary also written to `<workdir>/summary.json`; if the run was
     preempted by SIGTERM, a dict with `preempted_at_step` and no summary file.
   """
-  parallel.initialize_distributed(**config.distributed)
-  experiment = Experiment(config, devices)
-  result = trainer.train(experiment, workdir)
-  if result.preempted:
-    return {"preempted_at_step": result.step}
-  results = evaluation.run(config.evals, experiment.eval_context(), result.state.variables,
-                           names=tuple(config.train_evals))
-  writer = run_dir.MetricWriter(workdir)
-  writer.write(result.step, evaluation.scalars(results, "eval/"))
-  writer.close()
-  summary = {
-      "final_train_metrics": result.last_metrics, "evals": results, "steps": result.step,
-      "wall_time_s": result.wall_time_s, "device_count": jax.device_count(),
-      "process_count": jax.process_count(), "config": config_lib.to_dict(config),
-  }
-  path = os.path.join(workdir, run_dir.SUMMARY_FILE)
-  run_dir.write_json(path, summary)
-  if jax.process_index() == 0:
-    print(f"evaluation {json.dumps(evaluation.scalars(results))}; summary in {path}", file=sys.stderr, flush=True)
-  return summary
+  with preemption.watch():
+    parallel.initialize_distributed(**config.distributed)
+    experiment = Experiment(config, devices)
+    result = trainer.train(experiment, workdir)
+    if result.preempted:
+      if result.state is None and jax.process_index() == 0:
+        print("SIGTERM before training started: nothing to save", file=sys.stderr, flush=True)
+      return {"preempted_at_step": result.step}
+    path = os.path.join(workdir, run_dir.SUMMARY_FILE)
+    if not result.last_metrics and os.path.exists(path):
+      with open(path) as f:
+        summary = json.load(f)
+      if summary.get("steps") == result.step:
+        return summary
+    results = _evaluate(config, experiment, result.state.variables, tuple(config.train_evals))
+    if results is None:
+      return {"preempted_at_step": result.step}
+    writer = run_dir.MetricWriter(workdir)
+    writer.write(result.step, evaluation.scalars(results, "eval/"))
+    writer.close()
+    summary = {
+        "final_train_metrics": result.last_metrics, "evals": results, "steps": result.step,
+        "wall_time_s": result.wall_time_s, "device_count": jax.device_count(),
+        "process_count": jax.process_count(), "config": config_lib.to_dict(config),
+    }
+    run_dir.write_json(path, summary)
+    if jax.process_index() == 0:
+      print(f"evaluation {json.dumps(evaluation.scalars(results))}; summary in {path}", file=sys.stderr, flush=True)
+    return summary
+
+
+def check_same_model(config: ml_collections.ConfigDict, workdir: str) -> None:
+  """Raises ConfigError if `config` describes another model than the run in `workdir` trained.
+
+  Runs without a config.json (or with `config.eval.cross_evaluate`) pass.
+  """
+  path = os.path.join(workdir, run_dir.CONFIG_FILE)
+  if config.eval.cross_evaluate or not os.path.exists(path):
+    return
+  try:
+    with open(path) as f:
+      saved = json.load(f)
+  except (OSError, json.JSONDecodeError):
+    return
+  current = config.to_dict()
+
+  def get(tree, field):
+    for key in field.split("."):
+      tree = tree.get(key) if isinstance(tree, dict) else None
+    return tree
+
+  differ = [f"{field} {get(saved, field)!r} -> {get(current, field)!r}" for field in MODEL_FIELDS
+            if get(saved, field) is not None and get(saved, field) != get(current, field)]
+  if differ:
+    raise ConfigError(f"this config describes another model than the run in {workdir!r} trained "
+                      f"({'; '.join(differ)}); fix the config, or set --config.eval.cross_evaluate=True "
+                      "to evaluate it anyway")
 
 
 def evaluate_run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
@@ -71,17 +128,22 @@ def evaluate_run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, A
   is measured).
 
   Raises:
+    ConfigError: the config's model differs from the run's.
     CheckpointError: no checkpoint, or one that holds another model.
   """
-  parallel.initialize_distributed(**config.distributed)
-  experiment = Experiment(config)
-  step, variables = experiment.restore_model(workdir)
-  results = evaluation.run(config.evals, experiment.eval_context(workdir), variables)
-  report = {"step": step, **results}
-  if jax.process_index() == 0:
-    run_dir.write_json(os.path.join(workdir, config.eval.output_file), report)
-    writer = run_dir.MetricWriter(workdir)
-    writer.write(step, evaluation.scalars(results, "eval/"))
-    writer.close()
-    print(json.dumps(report, indent=2))
-  return report
+  with preemption.watch():
+    parallel.initialize_distributed(**config.distributed)
+    experiment = Experiment(config)
+    check_same_model(config, workdir)
+    step, variables = experiment.restore_model(workdir)
+    results = _evaluate(config, experiment, variables, tuple(config.evals), out_dir=workdir)
+    if results is None:
+      return {"preempted_at_step": step}
+    report = {"step": step, **results}
+    if jax.process_index() == 0:
+      run_dir.write_json(os.path.join(workdir, config.eval.output_file), report)
+      writer = run_dir.MetricWriter(workdir)
+      writer.write(step, evaluation.scalars(results, "eval/"))
+      writer.close()
+      print(json.dumps(report, indent=2))
+    return report

@@ -8,6 +8,7 @@ as a one-line ConfigError.
 """
 
 import dataclasses
+import math
 from collections.abc import Mapping
 from typing import Any, TypeVar
 
@@ -19,7 +20,12 @@ T = TypeVar("T")
 def _coerce(value: Any, default: Any) -> Any:
   """`value` as the type of `default`; a None default means an optional float."""
   if default is None:
-    return None if value is None else float(value)
+    if value is None:
+      return None
+    value = float(value)
+    if not math.isfinite(value):
+      raise ValueError
+    return value
   if isinstance(default, tuple):
     if isinstance(value, (str, bytes)) or not hasattr(value, "__iter__"):
       raise TypeError
@@ -41,7 +47,10 @@ def _coerce(value: Any, default: Any) -> Any:
       raise TypeError
     return int(value)
   if isinstance(default, float):
-    return float(value)
+    value = float(value)
+    if not math.isfinite(value):
+      raise ValueError
+    return value
   if not isinstance(value, str):
     raise TypeError
   return value
@@ -72,7 +81,8 @@ def from_mapping(cls: type[T], config: Mapping[str, Any], label: str) -> T:
     default = field.default_factory() if field.default_factory is not dataclasses.MISSING else field.default
     try:
       kwargs[name] = _coerce(value, default)
-    except (TypeError, ValueError):
-      expected = "float or None" if default is None else type(default).__name__
+    except (TypeError, ValueError, OverflowError):
+      expected = "finite float or None" if default is None else (
+          "finite float" if isinstance(default, float) else type(default).__name__)
       raise ConfigError(f"{label} field {name!r}: bad value {value!r} (expected {expected})") from None
   return cls(**kwargs)

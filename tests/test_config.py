@@ -59,6 +59,61 @@ def test_bad_values_name_the_field(field, value, expected):
     config_lib.validate(config, num_devices=8)
 
 
+@pytest.mark.parametrize("field,value", [
+    ("num_epochs", float("inf")), ("num_epochs", float("nan")), ("seed", -1), ("seed", 2**40),
+    ("optimizer.momentum", 4.8e13), ("optimizer.b2", -0.5), ("optimizer.b1", 1.0),
+    ("optimizer.learning_rate", float("inf")), ("optimizer.eps", 0.0), ("data.image_size", 10**9),
+    ("batch_size", 0), ("keep_checkpoints", 0), ("schedule.boundaries", (float("inf"),)),
+    ("nonfinite", "ignore"), ("label_smoothing", 1.0),
+])
+def test_out_of_range_values_are_refused(field, value):
+  config = tiny.get_config()
+  parent, _, leaf = field.rpartition(".")
+  (config if not parent else config[parent])[leaf] = value
+  with pytest.raises(ConfigError, match=f"config.{field}".replace(".", r"\.")):
+    config_lib.validate(config)
+
+
+@pytest.mark.parametrize("field,value,expected", [
+    ("attack.eps", 1e7, "eps"), ("attack.step_size", float("inf"), "step_size"),
+    ("attack.momentum", float("nan"), "momentum"), ("uat.eps", 1e7, "uat.eps"),
+])
+def test_attack_sizes_are_bounded(field, value, expected):
+  config = tiny.get_config()
+  config.objective = "uat_alternating" if field.startswith("uat") else "pgd_at"
+  parent, _, leaf = field.rpartition(".")
+  config[parent][leaf] = value
+  with pytest.raises(ConfigError, match=expected):
+    config_lib.validate(config)
+
+
+def test_evaluator_arguments_are_typed():
+  config = tiny.get_config()
+  config.evals.pgd = config_lib.eval_entry("pgd", eps=("eight",))
+  with pytest.raises(ConfigError, match="pgd"):
+    config_lib.validate(config)
+  config.evals.pgd = config_lib.eval_entry("pgd", eps=(8.0,), steps=float("inf"))
+  with pytest.raises(ConfigError, match="steps"):
+    config_lib.validate(config)
+
+
+@pytest.mark.parametrize("text,expected", [
+    (None, "does not exist"),
+    ("def get_config(:\n  pass\n", "syntax error at line 1"),
+    ("import ml_collections\n", "defines no get_config()"),
+])
+def test_config_file_problems_say_exactly_that(tmp_path, capsys, text, expected):
+  from advjax import cli
+  path = tmp_path / "exp.py"
+  if text is not None:
+    path.write_text(text)
+  with pytest.raises(SystemExit) as exit_:
+    cli.check_config_file(str(path))
+  assert exit_.value.code == 2
+  err = capsys.readouterr().err.strip().splitlines()
+  assert len(err) == 1 and err[0].startswith("error: config file") and expected in err[0]
+
+
 def test_unknown_field_in_an_experiment_file_is_named():
   config = tiny.get_config()
   config.optimizer.learning_rte = 0.1  # A typo in an experiment file.

@@ -250,17 +250,29 @@ def _open_tfds(name: str, tfds_name: str, split: str, data_dir: str, decoders=No
   to prepare it. Nothing is cached here.
   """
   tfds = _tfds()
+
+  def first_line(e):
+    return (str(e).strip().splitlines() or [type(e).__name__])[0]
+
   try:
     return tfds.data_source(tfds_name, split=split, data_dir=data_dir or None, download=False, decoders=decoders)
-  except (NotImplementedError, ValueError, KeyError, FileNotFoundError) as e:
-    builder = tfds.builder(tfds_name, data_dir=data_dir or None)
-    if not builder.is_prepared():
+  except Exception as e:  # tfds raises many types; each becomes one DataError below.
+    try:
+      builder = tfds.builder(tfds_name, data_dir=data_dir or None)
+      prepared = builder.is_prepared()
+    except Exception as unreadable:  # Damaged metadata (dataset_info.json, features.json).
+      raise errors.DataError(
+          f"dataset {name!r} ({tfds_name}) in data_dir {data_dir or 'the tfds default'!r} cannot be read: "
+          f"{first_line(unreadable)}") from e
+    if not prepared:
       raise _not_prepared(name, tfds_name, builder, data_dir, "is not prepared") from e
     if isinstance(e, NotImplementedError):
       raise _not_prepared(name, tfds_name, builder, data_dir, "is prepared but not in ArrayRecord format") from e
-    first_line = (str(e).strip().splitlines() or [type(e).__name__])[0]
-    raise errors.DataError(
-        f"dataset {name!r} ({tfds_name}) has no split {split!r} at {builder.data_path}: {first_line}") from e
+    if isinstance(e, (ValueError, KeyError)):
+      raise errors.DataError(
+          f"dataset {name!r} ({tfds_name}) has no split {split!r} at {builder.data_path}: {first_line(e)}") from e
+    raise errors.DataError(f"dataset {name!r} ({tfds_name}) at {builder.data_path} cannot be read: "
+                           f"{first_line(e)}") from e
 
 
 def _tfds_labels(name: str, tfds_name: str, split: str, data_dir: str, image_key: str,

@@ -1,73 +1,53 @@
-"""The training loop: owns I/O, checkpoints, logging and preemption.
+"""The training loop: owns I/O, checkpoints, logging, preemption and the non-finite guard.
 
 `train(experiment, workdir)` runs (or resumes) the training of an
 `advjax.experiment.Experiment` in a run directory (`advjax.run_dir`). The
 arithmetic lives in the objective's jit-compiled step; this loop only feeds
 it batches (prefetched by the data pipeline), writes metrics, saves
-checkpoints and stops cleanly on preemption.
+checkpoints and stops cleanly.
 
-A run is safe to kill at any point: restarting it with the same workdir
-resumes from the latest checkpoint and reproduces the uninterrupted run
-bitwise, because data order and per-step randomness are functions of the
-step. SIGTERM (cloud TPU preemption) saves a checkpoint and returns: in a
-single process at the next step boundary; across hosts at the same step on
-every host, through JAX's preemption sync point (`jax.distributed`'s
-coordination service catches the signal there). Everything that can be wrong
-with the input is checked before anything in the workdir is written.
+What a run does when something goes wrong:
+
+  SIGKILL        nothing to do: restarting with the same workdir resumes from
+                 the latest checkpoint and reproduces the uninterrupted run
+                 bitwise (data order and per-step randomness are functions of
+                 the step); a metrics line cut short is dropped.
+  SIGTERM        at any moment (`advjax.preemption`): a checkpoint of the
+                 current step is saved (nothing, if training has not started)
+                 and the loop returns; across hosts every host stops at the
+                 same step.
+  non-finite     a step whose loss, gradient norm or new state is not finite
+                 stops the run with a `NonFiniteError` naming the step, before
+                 it is logged or saved (`config.nonfinite='stop'`), or is
+                 undone and skipped ('skip'); the checkpoints stay good.
+  damaged checkpoint
+                 it is set aside and the newest one that verifies is restored
+                 (`advjax.checkpointing`).
+  failed write   a save that fails (a full disk, permissions) is one
+                 `CheckpointError` within a step; the previous checkpoint is intact.
+
+`config.json` is written only after the first step succeeded, so a run that
+fails while starting (a bad seed, an image size that exhausts memory) leaves
+a workdir that the corrected run can use. Resuming with fewer steps than the
+latest checkpoint is one error that writes nothing; resuming a finished run
+trains nothing.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import os
-import signal
 import sys
 import time
 from typing import Any
 
 import jax
 import numpy as np
-from jax.experimental import multihost_utils
 
-from advjax import checkpointing, parallel, run_dir
-from advjax.errors import CheckpointError
+from advjax import checkpointing, parallel, preemption, run_dir
+from advjax.errors import CheckpointError, NonFiniteError
 from advjax.training import steps
 from advjax.training.train_state import TrainState
-
-
-class _Preemption:
-  """Turns SIGTERM into a stop request that every process honours at the same step."""
-
-  def __init__(self):
-    self._requested = False
-    self._previous = None
-    self._multi = jax.process_count() > 1
-
-  def __enter__(self):
-    if self._multi:  # jax.distributed's preemption notifier owns SIGTERM.
-      return self
-
-    def handler(signum, frame):
-      del signum, frame
-      self._requested = True
-    try:
-      self._previous = signal.signal(signal.SIGTERM, handler)
-    except ValueError:  # Not the main thread: leave signals alone.
-      self._previous = None
-    return self
-
-  def should_stop(self, step: int) -> bool:
-    """Whether to save and stop after `step` (the same answer on every host)."""
-    if self._multi:
-      try:
-        return multihost_utils.reached_preemption_sync_point(step)
-      except RuntimeError:  # The preemption service is disabled.
-        return False
-    return self._requested
-
-  def __exit__(self, *exc):
-    if self._previous is not None:
-      signal.signal(signal.SIGTERM, self._previous)
 
 
 @dataclasses.dataclass
@@ -75,13 +55,13 @@ class TrainResult:
   """What `train` returns.
 
   Attributes:
-    state: the train state at `step`.
-    step: the last step trained.
+    state: the train state at `step` (None if stopped before it was built).
+    step: the last step trained (or restored).
     preempted: whether the run stopped early on a preemption notice.
     last_metrics: the mean training metrics of the last logging window.
     wall_time_s: seconds spent in `train`.
   """
-  state: TrainState
+  state: TrainState | None
   step: int
   preempted: bool
   last_metrics: dict[str, float]
@@ -93,6 +73,17 @@ def _mean_metrics(history: list[dict]) -> dict[str, float]:
   return {k: float(np.mean([h[k] for h in history])) for k in history[0]}
 
 
+def _check_finite(step: int, metrics: dict, checkpointed: int, mode: str) -> None:
+  """Raises NonFiniteError if the step's guard flag is down (mode 'stop')."""
+  if mode != "stop" or bool(jax.device_get(metrics["finite"])):
+    return
+  values = {k: float(v) for k, v in jax.device_get(metrics).items() if k in ("loss", "grad_norm")}
+  shown = ", ".join(f"{k} {v:.4g}" for k, v in values.items()) or "the new state"
+  raise NonFiniteError(
+      f"training diverged at step {step} ({shown} not finite); nothing from that step was saved "
+      f"(the newest checkpoint is step {checkpointed}); lower the learning rate, or set config.nonfinite='skip'")
+
+
 def train(experiment: Any, workdir: str) -> TrainResult:
   """Trains (or resumes) `experiment` in `workdir`.
 
@@ -102,57 +93,97 @@ def train(experiment: Any, workdir: str) -> TrainResult:
 
   Returns:
     A TrainResult; when preempted, the state saved at the step it stopped.
+
+  Raises:
+    NonFiniteError: a step diverged (with `config.nonfinite='stop'`).
+    CheckpointError: a bad workdir, checkpoint or write.
   """
   t_start = time.time()
   config = experiment.config
-  resuming = checkpointing.latest_step(workdir) is not None
-  if not resuming:
+  total = experiment.total_steps
+  latest = checkpointing.latest_step(workdir)
+  if latest is not None and latest > total:
+    raise CheckpointError(
+        f"workdir {workdir!r} holds a checkpoint at step {latest}, beyond this config's {total} steps; "
+        f"set num_steps >= {latest} to go on, or use a new workdir")
+  if latest is None:
     for source in (config.init_checkpoint, config.model.backbone_checkpoint):
       if source and checkpointing.latest_step(source) is None:
         raise CheckpointError(f"no checkpoints in {source!r} (the run to start from)")
   run_dir.prepare(workdir, config.to_dict())
+  if preemption.requested():
+    return TrainResult(None, latest or 0, True, {}, time.time() - t_start)
   state = experiment.init_state()
   checkpointer = checkpointing.Checkpointer(workdir, keep=config.keep_checkpoints)
-  start_step = checkpointer.latest_step() or 0
-  if start_step:
-    state = checkpointer.restore(state, start_step)
-  else:
-    if config.model.backbone_checkpoint:
-      state = experiment.init_backbone(config.model.backbone_checkpoint, state)
-    if config.init_checkpoint:
-      state = experiment.init_from(config.init_checkpoint, state)
-  if not os.path.exists(os.path.join(workdir, run_dir.CONFIG_FILE)):
-    run_dir.write_json(os.path.join(workdir, run_dir.CONFIG_FILE), config.to_dict())
-  run_dir.truncate_after(workdir, start_step)
+  start_step = 0
+  failed = True
+  try:
+    if latest is not None:
+      start_step, state = checkpointer.restore(state)
+    else:
+      if config.model.backbone_checkpoint:
+        state = experiment.init_backbone(config.model.backbone_checkpoint, state)
+      if config.init_checkpoint:
+        state = experiment.init_from(config.init_checkpoint, state)
+    if start_step == total:
+      if jax.process_index() == 0:
+        print(f"the run in {workdir} finished at step {total}: nothing to train", file=sys.stderr, flush=True)
+      result = TrainResult(state, total, False, {}, time.time() - t_start)
+    else:
+      run_dir.truncate_after(workdir, start_step)
+      result = _loop(experiment, workdir, state, start_step, checkpointer, t_start)
+    failed = False
+  finally:
+    # Pending saves finish either way; their error is raised only if nothing else was.
+    checkpointer.close(quiet=failed)
+  return result
 
+
+def _loop(experiment, workdir: str, state: TrainState, start_step: int, checkpointer: checkpointing.Checkpointer,
+          t_start: float) -> TrainResult:
+  config = experiment.config
   mesh, total = experiment.mesh, experiment.total_steps
-  train_step = steps.compile_train_step(experiment.objective.train_step, state, mesh)
+  mode = config.nonfinite
+  train_step = steps.compile_train_step(steps.guard(experiment.objective.train_step, mode), state, mesh)
   writer = run_dir.MetricWriter(workdir)
   progress = run_dir.Progress(start_step, total)
   history, last = [], {}
   if jax.process_index() == 0:
     print(f"training {config.model.name} on {config.data.name}: steps {start_step}->{total} "
           f"on {mesh.size} device(s), {jax.process_count()} process(es)", file=sys.stderr, flush=True)
-  step, preempted = start_step, False
-  with _Preemption() as preemption:
+  config_path = os.path.join(workdir, run_dir.CONFIG_FILE)
+  step, checkpointed, preempted = start_step, start_step, False
+  pending = None  # The previous step's metrics, checked while the next step runs.
+  try:
     for host_batch in experiment.train_source.iterate(start_step, total - start_step):
+      if pending is not None:
+        _check_finite(step, pending, checkpointed, mode)
       state, metrics = train_step(state, parallel.shard_batch(host_batch, mesh))
       step += 1
+      pending = metrics
       history.append(metrics)
-      if step % config.log_every_steps == 0 or step == total:
+      checkpointer.check()
+      if step == start_step + 1 and not run_dir.has_config(workdir):
+        _check_finite(step, metrics, checkpointed, mode)  # The first step ran: the config works.
+        run_dir.write_json(config_path, config.to_dict())
+      stop = step < total and preemption.should_stop(step)
+      log = step % config.log_every_steps == 0 or step == total
+      save = stop or step == total or step % config.checkpoint_every_steps == 0
+      if log or save:
+        _check_finite(step, metrics, checkpointed, mode)
+      if log:
         last = _mean_metrics(history)
         history = []
         writer.write(step, last)
         progress.report(step, last)
-      if step < total and preemption.should_stop(step):
+      if save:
+        checkpointer.save(step, state, wait=stop)
+        checkpointed = step
+      if stop:
         preempted = True
         break
-      if step % config.checkpoint_every_steps == 0 and step < total:
-        checkpointer.save(step, state)
-  if checkpointer.latest_step() != step:
-    checkpointer.save(step, state)
-  checkpointer.close()
-  writer.close()
+  finally:
+    writer.close()
   if preempted and jax.process_index() == 0:
     print(f"SIGTERM: saved checkpoint at step {step}; rerun with the same workdir to resume",
           file=sys.stderr, flush=True)

@@ -124,3 +124,17 @@ def test_missing_dataset_fails_fast_with_instructions(tmp_path, name):
 def test_unknown_dataset_is_config_error():
   with pytest.raises(errors.ConfigError, match="known: .*cifar10"):
     pipeline.get_info(_cfg("cifar11"))
+
+
+@pytest.mark.parametrize("garbage", ["not json {", '{"name": "mnist", "splits": 3}'])
+def test_garbage_metadata_is_one_data_error(tmp_path, garbage):
+  """A data_dir whose prepared-looking folder holds damaged metadata files."""
+  version = str(tfds.builder_cls("mnist").VERSION)
+  folder = tmp_path / "mnist" / version
+  folder.mkdir(parents=True)
+  for name in ("dataset_info.json", "features.json"):
+    (folder / name).write_text(garbage)
+  cfg = ml_collections.ConfigDict({"name": "mnist", "data_dir": str(tmp_path), "image_size": 0,
+                                   "class_subset": 0, "augment": False})
+  with pytest.raises(errors.DataError, match="mnist"):
+    pipeline.make_train_source(cfg, global_batch_size=8, seed=0)

@@ -17,7 +17,7 @@ from configs import tiny
 
 def _restore(workdir, config):
   experiment = Experiment(config, jax.devices()[:1])
-  return checkpointing.Checkpointer(workdir, create=False).restore(experiment.init_state())
+  return checkpointing.Checkpointer(workdir, create=False).restore(experiment.init_state())[1]
 
 
 def _loss_fn(model, config, num_classes=10):

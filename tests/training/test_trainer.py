@@ -27,7 +27,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 
 def _final_state(workdir, config):
   experiment = experiment_lib.Experiment(config, jax.devices()[:1])
-  return checkpointing.Checkpointer(workdir, create=False).restore(experiment.init_state())
+  return checkpointing.Checkpointer(workdir, create=False).restore(experiment.init_state())[1]
 
 
 def _final_params(workdir, config):

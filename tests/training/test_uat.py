@@ -152,7 +152,7 @@ def test_checkpoint_restores_delta_and_adam_state_and_resumes_exactly(experiment
   run = runs["uat_simultaneous"]
   template = _fresh_state(experiment, initial_host_state, run["config"])
   assert set(template.extras) == {"delta", "delta_opt_state"}
-  restored = checkpointing.Checkpointer(run["workdir"], create=False).restore(template)
+  _, restored = checkpointing.Checkpointer(run["workdir"], create=False).restore(template)
   assert restored.extras["delta"].sharding.is_fully_replicated
   jax.tree.map(np.testing.assert_array_equal, jax.device_get(restored.extras), run["states"][2].extras)
   assert np.max(np.abs(run["states"][2].extras["delta_opt_state"][0].nu)) > 0

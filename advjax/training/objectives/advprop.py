@@ -55,6 +55,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import ml_collections
+import optax
 
 from advjax import tasks
 from advjax.attacks import pgd, threat
@@ -306,5 +307,6 @@ class AdvProp(base.Objective):
       (loss, (model_state, metrics)), g = jax.lax.cond(
           state.step >= self.running_stats_start, lambda: grads(False), lambda: grads(True))
     new_state = state.apply_gradients(grads=g, model_state=model_state)
-    metrics = {"loss": loss, **metrics, "learning_rate": base.learning_rate(self.ctx.schedule, state.step)}
+    metrics = {"loss": loss, **metrics, "grad_norm": optax.tree.norm(g),
+               "learning_rate": base.learning_rate(self.ctx.schedule, state.step)}
     return new_state, metrics

@@ -150,5 +150,6 @@ class LossObjective(Objective):
     grad_fn = jax.value_and_grad(self.loss, has_aux=True)
     (loss, (model_state, metrics)), grads = grad_fn(state.params, state.model_state, batch, rng)
     new_state = state.apply_gradients(grads=grads, model_state=model_state)
-    metrics = {"loss": loss, **metrics, "learning_rate": learning_rate(self.ctx.schedule, state.step)}
+    metrics = {"loss": loss, **metrics, "grad_norm": optax.tree.norm(grads),
+               "learning_rate": learning_rate(self.ctx.schedule, state.step)}
     return new_state, metrics

@@ -44,6 +44,7 @@ import dataclasses
 import jax
 import jax.numpy as jnp
 import ml_collections
+import optax
 
 from advjax.attacks import core, rules, threat
 from advjax.errors import ConfigError
@@ -160,9 +161,10 @@ class _UniversalAdversarialTraining(base.Objective):
     delta = jnp.zeros(image_shape, jnp.float32)
     return {DELTA: delta, DELTA_OPT_STATE: self.uat.rule().init(delta)}
 
-  def _metrics(self, loss, logits, labels, delta_loss, delta, step) -> dict:
+  def _metrics(self, loss, grads, logits, labels, delta_loss, delta, step) -> dict:
     return {
         "loss": loss,
+        "grad_norm": optax.tree.norm(grads),
         "accuracy": jnp.mean(self.task.correct(logits, labels)),
         "delta_loss": delta_loss,
         # The one conversion back to 0-255 units, for logging.
@@ -205,7 +207,7 @@ class AlternatingUAT(_UniversalAdversarialTraining):
 
     d_loss, d_grad = jax.value_and_grad(delta_loss)(delta)
     new_state = new_state.replace(extras=ascend(new_state.extras, d_grad, self.uat))
-    return new_state, self._metrics(loss, logits, y, d_loss, delta, state.step)
+    return new_state, self._metrics(loss, grads, logits, y, d_loss, delta, state.step)
 
 
 class SimultaneousUAT(_UniversalAdversarialTraining):
@@ -245,4 +247,4 @@ class SimultaneousUAT(_UniversalAdversarialTraining):
     d_loss = jnp.mean(delta_objective(per_example, self.uat.clip_beta))
     new_state = state.apply_gradients(grads=grads, model_state=model_state)
     new_state = new_state.replace(extras=ascend(new_state.extras, d_grad, self.uat))
-    return new_state, self._metrics(loss, logits, y, d_loss, delta, state.step)
+    return new_state, self._metrics(loss, grads, logits, y, d_loss, delta, state.step)
