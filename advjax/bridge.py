@@ -31,8 +31,20 @@ Flax the biased one.
 Supported registry names (`SUPPORTED`): convnet, convnet_tiny, resnet20,
 resnet20_tiny, preact_resnet18, preact_resnet18_tiny, wrn28_10, wrn32_10,
 wrn16_2, wrn_tiny, resnet50, resnet101, resnet152, wide_resnet50_2,
-resnet50_tiny; each built with `norm='batchnorm'` and a parameter-free
-activation (all activations registered so far). The module needs only numpy:
+resnet50_tiny, resnet50_dilated, resnet101_dilated, resnet50_dilated_tiny
+(with the classifier head); each built with `norm='batchnorm'` and a
+parameter-free activation (all activations registered so far).
+
+Segmentation models are a backbone plus a head, so their bridge names are
+torchvision's model names instead (`SEGMENTATION`): 'fcn_resnet50',
+'fcn_resnet101' and 'fcn_resnet50_tiny' are `create_model(
+'resnet50_dilated' (or 'resnet101_dilated', 'resnet50_dilated_tiny'),
+head='fcn' or 'fcn_aux')`. Their state dicts nest the ResNet under
+`backbone.` (torchvision's names, no fc) and the FCN head's
+Sequential(conv, bn, relu, dropout, conv) under `classifier.` (indices 0, 1
+and 4: fcn_conv, fcn_bn, fcn_score) and, with 'fcn_aux', `aux_classifier.`
+(fcn_aux_conv, fcn_aux_bn, fcn_aux_score); whether the auxiliary classifier
+is converted follows the template. The module needs only numpy:
 torch tensors are accepted through `np.asarray(t.detach().cpu())`, and torch is
 never imported.
 
@@ -94,11 +106,25 @@ def _rename_convnet(path: tuple[str, ...]) -> list[str]:
   return list(path)
 
 
+# torchvision's FCNHead is Sequential(conv, bn, relu, dropout, conv).
+_FCN_HEAD = {
+    "fcn_conv": "classifier.0", "fcn_bn": "classifier.1", "fcn_score": "classifier.4",
+    "fcn_aux_conv": "aux_classifier.0", "fcn_aux_bn": "aux_classifier.1", "fcn_aux_score": "aux_classifier.4",
+}
+
+
+def _rename_fcn(path: tuple[str, ...]) -> list[str]:
+  if path[0] in _FCN_HEAD:
+    return [_FCN_HEAD[path[0]], *path[1:]]
+  return ["backbone", *_rename_resnet(path)]
+
+
 _FAMILIES: dict[str, Callable[[tuple[str, ...]], list[str]]] = {
     "convnet": _rename_convnet,
     "resnet": _rename_resnet,
     "preact": _rename_preact,
     "wrn": _rename_wrn,
+    "fcn": _rename_fcn,
 }
 
 SUPPORTED: dict[str, str] = {
@@ -111,6 +137,9 @@ SUPPORTED: dict[str, str] = {
     "resnet152": "resnet",
     "wide_resnet50_2": "resnet",
     "resnet50_tiny": "resnet",
+    "resnet50_dilated": "resnet",
+    "resnet101_dilated": "resnet",
+    "resnet50_dilated_tiny": "resnet",
     "preact_resnet18": "preact",
     "preact_resnet18_tiny": "preact",
     "wrn28_10": "wrn",
@@ -118,6 +147,14 @@ SUPPORTED: dict[str, str] = {
     "wrn16_2": "wrn",
     "wrn_tiny": "wrn",
 }
+
+# torchvision segmentation name -> (advjax backbone, heads it may carry).
+SEGMENTATION: dict[str, tuple[str, tuple[str, ...]]] = {
+    "fcn_resnet50": ("resnet50_dilated", ("fcn", "fcn_aux")),
+    "fcn_resnet101": ("resnet101_dilated", ("fcn", "fcn_aux")),
+    "fcn_resnet50_tiny": ("resnet50_dilated_tiny", ("fcn", "fcn_aux")),
+}
+SUPPORTED.update({name: "fcn" for name in SEGMENTATION})
 
 # (Flax collection, Flax leaf name, is-norm-layer) -> PyTorch leaf name.
 _LEAF_NAMES = {
@@ -193,7 +230,8 @@ def torch_to_flax(state_dict: Mapping[str, Any], model_name: str,
   Args:
     state_dict: PyTorch state dict (tensors or arrays) of the reference module
       in `benchmarks/torch_models.py` for `model_name`.
-    model_name: an `advjax.models.MODELS` name in `SUPPORTED`.
+    model_name: an `advjax.models.MODELS` name in `SUPPORTED`, or a
+      segmentation name of `SEGMENTATION` ('fcn_resnet50', ...).
     variables_template: the Flax variables of the same model, or their
       shapes (`jax.eval_shape(model.init, ...)`); only structure and shapes
       are read.
@@ -240,7 +278,7 @@ def flax_to_torch(variables: Mapping[str, Any], model_name: str) -> dict[str, np
 
   Args:
     variables: {'params': ..., 'batch_stats': ...} of a model in `SUPPORTED`.
-    model_name: its `advjax.models.MODELS` name.
+    model_name: its `advjax.models.MODELS` name, or its `SEGMENTATION` name.
 
   Returns:
     Mapping from state-dict key to float32 numpy array (int64 zeros for

@@ -12,9 +12,11 @@ Conventions shared with the Flax models:
 * every k x k convolution pads k // 2 on each side.
 
 State-dict names follow widely used public code, so published checkpoints
-load directly: torchvision for `ResNet` (CIFAR ResNet-20 reuses its names),
-Rice et al.'s robust-overfitting code for `PreActResNet`, and the
-TRADES/RobustBench `WideResNet` for the wide ResNets. The mean/std buffers are
+load directly: torchvision for `ResNet` (CIFAR ResNet-20 reuses its names)
+and for the segmentation model `FCN` (fcn_resnet50/101: `backbone.*`,
+`classifier.*`, `aux_classifier.*`), Rice et al.'s robust-overfitting code
+for `PreActResNet`, and the TRADES/RobustBench `WideResNet` for the wide
+ResNets. The mean/std buffers are
 not persistent: they are constructor arguments, not learned state.
 """
 
@@ -170,6 +172,97 @@ class ResNet(nn.Module):
     return self.fc(x.mean(dim=(2, 3)))
 
 
+class DilatedBottleneck(Bottleneck):
+  """`Bottleneck` whose 3x3 convolution is dilated (padding = dilation), as torchvision's."""
+
+  def __init__(self, cin: int, planes: int, stride: int, activation: str, dilation: int = 1,
+               width_multiplier: int = 1):
+    super().__init__(cin, planes, stride, activation, width_multiplier)
+    width = planes * width_multiplier
+    self.conv2 = nn.Conv2d(width, width, 3, stride=stride, padding=dilation, dilation=dilation, bias=False)
+
+
+class ResNetBackbone(nn.Module):
+  """torchvision's ImageNet ResNet without avgpool/fc, returning the last two stages.
+
+  `replace_stride_with_dilation` follows torchvision's `_make_layer`: a stage
+  marked True keeps stride 1 and multiplies the running dilation by 2; its
+  first block uses the dilation before the stage, the later blocks the new one.
+  """
+
+  def __init__(self, stage_sizes: Sequence[int] = (3, 4, 6, 3), widths: Sequence[int] = (64, 128, 256, 512),
+               in_channels: int = 3, replace_stride_with_dilation: Sequence[bool] = (False, True, True),
+               activation: str = "relu"):
+    super().__init__()
+    self.conv1 = _conv(in_channels, widths[0], 7, 2)
+    self.bn1 = nn.BatchNorm2d(widths[0])
+    self.act = ACTIVATIONS[activation]()
+    self.maxpool = nn.MaxPool2d(3, 2, 1)
+    cin, dilation = widths[0], 1
+    for s, (num_blocks, planes) in enumerate(zip(stage_sizes, widths)):
+      stride = 1 if s == 0 else 2
+      previous = dilation
+      if s > 0 and replace_stride_with_dilation[s - 1]:
+        dilation *= stride
+        stride = 1
+      blocks = []
+      for b in range(num_blocks):
+        blocks.append(DilatedBottleneck(cin, planes, stride if b == 0 else 1, activation,
+                                        dilation=previous if b == 0 else dilation))
+        cin = planes * Bottleneck.expansion
+      setattr(self, f"layer{s + 1}", nn.Sequential(*blocks))
+    self.num_stages = len(stage_sizes)
+
+  def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    x = self.maxpool(self.act(self.bn1(self.conv1(x))))
+    outputs = []
+    for s in range(self.num_stages):
+      x = getattr(self, f"layer{s + 1}")(x)
+      outputs.append(x)
+    return outputs[-2], outputs[-1]
+
+
+class FCNHead(nn.Sequential):
+  """torchvision's FCNHead: conv3x3 (C -> C/4, no bias), BN, act, dropout 0.1, conv1x1 (bias)."""
+
+  def __init__(self, cin: int, num_classes: int, activation: str = "relu", dropout: float = 0.1):
+    inner = cin // 4
+    super().__init__(nn.Conv2d(cin, inner, 3, padding=1, bias=False), nn.BatchNorm2d(inner),
+                     ACTIVATIONS[activation](), nn.Dropout(dropout), nn.Conv2d(inner, num_classes, 1))
+
+
+class FCN(nn.Module):
+  """torchvision's FCN-ResNet: dilated ResNet backbone, FCNHead, bilinear upsampling.
+
+  forward returns {'out': logits} and, with `aux`, 'aux': the auxiliary
+  classifier's logits on the second-to-last stage, both [batch, classes, H, W]
+  at the input size (F.interpolate, bilinear, align_corners=False).
+  """
+
+  def __init__(self, stage_sizes: Sequence[int] = (3, 4, 6, 3), widths: Sequence[int] = (64, 128, 256, 512),
+               num_classes: int = 21, in_channels: int = 3, aux: bool = True,
+               replace_stride_with_dilation: Sequence[bool] = (False, True, True),
+               activation: str = "relu", mean=(0.5,), std=(0.5,)):
+    super().__init__()
+    self.normalize = _Normalize(mean, std)
+    self.backbone = ResNetBackbone(stage_sizes, widths, in_channels, replace_stride_with_dilation, activation)
+    out = widths[-1] * Bottleneck.expansion
+    self.classifier = FCNHead(out, num_classes, activation)
+    self.aux_classifier = FCNHead(widths[-2] * Bottleneck.expansion, num_classes, activation) if aux else None
+
+  def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+    size = x.shape[-2:]
+    penultimate, last = self.backbone(self.normalize(x))
+    result = {"out": _upsample(self.classifier(last), size)}
+    if self.aux_classifier is not None:
+      result["aux"] = _upsample(self.aux_classifier(penultimate), size)
+    return result
+
+
+def _upsample(x: torch.Tensor, size) -> torch.Tensor:
+  return nn.functional.interpolate(x, size=size, mode="bilinear", align_corners=False)
+
+
 class PreActBlock(nn.Module):
   """bn-act-conv3x3-bn-act-(dropout)-conv3x3 + shortcut of the activated input.
 
@@ -295,6 +388,10 @@ PRESETS = {
                             width_multiplier=2),
     "resnet50_tiny": dict(cls=ResNet, block="bottleneck", stem="imagenet",
                           stage_sizes=(1, 1, 1, 1), widths=(8, 16, 32, 64)),
+    # Segmentation: advjax's resnet{50,101}_dilated(_tiny) with the 'fcn_aux' head ('fcn': aux=False).
+    "fcn_resnet50": dict(cls=FCN, stage_sizes=(3, 4, 6, 3)),
+    "fcn_resnet101": dict(cls=FCN, stage_sizes=(3, 4, 23, 3)),
+    "fcn_resnet50_tiny": dict(cls=FCN, stage_sizes=(1, 1, 1, 1), widths=(8, 16, 32, 64)),
 }
 
 

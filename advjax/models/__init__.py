@@ -30,8 +30,16 @@ Backbones (`MODELS`), each with a `*_tiny` sibling for tests:
                                      torchvision-layout ImageNet ResNets
   efficientnet_b0 .. efficientnet_b7, efficientnet_tiny
                                      EfficientNets, AdvProp's models (efficientnet.py)
+  resnet50_dilated, resnet101_dilated, resnet50_dilated_tiny
+                                     output stride 8, torchvision's FCN backbones (resnet.py)
+  vgg16, vgg16_tiny                  VGG-16, FCN-8s' backbone (vgg.py)
 
-Heads (`HEADS`): 'classifier', the dense layer on the backbone's pooled vector.
+Heads (`HEADS`): 'classifier', the dense layer on the backbone's pooled vector;
+segmentation heads (fcn.py): 'fcn' and 'fcn_aux' (torchvision's FCN head,
+without and with its auxiliary classifier; `resnet50_dilated` + 'fcn_aux' is
+torchvision's fcn_resnet50), 'fcn8s' and 'fcn8s_fc' (Long et al.'s FCN-8s
+skips, without and with the 4096-wide fc6/fc7; `vgg16` + 'fcn8s_fc' with
+norm='none' is their VGG-16 FCN-8s).
 Blocks (`blocks.BLOCKS`): 'denoise:<operation>', the feature-denoising blocks
 of the Xie thesis, ch. 4 (denoising.py).
 Adding a backbone, a head or a block is one module and one `register_*` call.
@@ -48,8 +56,8 @@ from typing import Any
 import flax.linen as nn
 
 from advjax.errors import ConfigError, unknown_name
-from advjax.models import (aux_bn, blocks, convnet, denoising, efficientnet, layers, network, preact_resnet, resnet,
-                           wide_resnet)
+from advjax.models import (aux_bn, blocks, convnet, denoising, efficientnet, fcn, layers, network, preact_resnet,
+                           resnet, vgg, wide_resnet)
 from advjax.models.network import Backbone, ClassifierHead, Features, Network
 
 
@@ -96,6 +104,10 @@ def _classifier(*, num_classes: int, activation: str, norm: str, dtype: str, spe
 
 
 register_head("classifier", _classifier)
+register_head("fcn", fcn.fcn_factory())
+register_head("fcn_aux", fcn.fcn_factory(aux=True))
+register_head("fcn8s", fcn.fcn8s_factory())
+register_head("fcn8s_fc", fcn.fcn8s_factory(fc_widths=fcn.FCN8S_FC_WIDTHS))
 # Feature denoising (Xie thesis ch. 4): 'denoise:<operation>[,no_conv][,no_residual]'.
 blocks.register_block("denoise", denoising.denoising_factory)
 
@@ -124,6 +136,11 @@ for _name, _backbone, _classifier_name in (
     ("efficientnet_b6", efficientnet.EfficientNetB6, "fc"),
     ("efficientnet_b7", efficientnet.EfficientNetB7, "fc"),
     ("efficientnet_tiny", efficientnet.EfficientNetTiny, "fc"),
+    ("resnet50_dilated", resnet.ResNet50Dilated, "fc"),
+    ("resnet101_dilated", resnet.ResNet101Dilated, "fc"),
+    ("resnet50_dilated_tiny", resnet.ResNet50DilatedTiny, "fc"),
+    ("vgg16", vgg.VGG16, "fc"),
+    ("vgg16_tiny", vgg.VGG16Tiny, "fc"),
 ):
   register_model(_name, _backbone, _classifier_name)
 
@@ -181,4 +198,4 @@ def create_model(name: str, *, num_classes: int, activation: str = "relu",
 
 
 __all__ = ["Backbone", "ClassifierHead", "Features", "HEADS", "MODELS", "ModelSpec", "Network", "aux_bn",
-           "blocks", "create_model", "layers", "network", "register_head", "register_model"]
+           "blocks", "create_model", "fcn", "layers", "network", "register_head", "register_model"]

@@ -15,6 +15,22 @@ B" of the paper). Two block types and two stems cover the models used here:
   1x1 expand by 4) with the stride on the 3x3 conv ("ResNet v1.5"), stages of
   [3, 4, 6, 3], [3, 4, 23, 3] and [3, 8, 36, 3] blocks. `wide_resnet50_2`
   doubles the inner width of every bottleneck (Zagoruyko & Komodakis, 2016).
+* Dilated ImageNet ResNets (`resnet50_dilated`, `resnet101_dilated`), the
+  backbones of torchvision's FCN-ResNet (`replace_stride_with_dilation=[False,
+  True, True]`, the "atrous" trick of Chen et al., 2017, DeepLab): the last
+  `dilate_last` stages drop their stride and dilate their 3x3 convolutions
+  instead. A 3x3 convolution with dilation d reads
+
+      y[i, j] = sum_{a, b in {-1, 0, 1}} w[a, b] x[i + d a, j + d b]
+
+  (padding d keeps the size), so dropping a stride of 2 and doubling the
+  dilation of everything after it sees the same image region at twice the
+  sampling rate. Following torchvision, the first block of a dilated stage
+  keeps the previous stage's dilation and the later blocks use the new one:
+  with `dilate_last=2` stage 3 runs at dilations (1, 2, 2, ...) and stage 4 at
+  (2, 4, 4), and the output stride is 8 instead of 32. Only the strides and
+  dilations change, so the variables have exactly the names and shapes of the
+  undilated network: a classification ResNet-50's backbone loads unchanged.
 
 Submodules carry torchvision's names (conv1, bn1, layer{s}_{b}/conv1, ...,
 downsample_conv, downsample_bn, and the classifier head's fc), which `advjax.bridge` maps to
@@ -31,6 +47,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from advjax.errors import ConfigError
 from advjax.models import layers
 from advjax.models.network import Backbone, Features
 
@@ -76,6 +93,7 @@ class Bottleneck(nn.Module):
     norm: `layers.NORMS` name.
     dtype: jnp compute dtype.
     width_multiplier: inner (3x3) width is features * width_multiplier.
+    dilation: dilation (and padding) of the 3x3 convolution.
   """
 
   features: int
@@ -84,6 +102,7 @@ class Bottleneck(nn.Module):
   norm: str
   dtype: Any
   width_multiplier: int = 1
+  dilation: int = 1
 
   expansion = 4
 
@@ -96,12 +115,27 @@ class Bottleneck(nn.Module):
     out = self.features * self.expansion
     y = layers.conv(width, 1, dtype=self.dtype, name="conv1")(x)
     y = layers.get_activation(self.activation)(norm(name="bn1")(y))
-    y = layers.conv(width, 3, stride=self.stride, dtype=self.dtype, name="conv2")(y)
+    y = _conv3x3(width, self.stride, self.dilation, self.dtype, name="conv2")(y)
     y = layers.get_activation(self.activation)(norm(name="bn2")(y))
     y = layers.conv(out, 1, dtype=self.dtype, name="conv3")(y)
     y = norm(name="bn3")(y)
     shortcut = _shortcut(x, out, self.stride, norm, self.dtype)
     return layers.get_activation(self.activation)(y + shortcut)
+
+
+def _conv3x3(features: int, stride: int, dilation: int, dtype, name: str) -> nn.Module:
+  """`layers.conv(features, 3)`, dilated by `dilation` (padding = dilation, PyTorch's rule)."""
+  if dilation == 1:
+    return layers.conv(features, 3, stride=stride, dtype=dtype, name=name)
+  # layers.conv's float32 kernel and He initialisation, with the dilation it has no field for.
+  return nn.Conv(features, (3, 3), strides=(stride, stride), padding=((dilation, dilation), (dilation, dilation)),
+                 kernel_dilation=(dilation, dilation), use_bias=False, dtype=dtype, param_dtype=jnp.float32,
+                 kernel_init=layers.conv_kernel_init, name=name)
+
+
+def _is_bottleneck(block_cls) -> bool:
+  base = block_cls.func if isinstance(block_cls, functools.partial) else block_cls
+  return isinstance(base, type) and issubclass(base, Bottleneck)
 
 
 def _shortcut(x: jax.Array, features: int, stride: int, norm, dtype) -> jax.Array:
@@ -117,13 +151,18 @@ class ResNet(Backbone):
 
   Stage s ('stage1', ...) ends after its last block; every block
   ('layer{s}_{b}') is an insertion position too. The pooled vector is the
-  global average of the last stage.
+  global average of the last stage. Stages 2, 3, ... halve the resolution,
+  except the last `dilate_last`, which dilate instead (see the module
+  docstring; bottleneck blocks only, as in torchvision).
 
   Attributes:
     stage_sizes: blocks per stage.
     widths: per-stage block `features` (planes); the stem has widths[0].
     block_cls: `BasicBlock` or a `Bottleneck` (possibly a partial of it).
     stem: 'cifar' (3x3 conv) or 'imagenet' (7x7/2 conv + 3x3/2 max pool).
+    dilate_last: how many of the last stages replace their stride by
+      dilation: 0 (none), 2 (torchvision's FCN/DeepLab layout, output stride
+      8 with the ImageNet stem), at most len(stage_sizes) - 1.
     (activation, norm, dtype, insert_block, insert_after: see `Backbone`.)
   """
 
@@ -131,6 +170,7 @@ class ResNet(Backbone):
   widths: Sequence[int] = (64, 128, 256)
   block_cls: Any = BasicBlock
   stem: str = "cifar"
+  dilate_last: int = 0
 
   def positions(self) -> dict[str, tuple[str, ...]]:
     return {"stage": tuple(f"stage{s + 1}" for s in range(len(self.stage_sizes))),
@@ -140,6 +180,11 @@ class ResNet(Backbone):
   def __call__(self, x: jax.Array, train: bool, use_batch_stats: bool, pool: bool = True) -> Features:
     """x: [batch, height, width, channels] normalised -> Features (pooled [batch, channels])."""
     dtype = self.compute_dtype
+    num_stages = len(self.stage_sizes)
+    if not 0 <= self.dilate_last < num_stages:
+      raise ConfigError(f"model dilate_last={self.dilate_last}: must be in [0, {num_stages - 1}]")
+    if self.dilate_last and not _is_bottleneck(self.block_cls):
+      raise ConfigError("model dilate_last: dilation needs bottleneck blocks (torchvision's rule)")
     kernel = 7 if self.stem == "imagenet" else 3
     stride = 2 if self.stem == "imagenet" else 1
     x = layers.conv(self.widths[0], kernel, stride=stride, dtype=dtype, name="conv1")(x)
@@ -149,15 +194,23 @@ class ResNet(Backbone):
     if self.stem == "imagenet":
       x = nn.max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
     stages = []
+    dilation = 1
     for s, (num_blocks, width) in enumerate(zip(self.stage_sizes, self.widths)):
+      stride = 2 if s > 0 else 1
+      previous = dilation
+      if s >= num_stages - self.dilate_last:
+        dilation, stride = dilation * stride, 1
       for b in range(num_blocks):
+        # Dilation is a Bottleneck field only; undilated models build blocks as before.
+        dilated = {"dilation": previous if b == 0 else dilation} if self.dilate_last else {}
         x = self.block_cls(
             features=width,
-            stride=2 if s > 0 and b == 0 else 1,
+            stride=stride if b == 0 else 1,
             activation=self.activation,
             norm=self.norm,
             dtype=dtype,
             name=f"layer{s + 1}_{b}",
+            **dilated,
         )(x, use_batch_stats)
         x = self.insert(f"layer{s + 1}_{b}", x, use_batch_stats, placement="block")
       x = self.insert(f"stage{s + 1}", x, use_batch_stats)
@@ -179,3 +232,7 @@ WideResNet50_2 = functools.partial(
     block_cls=functools.partial(Bottleneck, width_multiplier=2))
 ResNet50Tiny = functools.partial(ImageNetResNet, stage_sizes=(1, 1, 1, 1),
                                  widths=(8, 16, 32, 64))
+# torchvision's FCN / DeepLab backbones: output stride 8, the variables of ResNet-50/101.
+ResNet50Dilated = functools.partial(ResNet50, dilate_last=2)
+ResNet101Dilated = functools.partial(ResNet101, dilate_last=2)
+ResNet50DilatedTiny = functools.partial(ResNet50Tiny, dilate_last=2)

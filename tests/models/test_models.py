@@ -15,7 +15,7 @@ from advjax.errors import ConfigError
 from advjax.models import MODELS, ClassifierHead, Network, create_model, layers
 
 TINY = ["convnet_tiny", "resnet20_tiny", "preact_resnet18_tiny", "wrn_tiny", "resnet50_tiny",
-        "efficientnet_tiny"]
+        "efficientnet_tiny", "resnet50_dilated_tiny", "vgg16_tiny"]
 # Models with dropout, by the name of their first BatchNorm (which dropout cannot affect).
 WITH_DROPOUT = {"convnet_tiny": "bn1", "efficientnet_tiny": "stem_bn"}
 NUM_CLASSES = 5
