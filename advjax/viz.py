@@ -8,6 +8,10 @@ next to the raw `.npy` array (loaded back with `np.load`, no pickle).
 `plot_pareto` draws the accuracy-robustness trade-off of shared adversarial
 training (sec. 6.1, fig. 3): one curve per sharedness s, clean accuracy on x
 and eps_uni(delta) on y, the non-dominated points of each s joined.
+`save_segmentation_figure` shows attacks on segmentation in the manner of the
+Xie thesis' figs. 2.1-2.2: per image a row of the image, the ground truth,
+the clean and the adversarial predictions as VOC-coloured label maps, and the
+amplified perturbation.
 
 matplotlib runs on the Agg backend, so nothing here needs a display.
 """
@@ -21,6 +25,8 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 from PIL import Image  # noqa: E402
+
+from advjax.data.segmentation import colorize  # noqa: E402
 
 
 def _ensure_dir(path: str) -> None:
@@ -169,5 +175,70 @@ def plot_pareto(points: Sequence[dict], path: str, *, delta: float | None = None
   ax.legend()
   fig.tight_layout()
   fig.savefig(path, format="png")
+  plt.close(fig)
+  return path
+
+
+SEGMENTATION_COLUMNS = ("image", "ground truth", "clean prediction", "adversarial prediction",
+                        "perturbation")
+
+
+def save_segmentation_figure(path: str, images: np.ndarray, labels: np.ndarray, clean_pred: np.ndarray,
+                             adv_pred: np.ndarray, perturbation: np.ndarray, *, eps: float | None = None,
+                             adv_title: str = "adversarial prediction", panel_px: int = 128,
+                             header_px: int = 24, dpi: int = 100) -> str:
+  """Writes a PNG with one row per image: image, ground truth, clean / adversarial prediction, perturbation.
+
+  Label maps are drawn in the PASCAL VOC palette (`advjax.data.segmentation.colorize`;
+  ignored pixels in VOC's void colour), the perturbation amplified by `amplify`.
+  The file is exactly `5 * panel_px` pixels wide and `n * panel_px + header_px`
+  high: a title band, then an n x 5 grid of square panels.
+
+  Args:
+    path: PNG path; directories are created.
+    images: [n, H, W, C] in [0, 1], C = 1 (grey) or 3.
+    labels: [n, H, W] ground-truth maps, -1 ignored.
+    clean_pred: [n, H, W] predictions on the clean images.
+    adv_pred: [n, H, W] predictions on the adversarial images.
+    perturbation: [n, H, W, C] on the [0, 1] scale.
+    eps: radius on the [0, 1] scale mapped to black/white (an attack's eps);
+      None scales each image's perturbation by its own max |value|.
+    adv_title: title of the fourth column (e.g. 'PGD-10, eps 8' or 'DAG').
+    panel_px: side of one panel in pixels.
+    header_px: height of the title band in pixels.
+    dpi: resolution used to convert pixels to matplotlib inches.
+
+  Returns:
+    `path`.
+  """
+  images = np.asarray(images, np.float32)
+  n = images.shape[0]
+  if not (images.ndim == 4 and images.shape[-1] in (1, 3)):
+    raise ValueError(f"save_segmentation_figure: images must be [n, H, W, 1 or 3], got {images.shape}")
+  maps = [np.asarray(m) for m in (labels, clean_pred, adv_pred)]
+  if any(m.shape != images.shape[:3] for m in maps) or np.shape(perturbation) != images.shape:
+    raise ValueError("save_segmentation_figure: labels, predictions and perturbation must match the images "
+                     f"{images.shape}")
+  _ensure_dir(path)
+  columns = SEGMENTATION_COLUMNS[:3] + (adv_title, SEGMENTATION_COLUMNS[4])
+  width, height = len(columns) * panel_px, n * panel_px + header_px
+  fig = plt.figure(figsize=(width / dpi, height / dpi), dpi=dpi)
+  margin = 2  # pixels between panels
+  for i in range(n):
+    delta = np.asarray(perturbation[i], np.float32)
+    tiles = (images[i], colorize(maps[0][i]), colorize(maps[1][i]), colorize(maps[2][i]), amplify(delta, eps))
+    for j, tile in enumerate(tiles):
+      left = (j * panel_px + margin) / width
+      bottom = ((n - 1 - i) * panel_px + margin) / height
+      ax = fig.add_axes((left, bottom, (panel_px - 2 * margin) / width, (panel_px - 2 * margin) / height))
+      if tile.ndim == 3 and tile.shape[-1] == 1:
+        ax.imshow(tile[..., 0], cmap="gray", vmin=0.0, vmax=1.0, interpolation="nearest")
+      else:
+        ax.imshow(tile, interpolation="nearest")
+      ax.set_axis_off()
+  for j, title in enumerate(columns):
+    fig.text((j + 0.5) * panel_px / width, 1.0 - 0.5 * header_px / height, title, ha="center", va="center",
+             fontsize=8)
+  fig.savefig(path, format="png", dpi=dpi)
   plt.close(fig)
   return path

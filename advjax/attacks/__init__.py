@@ -13,6 +13,7 @@ mode during the attack an explicit choice.
   diversity  DI2-FGSM's random resize and padding
   ensemble   fused logits of several models (Xie thesis, eq. 3.8)
   deepfool   minimal L2 / L-inf perturbations
+  dag        dense adversary generation against segmentation (Xie thesis, ch. 2)
   heap       heap adversaries: one perturbation shared by s examples (shared AT)
   universal  universal perturbations by stochastic PGD / SGD over a data stream
   universal_deepfool  iterative DeepFool universal perturbations (UAT's algorithm 1)
@@ -26,8 +27,8 @@ The presets `fgsm`, `bim`, `pgd`, `mi_fgsm`, `di2_fgsm`, `m_di2_fgsm` live in
 attributes `pgd` and `deepfool` must stay the modules.
 """
 
-from advjax.attacks import (core, deepfool, diversity, ensemble, heap, losses, pgd, rules, threat, universal,
-                            universal_deepfool)
+from advjax.attacks import (core, dag, deepfool, diversity, ensemble, heap, losses, pgd, rules, threat,
+                            universal, universal_deepfool)
 from advjax.attacks.deepfool import DeepFoolConfig
 from advjax.attacks.ensemble import ensemble_logits_fn
 from advjax.attacks.pgd import AttackConfig, attack
@@ -65,7 +66,7 @@ def make_logits_fn(model, variables, bn_mode: str = "eval"):
 
 
 __all__ = [
-    "AttackConfig", "BN_MODES", "DeepFoolConfig", "attack", "core", "deepfool", "diversity", "ensemble",
+    "AttackConfig", "BN_MODES", "DeepFoolConfig", "attack", "core", "dag", "deepfool", "diversity", "ensemble",
     "ensemble_logits_fn", "heap", "losses", "make_logits_fn", "pgd", "rules", "threat", "universal",
     "universal_deepfool",
 ]

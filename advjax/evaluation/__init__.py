@@ -6,6 +6,8 @@
   search      the bisection behind eps_adv(delta) and eps_uni(delta)
   robustness  metrics under attack and eps_adv ('clean', 'pgd', 'eps_adv')
   universal   metrics under universal perturbations and eps_uni ('universal', 'eps_uni')
+  segmentation  label maps only: DAG's ORIG / ADVR / PERM table ('dag') and a
+              figure of attacked predictions ('seg_figure')
 
 `run(evals, ctx, variables)` runs the entries of a `config.evals` block and
 returns `{entry name: {name: value}}`; eval.py, the end-of-training
@@ -19,7 +21,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from advjax.errors import ConfigError, unknown_name
-from advjax.evaluation import base, context, robustness, search, universal
+from advjax.evaluation import base, context, robustness, search, segmentation, universal
 from advjax.evaluation.base import Evaluator, clean_metrics
 from advjax.evaluation.context import EvalContext
 from advjax.evaluation.robustness import attacked_metrics, eps_adv_config, eps_adv_search
@@ -31,6 +33,8 @@ EVALUATORS: dict[str, type[Evaluator]] = {
     "eps_adv": robustness.EpsAdv,
     "eps_uni": universal.EpsUni,
     "universal": universal.Universal,
+    "dag": segmentation.DAG,
+    "seg_figure": segmentation.SegFigure,
 }
 
 
@@ -107,4 +111,4 @@ def scalars(results: Mapping[str, Any], prefix: str = "") -> dict[str, float]:
 
 __all__ = ["EVALUATORS", "EvalContext", "Evaluator", "attacked_metrics", "base", "clean_metrics", "context",
            "eps_adv_config", "eps_adv_search", "eps_uni_search", "evaluate_universal", "parse",
-           "register_evaluator", "robustness", "run", "scalars", "search", "universal"]
+           "register_evaluator", "robustness", "run", "scalars", "search", "segmentation", "universal"]
