@@ -75,7 +75,7 @@ def run(main: Callable[[object, str], None]) -> None:
   """Parses flags, loads the config and calls `main(config, workdir)`, mapping input errors to exit 2."""
 
   def _main(argv):
-    logging.set_verbosity(logging.WARNING)  # orbax logs every save at INFO.
+    logging.set_verbosity(logging.ERROR)  # orbax logs every save at INFO and harmless notes at WARNING.
     if len(argv) > 1:
       fail(f"unexpected arguments: {' '.join(argv[1:])}")
     if not flags.FLAGS["config"].present:

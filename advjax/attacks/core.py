@@ -33,15 +33,6 @@ from jax import lax
 STEP_SCHEDULES = ("constant", "annealed")
 RESTART_SELECTIONS = ("loss", "misclassified")
 
-# XLA:CPU (jaxlib 0.10.2) runs a network's convolutions inside a while-loop
-# body about 3x slower than the same convolutions in straight-line code
-# (ResNet-20, batch 8: 0.67 s vs 0.21 s per PGD step; see BENCHMARKS.md),
-# and a partly unrolled loop is still a loop. So on CPU short attacks are
-# unrolled completely: the same arithmetic, one compile per step count, and
-# compile time growing with the steps, hence the bound. Accelerators keep the loop.
-CPU_UNROLL_MAX_STEPS = 16
-
-
 def bind(model_fn: Callable, variables: Any) -> Callable:
   """`model_fn(variables)` when variables are given, else `model_fn` itself.
 
@@ -93,10 +84,6 @@ def ascend(delta: jax.Array, grad: jax.Array, state: Any, rule: optax.GradientTr
   return project(delta + step_size * direction), state
 
 
-def _unroll(num_steps: int) -> bool:
-  return jax.default_backend() == "cpu" and 0 < num_steps <= CPU_UNROLL_MAX_STEPS
-
-
 def optimize(objective: Callable[[jax.Array, jax.Array], jax.Array], delta: jax.Array, rng: jax.Array, *,
              rule: optax.GradientTransformation, step_size: Callable[[Any], Any],
              project: Callable[[jax.Array], jax.Array], num_steps: int) -> jax.Array:
@@ -122,7 +109,11 @@ def optimize(objective: Callable[[jax.Array, jax.Array], jax.Array], delta: jax.
     g = grad_fn(delta, jax.random.fold_in(rng, k))
     return ascend(delta, g, state, rule, step_size(k), project)
 
-  delta, _ = lax.fori_loop(0, num_steps, body, (delta, rule.init(delta)), unroll=_unroll(num_steps))
+  # A rolled loop on every backend: the models' convolutions compute their input
+  # gradient as a forward convolution (advjax.models.convolution), which XLA:CPU
+  # runs as fast inside a loop body as in straight-line code, so compile time
+  # does not grow with the number of steps.
+  delta, _ = lax.fori_loop(0, num_steps, body, (delta, rule.init(delta)))
   return delta
 
 

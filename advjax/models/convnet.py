@@ -60,7 +60,7 @@ class ConvNet(Backbone):
                            dtype=dtype, name=f"bn{i + 1}")(x)
       x = layers.get_activation(self.activation)(x)
       if i % 2 == 1:
-        x = nn.max_pool(x, (2, 2), strides=(2, 2))
+        x = layers.max_pool(x, 2, 2)
         x = nn.Dropout(self.conv_dropout, deterministic=not train)(x)
         x = self.insert(f"stage{len(stages) + 1}", x, use_batch_stats)
         stages.append(x)

@@ -129,7 +129,7 @@ def subsample_keys(x: Array) -> Array:
     [batch, ceil(H / 2), ceil(W / 2), C]; an odd map's last row or column is
     pooled on its own (padding with -inf), so no position is dropped.
   """
-  return nn.max_pool(x, (2, 2), strides=(2, 2), padding="SAME")
+  return layers.max_pool(x, 2, 2, padding="SAME")
 
 
 # ---------------------------------------------------------- non-local means

@@ -72,14 +72,6 @@ def round_repeats(repeats: int, depth: float) -> int:
   return int(math.ceil(depth * repeats))
 
 
-def _conv(features: int, kernel: int, *, stride: int = 1, groups: int = 1, use_bias: bool = False,
-          dtype=jnp.float32, name: str | None = None) -> nn.Conv:
-  pad = kernel // 2
-  return nn.Conv(features, (kernel, kernel), strides=(stride, stride), padding=((pad, pad), (pad, pad)),
-                 feature_group_count=groups, use_bias=use_bias, dtype=dtype, param_dtype=jnp.float32,
-                 kernel_init=layers.conv_kernel_init, name=name)
-
-
 class MBConv(nn.Module):
   """Mobile inverted bottleneck with squeeze-excitation.
 
@@ -115,16 +107,16 @@ class MBConv(nn.Module):
     inner = channels * self.expand_ratio
     y = x
     if self.expand_ratio != 1:
-      y = _conv(inner, 1, dtype=self.dtype, name="expand_conv")(y)
+      y = layers.conv(inner, 1, dtype=self.dtype, name="expand_conv")(y)
       y = act()(norm(name="expand_bn")(y))
-    y = _conv(inner, self.kernel, stride=self.stride, groups=inner, dtype=self.dtype, name="dw_conv")(y)
+    y = layers.conv(inner, self.kernel, stride=self.stride, groups=inner, dtype=self.dtype, name="dw_conv")(y)
     y = act()(norm(name="dw_bn")(y))
     squeeze = max(1, int(channels * self.se_ratio))
     s = jnp.mean(y, axis=(1, 2), keepdims=True)
-    s = act()(_conv(squeeze, 1, use_bias=True, dtype=self.dtype, name="se_reduce")(s))
-    s = _conv(inner, 1, use_bias=True, dtype=self.dtype, name="se_expand")(s)
+    s = act()(layers.conv(squeeze, 1, use_bias=True, dtype=self.dtype, name="se_reduce")(s))
+    s = layers.conv(inner, 1, use_bias=True, dtype=self.dtype, name="se_expand")(s)
     y = y * jax.nn.sigmoid(s)
-    y = _conv(self.features, 1, dtype=self.dtype, name="project_conv")(y)
+    y = layers.conv(self.features, 1, dtype=self.dtype, name="project_conv")(y)
     y = norm(name="project_bn")(y)
     if self.stride == 1 and channels == self.features:
       if self.drop_connect > 0:
@@ -175,7 +167,7 @@ class EfficientNet(Backbone):
   def __call__(self, x: jax.Array, train: bool, use_batch_stats: bool, pool: bool = True) -> Features:
     """x: [batch, height, width, channels] normalised -> Features (pooled [batch, head width])."""
     dtype = self.compute_dtype
-    x = _conv(round_filters(self.stem_features, self.width), 3, stride=2, dtype=dtype, name="stem_conv")(x)
+    x = layers.conv(round_filters(self.stem_features, self.width), 3, stride=2, dtype=dtype, name="stem_conv")(x)
     x = layers.make_norm(self.norm, use_running_average=not use_batch_stats, dtype=dtype, name="stem_bn")(x)
     x = layers.get_activation(self.activation)(x)
     repeats = self._repeats()
@@ -201,7 +193,7 @@ class EfficientNet(Backbone):
       stages.append(x)
     if not pool:
       return Features(tuple(stages), None)
-    x = _conv(round_filters(self.head_features, self.width), 1, dtype=dtype, name="head_conv")(x)
+    x = layers.conv(round_filters(self.head_features, self.width), 1, dtype=dtype, name="head_conv")(x)
     x = layers.make_norm(self.norm, use_running_average=not use_batch_stats, dtype=dtype, name="head_bn")(x)
     x = layers.get_activation(self.activation)(x)
     x = jnp.mean(x, axis=(1, 2))

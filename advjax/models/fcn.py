@@ -351,8 +351,8 @@ class FCN8sHead(nn.Module):
       h = layers.conv(width, kernel, use_bias=True, dtype=dtype, name=f"{p}fc{6 + i}")(h)
       h = _Activation(self.activation, name=f"{p}act{6 + i}")(h)
       h = nn.Dropout(self.fc_dropout, deterministic=not train, name=f"{p}drop{6 + i}")(h)
-    score = functools.partial(nn.Conv, self.num_classes, (1, 1), use_bias=True, dtype=dtype,
-                              param_dtype=jnp.float32, kernel_init=nn.initializers.zeros)
+    score = functools.partial(layers.conv, self.num_classes, 1, use_bias=True, dtype=dtype,
+                              kernel_init=nn.initializers.zeros)
     f = score(name=f"{p}score_fr")(h)
     f = match_size(Upsample2x(self.num_classes, dtype, name=f"{p}upscore2")(f), s4.shape[1:3])
     f = f + score(name=f"{p}score_pool4")(s4)

@@ -62,6 +62,7 @@ import jax
 import jax.numpy as jnp
 
 from advjax.errors import ConfigError, unknown_name
+from advjax.models import convolution, pooling
 
 Array = jax.Array
 Activation = Callable[[Array], Array]
@@ -511,38 +512,57 @@ def check_norm(kind: str) -> None:
 # ----------------------------------------------------------------------- convs
 
 
-def conv(features: int, kernel: int, *, stride: int = 1, use_bias: bool = False,
-         dtype=jnp.float32, name: str | None = None) -> nn.Conv:
-  """A square convolution padded like PyTorch's `Conv2d(padding=kernel // 2)`.
+def conv(features: int, kernel: int, *, stride: int = 1, dilation: int = 1, groups: int = 1,
+         use_bias: bool = False, dtype=jnp.float32, kernel_init=conv_kernel_init,
+         name: str | None = None) -> nn.Module:
+  """A square convolution padded like PyTorch's `Conv2d(padding=dilation * (kernel // 2))`.
 
   Explicit symmetric padding rather than 'SAME': for a stride-2 layer on an
   even input, 'SAME' pads (0, 1) where PyTorch pads (1, 1), which shifts the
   sampling grid and would break weight transfer with `advjax.bridge`.
 
+  The layer is `advjax.models.convolution.Conv`: nn.Conv's parameters, initial
+  values and forward pass, with an input gradient that XLA:CPU runs at full
+  speed inside the compiled loops of the attacks (see that module).
+
   Args:
     features: output channels.
     kernel: kernel height and width (odd).
     stride: spatial stride.
+    dilation: kernel dilation (atrous convolution).
+    groups: feature groups (the input channels for a depthwise convolution).
     use_bias: whether to add a bias (redundant before a BatchNorm).
     dtype: compute dtype; the kernel is stored in float32.
+    kernel_init: kernel initialiser (He's fan-out normal by default).
     name: submodule name.
 
   Returns:
-    An `nn.Conv` mapping [batch, H, W, C] to [batch, ceil(H/stride),
+    A module mapping [batch, H, W, C] to [batch, ceil(H/stride),
     ceil(W/stride), features].
   """
-  pad = kernel // 2
-  return nn.Conv(
+  pad = dilation * (kernel // 2)
+  return convolution.Conv(
       features,
       (kernel, kernel),
       strides=(stride, stride),
       padding=((pad, pad), (pad, pad)),
+      kernel_dilation=(dilation, dilation),
+      feature_group_count=groups,
       use_bias=use_bias,
       dtype=dtype,
       param_dtype=jnp.float32,
-      kernel_init=conv_kernel_init,
+      kernel_init=kernel_init,
       name=name,
   )
+
+
+def max_pool(x: Array, window: int, stride: int, padding: Any = "VALID") -> Array:
+  """Max pooling whose gradient goes to each window's first maximum, fast on CPU (`pooling.max_pool`).
+
+  Equal, values and gradients, to `flax.linen.max_pool(x, (window, window),
+  (stride, stride), padding)`.
+  """
+  return pooling.max_pool(x, (window, window), (stride, stride), padding)
 
 
 def dense(features: int, *, dtype=jnp.float32, name: str | None = None) -> nn.Dense:

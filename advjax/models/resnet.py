@@ -125,12 +125,7 @@ class Bottleneck(nn.Module):
 
 def _conv3x3(features: int, stride: int, dilation: int, dtype, name: str) -> nn.Module:
   """`layers.conv(features, 3)`, dilated by `dilation` (padding = dilation, PyTorch's rule)."""
-  if dilation == 1:
-    return layers.conv(features, 3, stride=stride, dtype=dtype, name=name)
-  # layers.conv's float32 kernel and He initialisation, with the dilation it has no field for.
-  return nn.Conv(features, (3, 3), strides=(stride, stride), padding=((dilation, dilation), (dilation, dilation)),
-                 kernel_dilation=(dilation, dilation), use_bias=False, dtype=dtype, param_dtype=jnp.float32,
-                 kernel_init=layers.conv_kernel_init, name=name)
+  return layers.conv(features, 3, stride=stride, dilation=dilation, dtype=dtype, name=name)
 
 
 def _is_bottleneck(block_cls) -> bool:
@@ -192,7 +187,7 @@ class ResNet(Backbone):
                          dtype=dtype, name="bn1")(x)
     x = layers.get_activation(self.activation)(x)
     if self.stem == "imagenet":
-      x = nn.max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
+      x = layers.max_pool(x, 3, 2, padding=((1, 1), (1, 1)))
     stages = []
     dilation = 1
     for s, (num_blocks, width) in enumerate(zip(self.stage_sizes, self.widths)):

@@ -73,7 +73,7 @@ class VGG(Backbone):
                              name=f"bn{s + 1}_{i + 1}")(x)
         x = layers.get_activation(self.activation)(x)
       # 'SAME' pads the odd last row/column with -inf at the end: ceil mode.
-      x = nn.max_pool(x, (2, 2), strides=(2, 2), padding="SAME")
+      x = layers.max_pool(x, 2, 2, padding="SAME")
       x = self.insert(f"stage{s + 1}", x, use_batch_stats)
       stages.append(x)
     return Features(tuple(stages), jnp.mean(x, axis=(1, 2)) if pool else None)
