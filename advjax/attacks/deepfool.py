@@ -14,14 +14,19 @@ overshoot on the total follow the authors' reference code. Candidates are the
 included), as in the reference code's `num_classes`.
 
 The universality paper uses DeepFool as a third adversary beside FGSM and BI.
-Here every example runs in one batch under a `lax.fori_loop` of `max_iter`
-iterations (static, for jit); an example stops changing once it is
-misclassified, by masking. torchattacks applies the overshoot to each step
-instead of the total; their perturbations differ by a factor close to 1.
+Here every example runs in one batch under a `lax.while_loop`: an example
+stops changing once it is misclassified (by masking), and the loop ends as
+soon as no example is still classified as its label, or after `max_iter`
+iterations, as the reference implementations stop. `deepfool_with_info` also
+returns each example's iteration count and whether it was fooled, which the
+iterative-DeepFool universal perturbation needs. torchattacks applies the
+overshoot to each step instead of the total; their perturbations differ by a
+factor close to 1.
 """
 
 import dataclasses
 import functools
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -60,23 +65,23 @@ class DeepFoolConfig:
       raise ConfigError(f"deepfool field 'norm'={self.norm!r}: must be one of linf, l2")
 
 
-@functools.partial(jax.jit, static_argnames=("logits_fn", "cfg"))
-def deepfool(logits_fn, x: jax.Array, y: jax.Array, rng: jax.Array,
-             cfg: DeepFoolConfig = DeepFoolConfig()) -> jax.Array:
-  """Minimal perturbations that change each example's class.
+class DeepFoolResult(NamedTuple):
+  """What `deepfool_with_info` returns.
 
-  Args:
-    logits_fn: `x -> [batch, classes]` closure (static).
-    x: [batch, height, width, channels] images in [0, 1].
-    y: [batch] labels to move away from (true labels, or the clean predictions
-      as in the reference code).
-    rng: unused (DeepFool is deterministic); kept for the attack signature.
-    cfg: `DeepFoolConfig` (static).
-
-  Returns:
-    [batch, height, width, channels] adversarial images in [0, 1]; examples
-    already misclassified are returned unchanged.
+  Attributes:
+    x_adv: [batch, H, W, C] adversarial images in [0, 1].
+    iterations: [batch] int32 linearisation steps each example took.
+    fooled: [batch] bool, whether x_adv is classified as another class than the label.
   """
+  x_adv: jax.Array
+  iterations: jax.Array
+  fooled: jax.Array
+
+
+@functools.partial(jax.jit, static_argnames=("logits_fn", "cfg"))
+def deepfool_with_info(logits_fn, x: jax.Array, y: jax.Array, rng: jax.Array,
+                       cfg: DeepFoolConfig = DeepFoolConfig()) -> DeepFoolResult:
+  """DeepFool with each example's iteration count and success (see `deepfool`)."""
   del rng
   if y.ndim != 1:
     raise ConfigError(f"DeepFool moves each example across one decision boundary, so it needs class labels "
@@ -93,10 +98,16 @@ def deepfool(logits_fn, x: jax.Array, y: jax.Array, rng: jax.Array,
     z_y = jnp.take_along_axis(logits, y[:, None], axis=-1)
     return jnp.take_along_axis(logits, others, axis=-1) - z_y, logits
 
-  def body(_, carry):
-    r_tot, active = carry
-    x_adv = jnp.clip(x + (1.0 + cfg.overshoot) * r_tot, 0.0, 1.0)
-    f, vjp, logits = jax.vjp(differences, x_adv, has_aux=True)
+  def current(r_tot):
+    return jnp.clip(x + (1.0 + cfg.overshoot) * r_tot, 0.0, 1.0)
+
+  def cond(carry):
+    i, _, active, _ = carry
+    return (i < cfg.max_iter) & jnp.any(active)
+
+  def body(carry):
+    i, r_tot, active, iterations = carry
+    f, vjp, logits = jax.vjp(differences, current(r_tot), has_aux=True)
     active = active & (jnp.argmax(logits, axis=-1) == y)
     basis = jnp.eye(k, dtype=f.dtype)[:, None, :] * jnp.ones_like(f)[None]
     w = jax.vmap(lambda e: vjp(e)[0])(basis)
@@ -111,8 +122,31 @@ def deepfool(logits_fn, x: jax.Array, y: jax.Array, rng: jax.Array,
       r = (f_l / (n_l ** 2 + _TINY)).reshape(bshape) * w_l
     else:
       r = (f_l / (n_l + _TINY)).reshape(bshape) * jnp.sign(w_l)
-    return r_tot + jnp.where(active.reshape(bshape), r, 0.0), active
+    return (i + 1, r_tot + jnp.where(active.reshape(bshape), r, 0.0), active,
+            iterations + active.astype(jnp.int32))
 
-  active0 = jnp.ones(y.shape, bool)
-  r_tot, _ = lax.fori_loop(0, cfg.max_iter, body, (jnp.zeros_like(x), active0))
-  return jnp.clip(x + (1.0 + cfg.overshoot) * r_tot, 0.0, 1.0)
+  # The clean pass decides who starts: an example already misclassified never moves.
+  start = jnp.argmax(clean, axis=-1) == y
+  carry = (jnp.int32(0), jnp.zeros_like(x), start, jnp.zeros(y.shape, jnp.int32))
+  _, r_tot, _, iterations = lax.while_loop(cond, body, carry)
+  x_adv = current(r_tot)
+  return DeepFoolResult(x_adv, iterations, jnp.argmax(logits_fn(x_adv), axis=-1) != y)
+
+
+def deepfool(logits_fn, x: jax.Array, y: jax.Array, rng: jax.Array,
+             cfg: DeepFoolConfig = DeepFoolConfig()) -> jax.Array:
+  """Minimal perturbations that change each example's class.
+
+  Args:
+    logits_fn: `x -> [batch, classes]` closure (static).
+    x: [batch, height, width, channels] images in [0, 1].
+    y: [batch] labels to move away from (true labels, or the clean predictions
+      as in the reference code).
+    rng: unused (DeepFool is deterministic); kept for the attack signature.
+    cfg: `DeepFoolConfig` (static).
+
+  Returns:
+    [batch, height, width, channels] adversarial images in [0, 1]; examples
+    already misclassified are returned unchanged.
+  """
+  return deepfool_with_info(logits_fn, x, y, rng, cfg).x_adv

@@ -10,11 +10,15 @@ with ||v||_p <= eps that changes the prediction on at least a fraction
     for x_i in X:
       if f(x_i + v) == f(x_i):
         r_i <- the minimal (DeepFool) perturbation with f(x_i + v + r_i) != f(x_i)
-        v <- Proj_eps(v + r_i)
+        if DeepFool converged:
+          v <- Proj_eps(v + r_i)
 
 Prob(X, v) is the fooling ratio, the fraction of points whose predicted class
 changes when v is added. Labels play no part: the reference is the clean
-prediction f(x_i), and DeepFool moves x_i + v away from it.
+prediction f(x_i), and DeepFool moves x_i + v away from it. As in the
+authors' code, r_i is added only when DeepFool converged (it fooled the point
+within its iteration budget); a step that did not reach the boundary is
+dropped rather than pushed into v.
 
 Batching, and how it departs from the sequential original. One pass visits
 the (shuffled) points in mini-batches of `batch_size`. For each mini-batch
@@ -137,13 +141,15 @@ def _one_pass(logits_fn: Callable, v: jax.Array, xs: jax.Array, clean: jax.Array
     x_v = threat.apply(x, v)
     unfooled = m & (_predict(logits_fn, x_v) == y)
     # DeepFool leaves already fooled points unchanged; their r_i are masked below anyway.
-    r = deepfool_lib.deepfool(logits_fn, x_v, y, jax.random.PRNGKey(0), deepfool_cfg) - x_v
+    result = deepfool_lib.deepfool_with_info(logits_fn, x_v, y, jax.random.PRNGKey(0), deepfool_cfg)
+    r = result.x_adv - x_v
+    take_r = unfooled & result.fooled
 
     def fold(v, item):
       r_i, take = item
       return jnp.where(take, threat.project((v + r_i)[None], norm, eps)[0], v), None
 
-    v, _ = lax.scan(fold, v, (r, unfooled))
+    v, _ = lax.scan(fold, v, (r, take_r))
     return v, None
 
   v, _ = lax.scan(batch_update, v, (xs, clean, mask))

@@ -23,7 +23,10 @@ def _clean(logits_fn, x):
 
 @pytest.fixture(scope="module")
 def linf_result(logits_fn, points):
-  cfg = UniversalDeepFoolConfig(eps=64.0, xi=0.0, max_passes=3, batch_size=32)
+  # DeepFool gets the iterations to converge from x + v (the reference's 10
+  # leave some points unconverged, and their steps are dropped).
+  cfg = UniversalDeepFoolConfig(eps=64.0, xi=0.0, max_passes=3, batch_size=32,
+                                deepfool=deepfool.DeepFoolConfig(max_iter=50))
   return cfg, universal_deepfool(logits_fn, points, jax.random.PRNGKey(0), cfg)
 
 
@@ -55,7 +58,8 @@ def test_stops_once_the_fooling_ratio_reaches_one_minus_xi(logits_fn, points, li
   """Same run as `linf_result` but stopping at the first pass whose ratio reaches 1 - xi."""
   cfg, (_, full_rates) = linf_result
   target = float(full_rates[0]) / 2
-  early = UniversalDeepFoolConfig(eps=cfg.eps, xi=1.0 - target, max_passes=3, batch_size=cfg.batch_size)
+  early = UniversalDeepFoolConfig(eps=cfg.eps, xi=1.0 - target, max_passes=3, batch_size=cfg.batch_size,
+                                  deepfool=cfg.deepfool)
   _, rates = universal_deepfool(logits_fn, points, jax.random.PRNGKey(0), early)
   assert len(rates) == 1 and rates[0] >= target
   np.testing.assert_allclose(rates, full_rates[:1])
@@ -86,3 +90,49 @@ def test_bad_config_names_the_field():
     UniversalDeepFoolConfig(xi=1.0)
   with pytest.raises(ConfigError, match="batch_size"):
     UniversalDeepFoolConfig(batch_size=0)
+
+
+def test_only_converged_deepfool_steps_are_added(logits_fn, points):
+  """As the authors' code: a point DeepFool could not fool within its budget adds nothing to v.
+
+  One pass over one mini-batch of 32 points from v = 0 with a large ball: v is
+  the sum of the DeepFool steps of exactly the points that converged.
+  """
+  x = jnp.asarray(points[:32])
+  clean = jnp.asarray(_clean(logits_fn, points[:32]))
+  budget = deepfool.DeepFoolConfig(max_iter=5)
+  info = deepfool.deepfool_with_info(logits_fn, x, clean, jax.random.PRNGKey(0), budget)
+  assert 0 < float(jnp.mean(info.fooled)) < 1  # Some points converge within 5 iterations, some do not.
+  cfg = UniversalDeepFoolConfig(eps=255.0, xi=0.0, max_passes=1, batch_size=32, shuffle=False, deepfool=budget)
+  v, _ = universal_deepfool(logits_fn, points[:32], jax.random.PRNGKey(0), cfg)
+  steps = np.asarray(info.x_adv - x)
+
+  def fold(keep):
+    out = np.zeros(steps.shape[1:], np.float32)
+    for r, k in zip(steps, keep):
+      if k:
+        out = np.clip(out + r, -1.0, 1.0)
+    return out
+
+  np.testing.assert_allclose(np.asarray(v), fold(np.asarray(info.fooled)), atol=1e-5)
+  assert not np.allclose(np.asarray(v), fold(np.ones(32, bool)), atol=1e-3)
+
+
+def test_deepfool_stops_when_every_example_is_fooled(logits_fn, points):
+  x = jnp.asarray(points[:32])
+  y = jnp.asarray(_clean(logits_fn, points[:32]))
+  long = deepfool.deepfool_with_info(logits_fn, x, y, jax.random.PRNGKey(0), deepfool.DeepFoolConfig(max_iter=500))
+  short = deepfool.deepfool_with_info(logits_fn, x, y, jax.random.PRNGKey(0), deepfool.DeepFoolConfig(max_iter=50))
+  # Every example converges within a few iterations, and the result does not depend on the budget.
+  assert bool(jnp.all(long.fooled)) and int(jnp.max(long.iterations)) < 50
+  np.testing.assert_array_equal(np.asarray(long.x_adv), np.asarray(short.x_adv))
+  # The loop ran only as many iterations as the slowest example needed: count the model's traces' calls.
+  calls = []
+
+  def counting(images):
+    jax.debug.callback(lambda: calls.append(1))
+    return logits_fn(images)
+
+  deepfool.deepfool_with_info(counting, x, y, jax.random.PRNGKey(0), deepfool.DeepFoolConfig(max_iter=500))
+  # One clean pass, one pass per iteration (+1 that finds nobody active), one final pass.
+  assert len(calls) <= int(jnp.max(long.iterations)) + 3
