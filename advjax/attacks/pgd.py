@@ -330,7 +330,8 @@ def attack(logits_fn: Callable[[jax.Array], jax.Array], x: jax.Array, y: jax.Arr
     y: [batch] class labels or [batch, height, width] label maps (-1 ignored).
     rng: PRNG key; restart r uses `fold_in(rng, r)`.
     cfg: `AttackConfig` (static).
-    eps: optional traced override of `cfg.eps`, 0-255 units.
+    eps: optional traced override of `cfg.eps`, 0-255 units: a scalar, or
+      one radius per example ([batch], a per-example search).
     targets: optional targets shaped like y for targeted attacks.
     mask: optional 1/0 region where pixels may change, broadcastable to x
       (e.g. [batch, height, width, 1]).
@@ -340,6 +341,8 @@ def attack(logits_fn: Callable[[jax.Array], jax.Array], x: jax.Array, y: jax.Arr
     [batch, height, width, channels] adversarial images in [0, 1].
   """
   task = tasks_lib.for_labels(y) if task is None else task
+  if eps is not None and jnp.ndim(eps) == 1:
+    eps = jnp.reshape(eps, (-1,) + (1,) * (x.ndim - 1))  # One radius per example.
   sizes = resolve_sizes(cfg, eps)
   ball = threat_model(cfg, sizes, mask)
   k_labels, k_restarts = jax.random.split(rng)

@@ -28,6 +28,7 @@ from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 
 from advjax import tasks as tasks_lib
@@ -66,12 +67,13 @@ def task_for(task: tasks_lib.Task | None, model_fn: Callable, variables: Any, ba
   return tasks_lib.for_labels(batch["label"], shape[-1])
 
 
-def add_sums(total: dict[str, np.ndarray] | None, sums: dict[str, Any]) -> dict[str, np.ndarray]:
-  """Adds one batch's statistics (device arrays) to running host float64 totals."""
-  sums = {k: np.asarray(v, np.float64) for k, v in jax.device_get(sums).items()}
-  if total is None:
-    return sums
-  return {k: total[k] + sums[k] for k in total}
+def add_sums(total: Any, sums: Any) -> Any:
+  """Adds one batch's statistics to the running totals, on the device (no host round trip).
+
+  The statistics are integer counts, so the totals are exact; fetch them once
+  at the end (`jax.device_get`).
+  """
+  return sums if total is None else jax.tree.map(jnp.add, total, sums)
 
 
 @functools.partial(jax.jit, static_argnames=("model_fn", "task"))
@@ -100,4 +102,4 @@ def clean_metrics(model_fn: Callable, batches: Iterable[dict], *, task: tasks_li
   for batch in batches:
     task = task_for(task, model_fn, variables, batch)
     total = add_sums(total, _clean_sums(model_fn, variables, batch, task))
-  return task.metric_values(total) if total is not None else {}
+  return task.metric_values(jax.device_get(total)) if total is not None else {}

@@ -34,6 +34,7 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from advjax import tasks as tasks_lib
 from advjax.attacks import core
@@ -78,6 +79,7 @@ def attacked_metrics(model_fn: Callable, batches: Iterable[dict], cfg: pgd_lib.A
     clean, adv = base.add_sums(clean, c), base.add_sums(adv, a)
   if clean is None:
     return {"clean": {}, "adversarial": {}}
+  clean, adv = jax.device_get((clean, adv))
   return {"clean": task.metric_values(clean), "adversarial": task.metric_values(adv)}
 
 
@@ -128,6 +130,100 @@ def eps_adv_search(model_fn: Callable, batches: Iterable[dict], rng: jax.Array,
   clean_rate = task.error_rate(base.clean_metrics(model_fn, batches, task=task, variables=variables))
   return search.bisect(probe, target_rate=target_rate, clean_rate=clean_rate, num_steps=num_steps,
                        lower=lower, upper=upper)
+
+
+@functools.partial(jax.jit, static_argnames=("model_fn", "cfg", "task", "num_steps", "attack_fn"))
+def _per_example_minima(model_fn, variables, batch, rng, cfg, task, num_steps, lower, upper, threshold, attack_fn):
+  fn = core.bind(model_fn, variables)
+  x, y = batch["image"], batch["label"]
+
+  def fooled(images):
+    return task.success(fn(images), y, y, False) >= threshold
+
+  clean = fooled(x)
+  full = jnp.ones(y.shape[:1], jnp.float32)
+
+  def probe(_, carry):
+    lo, hi, best, found = carry
+    mid = 0.5 * (lo + hi)
+    hit = fooled(attack_fn(fn, x, y, rng, cfg, eps=mid, task=task))
+    return jnp.where(hit, lo, mid), jnp.where(hit, mid, hi), jnp.where(hit, mid, best), found | hit
+
+  carry = (full * lower, full * upper, full * upper, jnp.zeros(y.shape[:1], bool))
+  _, _, best, found = jax.lax.fori_loop(0, num_steps, probe, carry)
+  return jnp.where(clean, lower, best), clean | found
+
+
+def per_example_eps(model_fn: Callable, batches: Iterable[dict], rng: jax.Array,
+                    cfg: pgd_lib.AttackConfig | None = None, *, num_steps: int = 10, lower: float = 0.0,
+                    upper: float = 255.0, threshold: float = 0.5, task: tasks_lib.Task | None = None,
+                    variables: Any = None, attack_fn: Callable = pgd_lib.attack) -> tuple[np.ndarray, np.ndarray]:
+  """Each example's smallest successful radius, from one batched bisection (every example its own bracket).
+
+  Each of the b probes attacks every example at the midpoint of its own
+  interval [lo_i, hi_i] (a per-example eps), and moves that interval to the
+  lower half if the attack succeeded on it (its success fraction, of pixels
+  for label maps, reaches `threshold`; 0/1 for classes), else to the upper
+  half. Batch i uses `fold_in(rng, i)` for every probe, and the whole search
+  of a batch is one compiled loop, with no host round trip between probes.
+
+  With success monotone in eps, the global misclassification rate at eps is
+  the fraction of examples whose minimum is at most eps, so these minima give
+  the accuracy-versus-eps curve and eps_adv(delta) for every delta at once:
+  eps_adv(delta) is the delta-quantile of the minima (`eps_at_rate`). The
+  global search of `eps_adv_search` gives the same radius when the attack at
+  one shared eps succeeds exactly on the examples whose minimum is below it;
+  both are upper bounds of the true radii, and the per-example one is never
+  looser on an example, since each example's bracket is refined for it alone.
+
+  Args:
+    model_fn: `x -> logits`, or a builder when `variables` is given.
+    batches: {'image', 'label', 'mask'} dicts.
+    rng: PRNG key.
+    cfg: untargeted attack config whose eps is ignored; default `eps_adv_config()`.
+    num_steps: b, probes per example (the resolution is (upper - lower) / 2^b).
+    lower: left end of every interval (0-255 units).
+    upper: right end of every interval.
+    threshold: success fraction that counts as fooled.
+    task: scores the labels; default the one the labels' rank implies.
+    variables: optional model variables (traced).
+    attack_fn: as in `attacked_metrics`.
+
+  Returns:
+    (minima [N] in 0-255 units, found [N] bool) for the N real examples, in
+    order; an example never fooled has its minimum at `upper` and found False.
+
+  Raises:
+    ConfigError: a targeted attack (its success is measured on drawn targets).
+  """
+  cfg = eps_adv_config() if cfg is None else cfg
+  if cfg.targeted:
+    raise ConfigError("per_example_eps: the search needs an untargeted attack")
+  minima, found = [], []
+  for i, batch in enumerate(batches):
+    task = base.task_for(task, model_fn, variables, batch)
+    m, f = _per_example_minima(model_fn, variables, batch, jax.random.fold_in(rng, i), cfg, task, num_steps,
+                               jnp.float32(lower), jnp.float32(upper), jnp.float32(threshold), attack_fn)
+    real = np.asarray(batch["mask"]) > 0
+    minima.append(np.asarray(m)[real])
+    found.append(np.asarray(f)[real])
+  return np.concatenate(minima), np.concatenate(found)
+
+
+def eps_at_rate(minima: np.ndarray, found: np.ndarray, rate: float, upper: float = 255.0) -> tuple[float, bool]:
+  """The smallest radius at which a fraction `rate` of the examples is fooled, from per-example minima.
+
+  Returns:
+    (eps, found): the ceil(rate N)-th smallest minimum, or (`upper`, False)
+    if fewer than that many examples were ever fooled.
+  """
+  need = int(np.ceil(rate * len(minima)))
+  fooled = np.sort(minima[found])
+  if need == 0:
+    return 0.0, True
+  if len(fooled) < need:
+    return float(upper), False
+  return float(fooled[need - 1]), True
 
 
 class Clean(base.Evaluator):
@@ -181,7 +277,13 @@ class PGD(base.Evaluator):
 
 
 class EpsAdv(base.Evaluator):
-  """'eps_adv': eps_adv(delta) of shared adversarial training (sec. 5.2), by bisection."""
+  """'eps_adv': eps_adv(delta) of shared adversarial training (sec. 5.2), by bisection.
+
+  With `per_example`, one batched bisection gives every example's minimal
+  radius (`per_example_eps`); eps_adv(rate) is then their rate-quantile, and
+  the evaluator also yields eps_adv at every delta of `curve_rates` and the
+  accuracy at each radius of `curve_eps`.
+  """
 
   @dataclasses.dataclass(frozen=True)
   class Args:
@@ -197,6 +299,9 @@ class EpsAdv(base.Evaluator):
     attack_steps: int = 200
     beta: float = 4.0
     gamma: float = 0.975
+    per_example: bool = False
+    curve_rates: tuple = (0.1, 0.25, 0.5, 0.75, 0.9)
+    curve_eps: tuple = (4.0, 8.0, 16.0, 32.0, 64.0, 128.0)
 
     def __post_init__(self):
       if not 0 < self.rate <= 1:
@@ -206,8 +311,18 @@ class EpsAdv(base.Evaluator):
 
   def run(self, variables) -> Iterator[tuple[str, Any]]:
     a = self.args
-    result = eps_adv_search(self.ctx.model_fn, self.ctx.held_out(), self.ctx.key(self.name),
-                            eps_adv_config(a.attack_steps, a.beta, a.gamma), target_rate=a.rate,
-                            num_steps=a.search_steps, task=self.ctx.task, variables=variables)
+    cfg = eps_adv_config(a.attack_steps, a.beta, a.gamma)
     yield "target_rate", a.rate
-    yield from result.values().items()
+    if not a.per_example:
+      result = eps_adv_search(self.ctx.model_fn, self.ctx.held_out(), self.ctx.key(self.name), cfg,
+                              target_rate=a.rate, num_steps=a.search_steps, task=self.ctx.task, variables=variables)
+      yield from result.values().items()
+      return
+    minima, found = per_example_eps(self.ctx.model_fn, self.ctx.held_out(), self.ctx.key(self.name), cfg,
+                                    num_steps=a.search_steps, task=self.ctx.task, variables=variables)
+    eps, ok = eps_at_rate(minima, found, a.rate)
+    yield "eps", eps
+    yield "found", ok
+    yield "by_rate", {f"{r:g}": eps_at_rate(minima, found, r)[0] for r in a.curve_rates}
+    yield "accuracy_at_eps", {f"{e:g}": float(np.mean(~(found & (minima <= e)))) for e in a.curve_eps}
+    yield "median_minimum", float(np.median(np.where(found, minima, np.inf)))

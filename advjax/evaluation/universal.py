@@ -57,10 +57,11 @@ def _universal_sums(model_fn, variables, batch, delta, target, task):
   y, mask = batch["label"], universal_lib.batch_mask(batch)
   clean_logits = fn(batch["image"])
   adv_logits = fn(threat.apply(batch["image"], delta))
-  fooled = labels_lib.mean_over_valid((jnp.argmax(adv_logits, -1) != jnp.argmax(clean_logits, -1))
-                                      .astype(jnp.float32), y)
+  # Fooled positions (examples, or valid pixels of real images) as exact integer counts.
+  real = (labels_lib.valid(y) & (mask.reshape((-1,) + (1,) * (y.ndim - 1)) > 0))
+  changed = jnp.argmax(adv_logits, -1) != jnp.argmax(clean_logits, -1)
   sums = {"clean": task.metric_sums(clean_logits, y, mask), "adversarial": task.metric_sums(adv_logits, y, mask),
-          "fooled": {"fooled": jnp.sum(fooled * mask), "count": jnp.sum(mask)}}
+          "fooled": {"fooled": jnp.sum(changed & real, dtype=jnp.int32), "count": jnp.sum(real, dtype=jnp.int32)}}
   if target is not None:
     sums["target"] = task.metric_sums(adv_logits, jnp.broadcast_to(target, y.shape).astype(jnp.int32), mask)
   return sums
@@ -94,8 +95,9 @@ def evaluate_universal(model_fn: Callable, batches: Iterable[dict], delta: jax.A
     totals = {k: base.add_sums(None if totals is None else totals[k], v) for k, v in sums.items()}
   if totals is None:
     raise DataError("evaluate_universal: no batches")
+  totals = jax.device_get(totals)
   out = {"clean": task.metric_values(totals["clean"]), "adversarial": task.metric_values(totals["adversarial"]),
-         "fooling_ratio": float(totals["fooled"]["fooled"] / max(float(totals["fooled"]["count"]), 1.0))}
+         "fooling_ratio": int(totals["fooled"]["fooled"]) / max(int(totals["fooled"]["count"]), 1)}
   if target is not None:
     out["target"] = task.metric_values(totals["target"])
   return out

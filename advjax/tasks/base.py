@@ -60,6 +60,10 @@ class Task(abc.ABC):
     """Additive statistics of one batch; `mask` [batch] is 1 for real examples, 0 for padding."""
 
   @abc.abstractmethod
+  def accuracy_from_sums(self, sums: dict[str, jax.Array]) -> jax.Array:
+    """The task's accuracy from `metric_sums` totals, jit-compatible (device-side searches)."""
+
+  @abc.abstractmethod
   def metric_values(self, sums: dict[str, Any]) -> dict[str, Any]:
     """The task's metrics (JSON-ready Python values) from statistics summed over batches."""
 

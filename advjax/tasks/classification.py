@@ -31,11 +31,16 @@ class Classification(base.Task):
     return ((labels + shift) % num_classes).astype(jnp.int32)
 
   def metric_sums(self, logits: jax.Array, labels: jax.Array, mask: jax.Array) -> dict[str, jax.Array]:
-    """{'correct': number of real examples classified right, 'count': number of real examples}."""
-    mask = mask.astype(jnp.float32)
-    return {"correct": jnp.sum(self.correct(logits, labels) * mask), "count": jnp.sum(mask)}
+    """{'correct': number of real examples classified right, 'count': number of real examples} (int32)."""
+    real = mask > 0
+    hit = jnp.argmax(logits, axis=-1) == labels
+    return {"correct": jnp.sum(hit & real, dtype=jnp.int32), "count": jnp.sum(real, dtype=jnp.int32)}
+
+  def accuracy_from_sums(self, sums: dict[str, jax.Array]) -> jax.Array:
+    """Top-1 accuracy from (possibly device) sums, jit-compatible."""
+    return sums["correct"] / jnp.maximum(sums["count"], 1)
 
   def metric_values(self, sums: dict[str, Any]) -> dict[str, Any]:
     """{'accuracy': top-1 accuracy over the real examples, 'num_examples'}."""
-    count = float(sums["count"])
-    return {"accuracy": float(sums["correct"]) / max(count, 1.0), "num_examples": int(round(count))}
+    count = int(sums["count"])
+    return {"accuracy": int(sums["correct"]) / max(count, 1), "num_examples": count}

@@ -33,17 +33,18 @@ def confusion_matrix(pred: jax.Array, labels: jax.Array, num_classes: int,
     pred: [...] predicted classes.
     labels: [...] true classes; negative entries are left out.
     num_classes: K.
-    weights: optional [...] weight per position (e.g. 0 for padding examples).
+    weights: optional [...] 0/1 per position (0 for padding examples).
 
   Returns:
-    [K, K] float32 counts.
+    [K, K] int32 counts (exact up to 2^31 pixels per cell).
   """
-  keep = labels_lib.valid(labels).astype(jnp.float32)
+  keep = labels_lib.valid(labels)
   if weights is not None:
-    keep = keep * weights
+    keep = keep & (weights > 0)
   index = jnp.maximum(labels, 0) * num_classes + jnp.clip(pred, 0, num_classes - 1)
-  counts = jnp.bincount(index.reshape(-1), weights=keep.reshape(-1), length=num_classes * num_classes)
-  return counts.reshape(num_classes, num_classes)
+  counts = jnp.bincount(index.reshape(-1), weights=keep.reshape(-1).astype(jnp.int32),
+                        length=num_classes * num_classes)
+  return counts.reshape(num_classes, num_classes).astype(jnp.int32)
 
 
 def iou_from_confusion(confusion: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -92,11 +93,14 @@ class Segmentation(base.Task):
 
   def metric_sums(self, logits: jax.Array, labels: jax.Array, mask: jax.Array) -> dict[str, jax.Array]:
     """{'confusion': [K, K] counts over the real examples' valid pixels}."""
-    weights = jnp.broadcast_to(mask.astype(jnp.float32).reshape((-1,) + (1,) * (labels.ndim - 1)),
-                               labels.shape)
+    weights = jnp.broadcast_to(mask.reshape((-1,) + (1,) * (labels.ndim - 1)), labels.shape)
     pred = jnp.argmax(logits, axis=-1)
     return {"confusion": confusion_matrix(pred, labels, self.num_classes, weights),
-            "images": jnp.sum(mask.astype(jnp.float32))}
+            "images": jnp.sum(mask > 0, dtype=jnp.int32)}
+
+  def accuracy_from_sums(self, sums: dict[str, jax.Array]) -> jax.Array:
+    """Global pixel accuracy from (possibly device) sums, jit-compatible."""
+    return jnp.trace(sums["confusion"]) / jnp.maximum(jnp.sum(sums["confusion"]), 1)
 
   def metric_values(self, sums: dict[str, Any]) -> dict[str, Any]:
     """{'pixel_accuracy', 'miou', 'iou' (per class, None where undefined), 'num_examples', 'num_pixels'}."""
@@ -107,6 +111,6 @@ class Segmentation(base.Task):
         "pixel_accuracy": float(np.trace(confusion) / max(total, 1.0)),
         "miou": float(iou[present].mean()) if present.any() else 0.0,
         "iou": [float(v) if p else None for v, p in zip(iou, present)],
-        "num_examples": int(round(float(sums["images"]))),
-        "num_pixels": int(round(total)),
+        "num_examples": int(sums["images"]),
+        "num_pixels": int(total),
     }

@@ -92,3 +92,23 @@ def test_eps_adv_search_does_not_recompile_per_eps(model_and_variables, batches)
   first = len(traces)
   evaluation.eps_adv_search(counting, batches[:1], KEY, cfg, num_steps=4)
   assert len(traces) == first
+
+
+def test_per_example_search_gives_each_example_its_own_radius(logits_fn, batches):
+  cfg = evaluation.eps_adv_config(num_steps=10)
+  minima, found = evaluation.robustness.per_example_eps(logits_fn, batches, KEY, cfg, num_steps=6)
+  assert minima.shape == found.shape == (84,) and found.mean() > 0.9
+  # Every minimum is a probe of the 6-step bisection of [0, 255] (or 0 for clean mistakes).
+  grid = np.arange(64) * 255 / 64
+  assert np.all(np.isin(minima[found], grid))
+  # The attack at an example's own minimum fools it (the same per-example computation, scalar eps).
+  i, batch = 0, batches[0]
+  for j in np.flatnonzero(np.asarray(batch["mask"]) > 0)[:6]:
+    x_adv = pgd_lib.attack(logits_fn, batch["image"], batch["label"], jax.random.fold_in(KEY, i), cfg,
+                           eps=float(minima[j]))
+    assert int(jnp.argmax(logits_fn(x_adv[j:j + 1]), -1)[0]) != int(batch["label"][j])
+  # eps_adv(delta) from the minima: the delta-quantile; the global search's rate there reaches delta.
+  eps, ok = evaluation.robustness.eps_at_rate(minima, found, 0.5)
+  assert ok and eps == np.sort(minima[found])[41]
+  rate = 1 - evaluation.attacked_metrics(logits_fn, batches, cfg, KEY, eps=eps)["adversarial"]["accuracy"]
+  assert rate >= 0.5 - 2 / 84
