@@ -161,7 +161,8 @@ def create_model(name: str, *, num_classes: int, activation: str = "relu",
     mean: per-channel input mean in pixel space (length channels, or 1).
     std: per-channel input standard deviation, same length as `mean`.
     dtype: compute dtype, 'float32' or 'bfloat16'.
-    head: a key of `HEADS`.
+    head: a key of `HEADS`, optionally with arguments after a colon
+      ('fcn8s_fc:256,256': FCN-8s with fc layers of 256 channels).
     insert_block: a key of `blocks.BLOCKS` (with arguments), or '' for none.
     insert_after: 'stages', 'blocks' or comma-separated positions.
     frozen_backbone: the backbone normalises with its running statistics
@@ -178,7 +179,8 @@ def create_model(name: str, *, num_classes: int, activation: str = "relu",
   """
   if name not in MODELS:
     raise unknown_name("model", name, MODELS)
-  if head not in HEADS:
+  head_name, head_args = layers.parse_name(head)
+  if head_name not in HEADS:
     raise unknown_name("head", head, HEADS)
   layers.check_activation(activation)
   layers.check_norm(norm)
@@ -192,7 +194,11 @@ def create_model(name: str, *, num_classes: int, activation: str = "relu",
   if insert_block:
     blocks.check_block(insert_block)
     backbone.check_insertion()
-  head_module = HEADS[head](num_classes=num_classes, activation=activation, norm=norm, dtype=dtype, spec=spec)
+  try:
+    head_module = HEADS[head_name](*head_args, num_classes=num_classes, activation=activation, norm=norm,
+                                   dtype=dtype, spec=spec)
+  except (TypeError, ValueError) as e:
+    raise ConfigError(f"head {head!r}: bad arguments {head_args} ({e})") from None
   return Network(backbone=backbone, head=head_module, mean=tuple(float(m) for m in mean),
                  std=tuple(float(s) for s in std), frozen_backbone=frozen_backbone)
 

@@ -402,8 +402,12 @@ def fcn8s_factory(*, fc_widths: Sequence[int] = (), fc_kernel: int = FCN8S_FC_KE
   if any(w < 1 for w in fc_widths) or fc_kernel < 1 or fc_kernel % 2 == 0:
     raise ConfigError(f"fcn8s head: fc_widths {tuple(fc_widths)} must be positive and fc_kernel {fc_kernel} odd")
 
-  def factory(*, num_classes: int, activation: str, norm: str, dtype: str, spec: Any) -> nn.Module:
+  def factory(*widths: str, num_classes: int, activation: str, norm: str, dtype: str, spec: Any) -> nn.Module:
+    """`widths` (from a name like 'fcn8s_fc:256,256') replace the fc widths."""
     del norm, spec
-    return FCN8sHead(num_classes=num_classes, activation=activation, dtype=dtype, fc_widths=tuple(fc_widths),
+    chosen = tuple(int(w) for w in widths) if widths else tuple(fc_widths)
+    if any(w < 1 for w in chosen):
+      raise ValueError(f"fc widths {chosen} must be positive")
+    return FCN8sHead(num_classes=num_classes, activation=activation, dtype=dtype, fc_widths=chosen,
                      fc_kernel=fc_kernel, fc_dropout=fc_dropout)
   return factory
