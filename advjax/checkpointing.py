@@ -281,6 +281,12 @@ def _readers() -> tuple[ocp.Checkpointer, ocp.Checkpointer]:
   return ocp.PyTreeCheckpointer(), ocp.Checkpointer(ocp.JsonCheckpointHandler())
 
 
+def all_steps(run_dir: str) -> list[int]:
+  """The finalised checkpoint steps of a run directory, in increasing order."""
+  directory = os.path.join(os.path.abspath(run_dir), CHECKPOINT_DIR)
+  return sorted(ocp.path.step.checkpoint_steps(directory)) if os.path.isdir(directory) else []
+
+
 def latest_step(run_dir: str) -> int | None:
   """The newest finalised checkpoint step of a run directory, or None."""
   directory = os.path.join(os.path.abspath(run_dir), CHECKPOINT_DIR)

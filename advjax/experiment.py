@@ -170,4 +170,16 @@ class Experiment:
     return EvalContext(
         task=self.task, model_fn=self.model_fn, held_out=functools.cache(lambda: list(self.eval_batches())),
         train_stream=self.train_stream, image_shape=tuple(self.info.image_shape),
-        rng=named_key(jax.random.PRNGKey(self.config.seed), "eval"), out_dir=out_dir)
+        rng=named_key(jax.random.PRNGKey(self.config.seed), "eval"), out_dir=out_dir,
+        model=self.objective.eval_model(),
+        history=None if out_dir is None else functools.cache(lambda: self.history(out_dir)))
+
+  def history(self, workdir: str) -> list[tuple[int, dict[str, Any]]]:
+    """Every checkpoint of a run as (step, model variables), oldest first (analyses over training)."""
+    state = self.init_state()
+    template = {"params": state.params, "model_state": state.model_state}
+    out = []
+    for step in checkpointing.all_steps(workdir):
+      _, loaded = checkpointing.read(workdir, template, step)
+      out.append((step, {"params": loaded["params"], **loaded["model_state"]}))
+    return out

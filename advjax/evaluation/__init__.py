@@ -6,6 +6,7 @@
   search      the bisection behind eps_adv(delta) and eps_uni(delta)
   robustness  metrics under attack and eps_adv ('clean', 'pgd', 'eps_adv')
   universal   metrics under universal perturbations and eps_uni ('universal', 'eps_uni')
+  denoising   feature maps before and after a denoising block ('denoise_figure')
   segmentation  label maps only: DAG's ORIG / ADVR / PERM table ('dag') and a
               figure of attacked predictions ('seg_figure')
 
@@ -21,7 +22,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from advjax.errors import ConfigError, unknown_name
-from advjax.evaluation import base, context, robustness, search, segmentation, universal
+from advjax.evaluation import base, context, denoising, robustness, search, segmentation, universal
 from advjax.evaluation.base import Evaluator, clean_metrics
 from advjax.evaluation.context import EvalContext
 from advjax.evaluation.robustness import attacked_metrics, eps_adv_config, eps_adv_search
@@ -35,6 +36,7 @@ EVALUATORS: dict[str, type[Evaluator]] = {
     "universal": universal.Universal,
     "dag": segmentation.DAG,
     "seg_figure": segmentation.SegFigure,
+    "denoise_figure": denoising.DenoiseFigure,
 }
 
 

@@ -67,6 +67,21 @@ def task_for(task: tasks_lib.Task | None, model_fn: Callable, variables: Any, ba
   return tasks_lib.for_labels(batch["label"], shape[-1])
 
 
+def first_examples(batches: Iterable[dict], limit: int) -> Iterator[dict]:
+  """The batches restricted to their first `limit` real examples (padding masks extended); 0 = all."""
+  if not limit:
+    yield from batches
+    return
+  seen = 0
+  for batch in batches:
+    if seen >= limit:
+      return
+    real = batch["mask"] > 0
+    keep = (seen + jnp.cumsum(real)) <= limit
+    seen += int(jnp.sum(real))
+    yield {**batch, "mask": batch["mask"] * keep.astype(batch["mask"].dtype)}
+
+
 def add_sums(total: Any, sums: Any) -> Any:
   """Adds one batch's statistics to the running totals, on the device (no host round trip).
 

@@ -18,6 +18,11 @@ hand in research code) and handed to every evaluator of `config.evals`:
   key(name)     a PRNG key for a named use (an evaluator's entry name), so
                 evaluators draw independent randomness from one key
   out_dir       where evaluators may write files (perturbations, figures), or None
+  model         the network itself, for evaluators that look inside it
+                (intermediate features), or None
+  history()     the run's saved checkpoints as (step, variables), oldest
+                first, for evaluators that follow a model through training,
+                or None
 
 Nothing here knows about training, checkpoints or the run directory.
 """
@@ -54,6 +59,9 @@ class EvalContext:
     image_shape: (height, width, channels) of the model's input.
     rng: the evaluation's root key.
     out_dir: directory for files, or None.
+    model: the network (a linen Module), or None.
+    history: zero-argument callable returning [(step, variables)] of the run's
+      checkpoints, or None.
   """
   task: Task
   model_fn: Callable[[Any], Callable[[jax.Array], jax.Array]]
@@ -62,6 +70,8 @@ class EvalContext:
   image_shape: tuple[int, int, int]
   rng: jax.Array
   out_dir: str | None = None
+  model: Any = None
+  history: Callable[[], list[tuple[int, Any]]] | None = None
 
   def key(self, name: str) -> jax.Array:
     """The PRNG key of a named use."""

@@ -249,12 +249,14 @@ class PGD(base.Evaluator):
       step_size: 0-255 units; 0 means 2.5 * eps / steps (Madry et al.).
       restarts: random restarts, the strongest kept per example.
       targeted: toward a random wrong class (a relabelled map for segmentation).
+      max_examples: attack only the first this many held-out examples; 0 = all.
     """
     eps: tuple = ()
     steps: int = 40
     step_size: float = 0.0
     restarts: int = 1
     targeted: bool = False
+    max_examples: int = 0
 
     def __post_init__(self):
       if not all(isinstance(e, (int, float)) and 0 < e <= 255 for e in self.eps):
@@ -271,7 +273,8 @@ class PGD(base.Evaluator):
   def run(self, variables) -> Iterator[tuple[str, Any]]:
     rng = self.ctx.key(self.name)
     for eps in self.args.eps:
-      metrics = attacked_metrics(self.ctx.model_fn, self.ctx.held_out(), self.attack_config(eps), rng,
+      batches = base.first_examples(self.ctx.held_out(), self.args.max_examples)
+      metrics = attacked_metrics(self.ctx.model_fn, batches, self.attack_config(eps), rng,
                                  task=self.ctx.task, variables=variables)
       yield f"eps{eps:g}", metrics["adversarial"]
 

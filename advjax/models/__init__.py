@@ -24,9 +24,10 @@ Every model is a `network.Network` with the same interface:
 Backbones (`MODELS`), each with a `*_tiny` sibling for tests:
   convnet, convnet_tiny              universality-paper convnet (convnet.py)
   resnet20, resnet20_tiny            CIFAR ResNet-20, 64-128-256 (resnet.py)
+  resnet14_small                     ResNet-14, 16-32-64, for the digits (feature denoising)
   preact_resnet18(_tiny)             pre-activation ResNet-18 (preact_resnet.py)
   wrn28_10, wrn32_10, wrn16_2, wrn_tiny   wide ResNets (wide_resnet.py)
-  resnet50, resnet101, resnet152, wide_resnet50_2, resnet50_tiny
+  resnet50, resnet101, resnet152, resnext101_32x8d, wide_resnet50_2, resnet50_tiny
                                      torchvision-layout ImageNet ResNets
   efficientnet_b0 .. efficientnet_b7, efficientnet_tiny
                                      EfficientNets, AdvProp's models (efficientnet.py)
@@ -116,6 +117,7 @@ for _name, _backbone, _classifier_name in (
     ("convnet_tiny", convnet.ConvNetTiny, "fc2"),
     ("resnet20", resnet.ResNet20, "fc"),
     ("resnet20_tiny", resnet.ResNet20Tiny, "fc"),
+    ("resnet14_small", resnet.ResNet14Small, "fc"),
     ("preact_resnet18", preact_resnet.PreActResNet18, "fc"),
     ("preact_resnet18_tiny", preact_resnet.PreActResNet18Tiny, "fc"),
     ("wrn28_10", wide_resnet.WRN28_10, "fc"),
@@ -125,6 +127,7 @@ for _name, _backbone, _classifier_name in (
     ("resnet50", resnet.ResNet50, "fc"),
     ("resnet101", resnet.ResNet101, "fc"),
     ("resnet152", resnet.ResNet152, "fc"),
+    ("resnext101_32x8d", resnet.ResNeXt101_32x8d, "fc"),
     ("wide_resnet50_2", resnet.WideResNet50_2, "fc"),
     ("resnet50_tiny", resnet.ResNet50Tiny, "fc"),
     ("efficientnet_b0", efficientnet.EfficientNetB0, "fc"),

@@ -370,8 +370,8 @@ class DenoisingBlock(nn.Module):
 
   def _embed(self, name: str, x: Array) -> Array:
     """A Gaussian form's 1x1 embedding theta or phi: [..., C] -> [..., max(1, C // 2)]."""
-    return nn.Conv(max(1, x.shape[-1] // 2), (1, 1), use_bias=False, dtype=self.dtype, param_dtype=jnp.float32,
-                   kernel_init=nn.initializers.normal(EMBEDDING_STD), name=name)(x)
+    return layers.conv(max(1, x.shape[-1] // 2), 1, dtype=self.dtype,
+                       kernel_init=nn.initializers.normal(EMBEDDING_STD), name=name)(x)
 
   def _denoise(self, x: Array) -> Array:
     """The denoising operation D alone: x [batch, H, W, C] -> same shape and dtype."""
@@ -409,12 +409,14 @@ class DenoisingBlock(nn.Module):
     if self.use_conv:
       plain_norm = layers.parse_name(self.norm)[0] == "none"
       kernel_init = nn.initializers.zeros if zero_branch and plain_norm else layers.conv_kernel_init
-      h = nn.Conv(x.shape[-1], (1, 1), use_bias=False, dtype=self.dtype, param_dtype=jnp.float32,
-                  kernel_init=kernel_init, name="conv")(h)
+      h = layers.conv(x.shape[-1], 1, dtype=self.dtype, kernel_init=kernel_init, name="conv")(h)
     h = layers.make_norm(self.norm, use_running_average=not use_batch_stats, dtype=self.dtype, name="bn",
                          zero_init=zero_branch)(h)
-    y = x + h if self.residual else h
-    return y.astype(x.dtype)
+    y = (x + h if self.residual else h).astype(x.dtype)
+    # The features before and after denoising, for the figures (apply with mutable=['intermediates']).
+    self.sow("intermediates", "features_in", x)
+    self.sow("intermediates", "features_out", y)
+    return y
 
 
 def denoising_factory(operation: str, *flags: str, norm: str, dtype, placement: str, name: str) -> DenoisingBlock:

@@ -94,6 +94,7 @@ class Bottleneck(nn.Module):
     dtype: jnp compute dtype.
     width_multiplier: inner (3x3) width is features * width_multiplier.
     dilation: dilation (and padding) of the 3x3 convolution.
+    groups: feature groups of the 3x3 convolution (ResNeXt's cardinality).
   """
 
   features: int
@@ -103,6 +104,7 @@ class Bottleneck(nn.Module):
   dtype: Any
   width_multiplier: int = 1
   dilation: int = 1
+  groups: int = 1
 
   expansion = 4
 
@@ -115,17 +117,13 @@ class Bottleneck(nn.Module):
     out = self.features * self.expansion
     y = layers.conv(width, 1, dtype=self.dtype, name="conv1")(x)
     y = layers.get_activation(self.activation)(norm(name="bn1")(y))
-    y = _conv3x3(width, self.stride, self.dilation, self.dtype, name="conv2")(y)
+    y = layers.conv(width, 3, stride=self.stride, dilation=self.dilation, groups=self.groups, dtype=self.dtype,
+                    name="conv2")(y)
     y = layers.get_activation(self.activation)(norm(name="bn2")(y))
     y = layers.conv(out, 1, dtype=self.dtype, name="conv3")(y)
     y = norm(name="bn3")(y)
     shortcut = _shortcut(x, out, self.stride, norm, self.dtype)
     return layers.get_activation(self.activation)(y + shortcut)
-
-
-def _conv3x3(features: int, stride: int, dilation: int, dtype, name: str) -> nn.Module:
-  """`layers.conv(features, 3)`, dilated by `dilation` (padding = dilation, PyTorch's rule)."""
-  return layers.conv(features, 3, stride=stride, dilation=dilation, dtype=dtype, name=name)
 
 
 def _is_bottleneck(block_cls) -> bool:
@@ -216,12 +214,19 @@ class ResNet(Backbone):
 CifarResNet = functools.partial(ResNet, block_cls=BasicBlock, stem="cifar")
 ResNet20 = functools.partial(CifarResNet, stage_sizes=(3, 3, 3), widths=(64, 128, 256))
 ResNet20Tiny = functools.partial(CifarResNet, stage_sizes=(1, 1, 1), widths=(8, 16, 32))
+# ResNet-14 with 16-32-64 channels: the small ResNet of the denoising experiments on the digits.
+ResNet14Small = functools.partial(CifarResNet, stage_sizes=(2, 2, 2), widths=(16, 32, 64))
 
 ImageNetResNet = functools.partial(ResNet, block_cls=Bottleneck, stem="imagenet",
                                    widths=(64, 128, 256, 512))
 ResNet50 = functools.partial(ImageNetResNet, stage_sizes=(3, 4, 6, 3))
 ResNet101 = functools.partial(ImageNetResNet, stage_sizes=(3, 4, 23, 3))
 ResNet152 = functools.partial(ImageNetResNet, stage_sizes=(3, 8, 36, 3))
+# ResNeXt-101 32x8d (Xie et al. 2017), torchvision's layout: inner width
+# planes * 8 / 64 * 32 = 4 planes, in 32 groups (the CAAD 2018 denoising entry).
+ResNeXt101_32x8d = functools.partial(
+    ImageNetResNet, stage_sizes=(3, 4, 23, 3),
+    block_cls=functools.partial(Bottleneck, width_multiplier=4, groups=32))
 WideResNet50_2 = functools.partial(
     ImageNetResNet, stage_sizes=(3, 4, 6, 3),
     block_cls=functools.partial(Bottleneck, width_multiplier=2))

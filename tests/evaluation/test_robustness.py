@@ -112,3 +112,15 @@ def test_per_example_search_gives_each_example_its_own_radius(logits_fn, batches
   assert ok and eps == np.sort(minima[found])[41]
   rate = 1 - evaluation.attacked_metrics(logits_fn, batches, cfg, KEY, eps=eps)["adversarial"]["accuracy"]
   assert rate >= 0.5 - 2 / 84
+
+
+def test_pgd_evaluator_limits_the_examples(logits_fn, batches):
+  from advjax.evaluation.base import first_examples
+  limited = list(first_examples(batches, 40))
+  assert len(limited) == 2 and int(sum(np.sum(np.asarray(b["mask"])) for b in limited)) == 40
+  full = evaluation.attacked_metrics(logits_fn, batches[:2], pgd_lib.pgd(8.0, num_steps=2), KEY)
+  assert full["clean"]["num_examples"] == 64
+  part = evaluation.attacked_metrics(logits_fn, limited, pgd_lib.pgd(8.0, num_steps=2), KEY)
+  _, _, x, y = tiny_models.digits()
+  assert part["clean"] == {"accuracy": pytest.approx(float(np.mean(np.asarray(
+      jnp.argmax(logits_fn(x[:40]), -1)) == y[:40]))), "num_examples": 40}
