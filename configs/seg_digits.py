@@ -18,7 +18,7 @@ def get_config(arg=None):
   c.model.name = "convnet_tiny" if arg == "tiny" else "convnet"
   c.model.head = "fcn8s_fc:256,256"
   c.batch_size = 32
-  c.num_epochs = 8
+  c.num_epochs = 16
   c.optimizer.name = "adam"
   c.optimizer.learning_rate = 2e-3
   c.schedule.name = "cosine"

@@ -31,8 +31,13 @@ defines its VJP by hand (`jax.custom_vjp`):
 
   kernel gradient  JAX's own transpose of the convolution in its kernel
                    argument (the batch is the contracted axis), so it equals
-                   autodiff's bit for bit. It is dead code, removed by XLA,
-                   when only the input gradient is used.
+                   autodiff's bit for bit.
+
+Each gradient is traced only when something differentiates with respect to
+that argument (`symbolic_zeros`): an attack's program has no kernel
+gradients and a training step no input gradient for the image, as with
+autodiff, so programs and their convolution counts stay as JAX would build
+them.
 
 Depthwise layout. A kernel with one input channel per group ([kh, kw, 1,
 out], EfficientNet's depthwise convolutions, and the transposed kernel of a
@@ -146,20 +151,33 @@ def _conv(spec: _Spec, x: Array, kernel: Array) -> Array:
 
 
 def _conv_fwd(spec, x, kernel):
-  return _forward(spec, x, kernel), (x, kernel)
+  # symbolic_zeros=True: the primals arrive as CustomVJPPrimal, whose
+  # `perturbed` says whether a gradient with respect to them is wanted. The
+  # answer is static, so it travels in the residuals' structure (a pytree
+  # leaf of None) and the backward pass traces only the gradients in use: an
+  # attack's program holds no kernel gradients, a training step's first layer
+  # no input gradient.
+  wants = (x.perturbed, kernel.perturbed)
+  # None marks a wanted gradient, () one that is not.
+  residuals = (x.value, kernel.value, None if wants[0] else (), None if wants[1] else ())
+  return _forward(spec, x.value, kernel.value), residuals
 
 
 def _conv_bwd(spec, residuals, g):
-  x, kernel = residuals
-  pads = _input_gradient_padding(spec, x.shape[1:3], kernel.shape[:2], g.shape[1:3])
-  dx = _lax_conv(g, transposed_kernel(kernel, spec.groups).astype(g.dtype), (1, 1), pads, spec.strides,
-                 spec.dilation, spec.groups, spec.precision)
-  _, kernel_vjp = jax.vjp(lambda k: _forward(spec, x, k), kernel)
-  (dkernel,) = kernel_vjp(g)
-  return dx.astype(x.dtype), dkernel
+  x, kernel, dx_wanted, dkernel_wanted = residuals
+  if isinstance(g, jax.custom_derivatives.SymbolicZero):
+    return None, None
+  dx = dkernel = None
+  if dx_wanted is None:
+    pads = _input_gradient_padding(spec, x.shape[1:3], kernel.shape[:2], g.shape[1:3])
+    dx = _lax_conv(g, transposed_kernel(kernel, spec.groups).astype(g.dtype), (1, 1), pads, spec.strides,
+                   spec.dilation, spec.groups, spec.precision).astype(x.dtype)
+  if dkernel_wanted is None:
+    (dkernel,) = jax.linear_transpose(lambda k: _forward(spec, x, k), kernel)(g)
+  return dx, dkernel
 
 
-_conv.defvjp(_conv_fwd, _conv_bwd)
+_conv.defvjp(_conv_fwd, _conv_bwd, symbolic_zeros=True)
 
 
 def _pair(name: str, value, minimum: int = 1) -> tuple[int, int]:
