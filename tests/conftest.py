@@ -8,6 +8,21 @@ os.environ["XLA_FLAGS"] = (
 ).strip()
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
+# One persistent compilation cache for the session and every train.py / eval.py
+# it starts (they inherit the environment): the subprocess tests run the same
+# tiny programs again and again, and XLA:CPU compiles dominate their time. A
+# fresh directory per session, removed at exit, so no test reads another
+# session's executables.
+import atexit  # noqa: E402
+import shutil  # noqa: E402
+import tempfile  # noqa: E402
+
+if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
+  _cache_dir = tempfile.mkdtemp(prefix="advjax-test-xla-cache-")
+  atexit.register(shutil.rmtree, _cache_dir, ignore_errors=True)
+  os.environ["JAX_COMPILATION_CACHE_DIR"] = _cache_dir
+  os.environ["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = "0.5"
+
 import sys  # noqa: E402
 
 # The repository root holds configs/ and benchmarks/, which tests import.
