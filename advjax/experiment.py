@@ -175,10 +175,24 @@ class Experiment:
         history=None if out_dir is None else functools.cache(lambda: self.history(out_dir)))
 
   def history(self, workdir: str) -> list[tuple[int, dict[str, Any]]]:
-    """Every checkpoint of a run as (step, model variables), oldest first (analyses over training)."""
+    """Every checkpoint of a run as (step, model variables), oldest first (analyses over training).
+
+    A run that started from another run's model (`config.init_checkpoint`)
+    begins its history with that model at step 0, as the universality paper
+    counts the clean pre-trained model as epoch 0.
+
+    Raises:
+      CheckpointError: the run, or the run it started from, has no checkpoint.
+    """
     state = self.init_state()
     template = {"params": state.params, "model_state": state.model_state}
     out = []
+    source = self.config.init_checkpoint
+    if source and 0 not in checkpointing.all_steps(workdir):
+      if checkpointing.latest_step(source) is None:
+        raise CheckpointError(f"no checkpoints in {source!r} (config.init_checkpoint, the model the run "
+                              "started from, epoch 0 of its history)")
+      out.append((0, self.init_from(source, state).variables))
     for step in checkpointing.all_steps(workdir):
       _, loaded = checkpointing.read(workdir, template, step)
       out.append((step, {"params": loaded["params"], **loaded["model_state"]}))

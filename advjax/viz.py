@@ -1,4 +1,4 @@
-"""Figures as files: perturbations, example grids and Pareto fronts, all headless PNG.
+"""Figures as files: perturbations, example grids, Pareto fronts, curves and matrices, all headless PNG.
 
 The papers show perturbations amplified so that the ball fills the grey range:
 a value in [-eps, eps] is mapped linearly to [0, 1], so 0 is mid-grey and
@@ -11,7 +11,9 @@ and eps_uni(delta) on y, the non-dominated points of each s joined.
 `save_segmentation_figure` shows attacks on segmentation in the manner of the
 Xie thesis' figs. 2.1-2.2: per image a row of the image, the ground truth,
 the clean and the adversarial predictions as VOC-coloured label maps, and the
-amplified perturbation.
+amplified perturbation. `plot_lines`, `plot_matrix` and `plot_scatter` draw
+the analyses of perturbations along adversarial training (quantities per
+epoch, epoch x epoch matrices, MaxMin against MinMax).
 
 matplotlib runs on the Agg backend, so nothing here needs a display.
 """
@@ -240,5 +242,147 @@ def save_segmentation_figure(path: str, images: np.ndarray, labels: np.ndarray, 
     fig.text((j + 0.5) * panel_px / width, 1.0 - 0.5 * header_px / height, title, ha="center", va="center",
              fontsize=8)
   fig.savefig(path, format="png", dpi=dpi)
+  plt.close(fig)
+  return path
+
+
+def plot_lines(panels: Sequence[dict], path: str, *, columns: int | None = None,
+               title: str | None = None) -> str:
+  """Line plots in a grid of panels, one line per series (analyses over epochs or strengths).
+
+  Args:
+    panels: dicts with 'x' ([n] values), 'series' ({label: [n] values}; None
+      and NaN values leave gaps), and optional 'title', 'xlabel', 'ylabel'
+      and 'logy' (log-scaled y axis).
+    path: PNG path; directories are created.
+    columns: panels per row; default all in one row.
+    title: optional figure title.
+
+  Returns:
+    `path`.
+  """
+  if not panels:
+    raise ValueError("plot_lines: no panels")
+  _ensure_dir(path)
+  columns = columns or len(panels)
+  rows = -(-len(panels) // columns)
+  fig, axes = plt.subplots(rows, columns, figsize=(3.6 * columns, 3.0 * rows), dpi=100, squeeze=False)
+  for ax, panel in zip(axes.flat, panels):
+    for label, values in panel["series"].items():
+      y = np.asarray([np.nan if v is None else v for v in values], np.float64)
+      ax.plot(np.asarray(panel["x"]), y, "o-", markersize=3, label=str(label))
+    if panel.get("logy"):
+      ax.set_yscale("log")
+    ax.set_title(panel.get("title", ""), fontsize=9)
+    ax.set_xlabel(panel.get("xlabel", ""))
+    ax.set_ylabel(panel.get("ylabel", ""))
+    ax.grid(alpha=0.3)
+    if len(panel["series"]) > 1:
+      ax.legend(fontsize=6)
+  for ax in list(axes.flat)[len(panels):]:
+    ax.set_axis_off()
+  if title:
+    fig.suptitle(title)
+  fig.tight_layout()
+  fig.savefig(path, format="png")
+  plt.close(fig)
+  return path
+
+
+def plot_matrix(matrix: np.ndarray, path: str, *, row_labels: Sequence | None = None,
+                col_labels: Sequence | None = None, xlabel: str = "", ylabel: str = "",
+                title: str | None = None, vmin: float = 0.0, vmax: float = 1.0) -> str:
+  """A matrix as a heat map with its values written in the cells (percent for [0, 1] data).
+
+  Args:
+    matrix: [R, C] values.
+    path: PNG path; directories are created.
+    row_labels: R tick labels (default 0..R-1).
+    col_labels: C tick labels (default 0..C-1).
+    xlabel: column axis label.
+    ylabel: row axis label.
+    title: optional title.
+    vmin: value of the darkest colour.
+    vmax: value of the brightest colour.
+
+  Returns:
+    `path`.
+  """
+  matrix = np.asarray(matrix, np.float64)
+  if matrix.ndim != 2:
+    raise ValueError(f"plot_matrix: need a 2-D matrix, got shape {matrix.shape}")
+  _ensure_dir(path)
+  r, c = matrix.shape
+  fig, ax = plt.subplots(figsize=(1.2 + 0.45 * c, 1.0 + 0.4 * r), dpi=100)
+  image = ax.imshow(matrix, vmin=vmin, vmax=vmax, cmap="viridis")
+  if r * c <= 400:
+    for i in range(r):
+      for j in range(c):
+        value = matrix[i, j]
+        text = f"{100 * value:.0f}" if vmax <= 1.0 else f"{value:.2g}"
+        ax.text(j, i, text, ha="center", va="center", fontsize=6,
+                color="white" if value < (vmin + vmax) / 2 else "black")
+  ax.set_xticks(range(c), [str(v) for v in (col_labels if col_labels is not None else range(c))], fontsize=7)
+  ax.set_yticks(range(r), [str(v) for v in (row_labels if row_labels is not None else range(r))], fontsize=7)
+  ax.set_xlabel(xlabel)
+  ax.set_ylabel(ylabel)
+  if title:
+    ax.set_title(title, fontsize=9)
+  fig.colorbar(image, ax=ax, fraction=0.046, pad=0.04)
+  fig.tight_layout()
+  fig.savefig(path, format="png")
+  plt.close(fig)
+  return path
+
+
+def plot_scatter(x: np.ndarray, y: np.ndarray, path: str, *, groups: np.ndarray | None = None,
+                 group_names: Sequence[str] | None = None, xlabel: str = "", ylabel: str = "",
+                 title: str | None = None, log: bool = False, diagonal: bool = False,
+                 limits: tuple[float, float] | None = None) -> str:
+  """A scatter plot, coloured by group (e.g. MaxMin against MinMax, appendix B).
+
+  Args:
+    x: [N] x coordinates.
+    y: [N] y coordinates.
+    path: PNG path; directories are created.
+    groups: optional [N] int group of each point, indexing `group_names`.
+    group_names: legend labels of the groups.
+    xlabel: x axis label.
+    ylabel: y axis label.
+    title: optional title.
+    log: log-scaled axes; non-positive points are left out.
+    diagonal: draw the line y = x.
+    limits: (low, high) of both axes; default matplotlib's.
+
+  Returns:
+    `path`.
+  """
+  x, y = np.asarray(x, np.float64), np.asarray(y, np.float64)
+  groups = np.zeros(x.shape, np.int64) if groups is None else np.asarray(groups)
+  keep = (x > 0) & (y > 0) if log else np.ones(x.shape, bool)
+  _ensure_dir(path)
+  fig, ax = plt.subplots(figsize=(4.2, 4.0), dpi=100)
+  for g in np.unique(groups):
+    sel = keep & (groups == g)
+    name = group_names[g] if group_names is not None else None
+    ax.scatter(x[sel], y[sel], s=8, alpha=0.6, label=f"{name} ({int(np.sum(groups == g))})" if name else None)
+  if log:
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+  if limits is not None:
+    ax.set_xlim(*limits)
+    ax.set_ylim(*limits)
+  if diagonal:
+    low, high = ax.get_xlim()
+    ax.plot([low, high], [low, high], "k--", linewidth=0.8)
+  ax.set_xlabel(xlabel)
+  ax.set_ylabel(ylabel)
+  if title:
+    ax.set_title(title, fontsize=9)
+  if group_names is not None:
+    ax.legend(fontsize=7)
+  ax.grid(alpha=0.3)
+  fig.tight_layout()
+  fig.savefig(path, format="png")
   plt.close(fig)
   return path

@@ -7,6 +7,9 @@
   robustness  metrics under attack and eps_adv ('clean', 'pgd', 'eps_adv')
   universal   metrics under universal perturbations and eps_uni ('universal', 'eps_uni')
   denoising   feature maps before and after a denoising block ('denoise_figure')
+  perturbation_analyses  the universality paper's analyses over a run's
+              epochs ('stability', 'sharedness', 'universal_epochs',
+              'destruction', 'detection', 'transfer')
   segmentation  label maps only: DAG's ORIG / ADVR / PERM table ('dag') and a
               figure of attacked predictions ('seg_figure')
 
@@ -22,7 +25,8 @@ from collections.abc import Mapping
 from typing import Any
 
 from advjax.errors import ConfigError, unknown_name
-from advjax.evaluation import base, context, denoising, robustness, search, segmentation, universal
+from advjax.evaluation import (base, context, denoising, perturbation_analyses, robustness, search, segmentation,
+                               universal)
 from advjax.evaluation.base import Evaluator, clean_metrics
 from advjax.evaluation.context import EvalContext
 from advjax.evaluation.robustness import attacked_metrics, eps_adv_config, eps_adv_search
@@ -37,6 +41,12 @@ EVALUATORS: dict[str, type[Evaluator]] = {
     "dag": segmentation.DAG,
     "seg_figure": segmentation.SegFigure,
     "denoise_figure": denoising.DenoiseFigure,
+    "stability": perturbation_analyses.Stability,
+    "sharedness": perturbation_analyses.Sharedness,
+    "universal_epochs": perturbation_analyses.UniversalEpochs,
+    "destruction": perturbation_analyses.Destruction,
+    "detection": perturbation_analyses.Detection,
+    "transfer": perturbation_analyses.Transfer,
 }
 
 
@@ -112,5 +122,5 @@ def scalars(results: Mapping[str, Any], prefix: str = "") -> dict[str, float]:
 
 
 __all__ = ["EVALUATORS", "EvalContext", "Evaluator", "attacked_metrics", "base", "clean_metrics", "context",
-           "eps_adv_config", "eps_adv_search", "eps_uni_search", "evaluate_universal", "parse",
+           "eps_adv_config", "eps_adv_search", "eps_uni_search", "evaluate_universal", "parse", "perturbation_analyses",
            "register_evaluator", "robustness", "run", "scalars", "search", "segmentation", "universal"]
