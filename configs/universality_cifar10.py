@@ -56,7 +56,7 @@ def clean_config():
   c.schedule.decay_factor = 0.1
   c.log_every_steps = 100
   c.checkpoint_every_steps = 2000
-  c.eval.batch_size = 500
+  c.eval.batch_size = 512
   return c
 
 
@@ -70,7 +70,7 @@ def analyses(c, bi=(BI_EPS, BI_STEP, BI_STEPS)) -> None:
                                   epochs=(0, 1, 15, 251), **attack)
   c.evals.universal_epochs = eval_entry("universal_epochs", max_examples=10_000, eps=10.0, step_size=2.5,
                                         universal_batch=128, grad_batches=10, iterations=200, amplify=10.0,
-                                        batch_size=500)
+                                        batch_size=512)
   c.evals.destruction = eval_entry("destruction", max_examples=1000, epochs=FIGURE_EPOCHS, **attack)
   c.evals.detection = eval_entry("detection", max_examples=1000, num_train=10_000, epochs=FIGURE_EPOCHS,
                                  universal_eps=10.0, universal_step=2.5, universal_batch=128, grad_batches=10,
