@@ -20,8 +20,10 @@ $(STAMP): pyproject.toml
 train: $(STAMP)
 	$(PY) sweep.py --config configs/compare_digits.py --workdir $(WORKDIR)
 
+# Two test processes (pytest-xdist): XLA:CPU compiles, which dominate the
+# suite, are single-threaded. `$(PY) -m pytest tests/...` runs serially.
 test: $(STAMP)
-	$(PY) -m pytest
+	$(PY) -m pytest -n 2
 
 # JAX vs PyTorch timings -> BENCHMARKS.md. BENCH_ARGS passes flags to
 # benchmarks/run.py, e.g. BENCH_ARGS="--quick" or "--workloads pgd --models resnet20".
