@@ -25,7 +25,7 @@ def get_config(arg=None):
   c.log_every_steps = 25
   c.checkpoint_every_steps = 125
   c.eval.batch_size = 100
-  # Per-pixel PGD on 200 test canvases, the attack of configs/seg_digits_at.py at eps 8 and 16.
+  # Per-pixel PGD (10 steps of 2) at eps 8 and 16 on the test canvases.
   c.evals.pgd = eval_entry("pgd", eps=(8.0, 16.0), steps=10, step_size=2.0)
   # Table 2.1: DAG with gamma = 0.5, at most 200 iterations, the background spared.
   c.evals.dag = eval_entry("dag", max_examples=200)
