@@ -48,6 +48,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 from jax import lax
 
+from advjax import compilation
 from advjax.errors import CheckpointError
 
 CHECKPOINT_DIR = "checkpoints"
@@ -87,7 +88,7 @@ def _leaf_fingerprint(x: jax.Array) -> jax.Array:
   return jnp.stack([checksum, finite.astype(jnp.uint32)])
 
 
-@jax.jit
+@compilation.jit
 def _fingerprint_arrays(tree: Any) -> Any:
   return jax.tree.map(_leaf_fingerprint, tree)
 

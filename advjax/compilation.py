@@ -7,24 +7,47 @@ fast on the Eigen path. The compile option
 
     xla_cpu_experimental_ynn_fusion_type = LIBRARY_FUSION_TYPE_INDIVIDUAL_DOT
 
-keeps YNNPACK for matrix multiplies only. It pays off only when the cores
-are free: the convnet's 10-step attack loop (with advjax.models.convolution
-and pooling) ran in 0.69x the time on an idle 2-core machine (1.76 cores
-busy instead of 1.2), but 1.2x *longer* with another job holding a core,
-and XLA's own depthwise convolution is ~2x slower than YNNPACK's. Hence it is
-opt-in: nothing in advjax applies it unless a caller uses `jit` below.
+keeps YNNPACK for matrix multiplies only. Measured on this project's
+workloads (idle 2-core machine, convnet at batch 128, `make bench`): PGD-10
+1.74 s -> 0.96 s, the training forward + backward pass 289 ms -> 239 ms.
+It loses when another job holds a core (a two-thread kernel then waits for
+it: the 10-step attack loop took 1.2x longer at load 2), and XLA's own
+depthwise convolution is ~2x slower than YNNPACK's.
 
-It can be set process-wide through
-`XLA_FLAGS`, which changes every program of the user's process and must
-happen before JAX starts; instead it is passed here per program, through
-`jax.jit(..., compiler_options=...)` (accepted by jax.jit in this version;
-equivalently `jax.jit(f).lower(*args).compile(options)`).
+The Eigen convolutions' rounding depends on the batch they see, so a run
+on one device and the same run with its batch sharded over eight devices
+no longer agree to the last bit: on the digits, a first-maximum max pool
+over a flat background then routes some gradients differently and the two
+runs' losses part by ~1e-3 within a few steps. YNNPACK's convolutions are
+invariant to it; choose 'library' below where runs on different device
+counts must match step for step.
+
+Every program advjax compiles itself (train steps, attacks, evaluators,
+analyses) goes through `jit` below and gets the option on the CPU backend.
+The choice is per program: nothing is written to `XLA_FLAGS`, and the
+user's own `jax.jit` programs compile as before. To keep jaxlib's default
+for advjax's programs too (a machine whose cores are busy with other work,
+a model made of depthwise convolutions), set the environment variable
+
+    ADVJAX_CPU_CONVOLUTIONS=library      (default: all_cores)
+
+before the first advjax program compiles; a caller's own
+`compiler_options` passed to `jit` override both.
+
+The option could also be set process-wide through `XLA_FLAGS`
+(`--xla_cpu_experimental_ynn_fusion_type=individual_dot`), which changes
+every program of the user's process and must happen before JAX starts;
+here it is passed per program through `jax.jit(..., compiler_options=...)`
+(equivalently `jax.jit(f).lower(*args).compile(options)`).
 
 `cpu_compiler_options(backend)` returns the option for the CPU backend when
-the installed jaxlib accepts it (probed once by compiling a scalar program),
-and {} otherwise, so the same code runs unchanged on accelerators and on
-jaxlibs that drop the option. `jit` is `jax.jit` with those options merged
-under the caller's own `compiler_options`.
+the installed jaxlib accepts it (probed once, at the first compile, by
+compiling a scalar program) and {} otherwise, so the same code runs
+unchanged on accelerators and on jaxlibs that drop the option. `jit` is
+`jax.jit` with those options merged under the caller's own
+`compiler_options`; it decides them at the first call, not at import, so
+importing advjax initialises no backend (`jax.distributed.initialize` and
+`XLA_FLAGS` set after the import still work).
 
 Options belong to a compiled program, and JAX refuses them on a jit nested
 inside another traced computation ("`compiler_options` can only be passed
@@ -32,12 +55,13 @@ to top-level `jax.jit`"). The function `jit` returns therefore runs with the
 options when called with concrete arrays and as a plain `jax.jit` when any
 argument is a tracer (inside another jit, a loop body, grad or vmap), where
 it is inlined into the caller's program and compiled with the caller's
-options. Jit the outermost step (train step, attack, evaluation) with it.
+options.
 """
 
 from __future__ import annotations
 
 import functools
+import os
 from collections.abc import Callable
 from typing import Any
 
@@ -46,6 +70,9 @@ import numpy as np
 
 YNN_FUSION_OPTION = "xla_cpu_experimental_ynn_fusion_type"
 INDIVIDUAL_DOT = "LIBRARY_FUSION_TYPE_INDIVIDUAL_DOT"
+# Environment variable choosing the CPU convolution path of advjax's programs.
+CONVOLUTIONS_ENV = "ADVJAX_CPU_CONVOLUTIONS"
+CONVOLUTION_PATHS = ("all_cores", "library")
 
 
 @functools.cache
@@ -63,6 +90,18 @@ def _cpu_accepts(name: str, value: str) -> bool:
   return True
 
 
+def cpu_convolutions() -> str:
+  """The CPU convolution path of advjax's programs: $ADVJAX_CPU_CONVOLUTIONS, default 'all_cores'.
+
+  Raises:
+    ValueError: the variable names no known path.
+  """
+  value = os.environ.get(CONVOLUTIONS_ENV, "all_cores") or "all_cores"
+  if value not in CONVOLUTION_PATHS:
+    raise ValueError(f"{CONVOLUTIONS_ENV}={value!r}: expected one of {', '.join(CONVOLUTION_PATHS)}")
+  return value
+
+
 def cpu_compiler_options(backend: str | None = None) -> dict[str, Any]:
   """Compiler options that make XLA:CPU run convolutions on all cores.
 
@@ -71,8 +110,10 @@ def cpu_compiler_options(backend: str | None = None) -> dict[str, Any]:
 
   Returns:
     {YNN_FUSION_OPTION: INDIVIDUAL_DOT} on the CPU backend of a jaxlib that
-    accepts it, else {}.
+    accepts it, unless $ADVJAX_CPU_CONVOLUTIONS is 'library'; else {}.
   """
+  if cpu_convolutions() == "library":
+    return {}
   backend = jax.default_backend() if backend is None else backend
   if backend != "cpu" or not _cpu_accepts(YNN_FUSION_OPTION, INDIVIDUAL_DOT):
     return {}
@@ -88,12 +129,24 @@ def _backend_of(jit_kwargs: dict[str, Any]) -> str | None:
 
 
 class _OptionJit:
-  """`jax.jit` with compiler options at top level and without them when traced."""
+  """`jax.jit` with compiler options at top level and without them when traced.
+
+  The options are decided at the first top-level call (or `.lower`, ...), so
+  that building the wrapper, e.g. as a decorator at import, starts no backend.
+  """
 
   def __init__(self, fn: Callable, options: dict[str, Any], jit_kwargs: dict[str, Any]):
-    self._top = jax.jit(fn, compiler_options=options or None, **jit_kwargs)
+    self._fn, self._options, self._jit_kwargs = fn, options, jit_kwargs
     self._nested = jax.jit(fn, **jit_kwargs)
+    self._top_jit = None
     functools.update_wrapper(self, fn)
+
+  @property
+  def _top(self):
+    if self._top_jit is None:
+      options = {**cpu_compiler_options(_backend_of(self._jit_kwargs)), **self._options}
+      self._top_jit = jax.jit(self._fn, compiler_options=options or None, **self._jit_kwargs)
+    return self._top_jit
 
   def __call__(self, *args, **kwargs):
     traced = any(isinstance(leaf, jax.core.Tracer) for leaf in jax.tree_util.tree_leaves((args, kwargs)))
@@ -101,6 +154,8 @@ class _OptionJit:
 
   def __getattr__(self, name: str):
     # lower, trace, eval_shape, ... of the top-level (option-carrying) jit.
+    if name.startswith("__") or name in ("_fn", "_options", "_jit_kwargs", "_nested", "_top_jit"):
+      raise AttributeError(name)  # Not yet set (copy, pickle): no recursion through _top.
     return getattr(self._top, name)
 
 
@@ -124,5 +179,4 @@ def jit(fn: Callable | None = None, /, **jit_kwargs) -> Callable:
   """
   if fn is None:
     return functools.partial(jit, **jit_kwargs)
-  options = {**cpu_compiler_options(_backend_of(jit_kwargs)), **(jit_kwargs.pop("compiler_options", None) or {})}
-  return _OptionJit(fn, options, jit_kwargs)
+  return _OptionJit(fn, jit_kwargs.pop("compiler_options", None) or {}, jit_kwargs)

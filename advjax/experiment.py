@@ -24,6 +24,7 @@ import ml_collections
 import numpy as np
 from flax import traverse_util
 
+from advjax import compilation
 from advjax import attacks, checkpointing, config as config_lib, data, models, parallel, tasks
 from advjax.errors import CheckpointError
 from advjax.evaluation.context import EvalContext, name_to_int, named_key
@@ -84,7 +85,7 @@ class Experiment:
       return create_train_state(self.model, self.tx, rng, image_shape, self.objective.init_extras(image_shape),
                                 aux_bn_sets=self.objective.bn_sets())
 
-    return jax.jit(init, out_shardings=parallel.replicated(self.mesh))(rng)
+    return compilation.jit(init, out_shardings=parallel.replicated(self.mesh))(rng)
 
   def restore_model(self, workdir: str) -> tuple[int, dict[str, Any]]:
     """The step and model variables of a run's latest checkpoint, whatever its objective and optimiser.

@@ -112,3 +112,32 @@ def test_jitted_function_can_be_nested_in_traced_code():
   # The option-carrying program is what a top-level call runs and lowers.
   assert not _ynn_lines(inner.lower(*args).compile().as_text(), "conv_general_dilated")
   assert inner.__name__ == "_conv_and_matmul"
+
+
+def test_environment_variable_keeps_the_library_path(monkeypatch):
+  monkeypatch.setenv(compilation.CONVOLUTIONS_ENV, "library")
+  assert compilation.cpu_compiler_options() == {}
+  # Decided at the first call, so a wrapper built before the variable was set follows it.
+  text = compilation.jit(_conv_and_matmul).lower(*_args()).compile().as_text()
+  assert _ynn_lines(text, "conv_general_dilated")
+  monkeypatch.setenv(compilation.CONVOLUTIONS_ENV, "all_cores")
+  assert compilation.cpu_compiler_options() == {
+      "xla_cpu_experimental_ynn_fusion_type": "LIBRARY_FUSION_TYPE_INDIVIDUAL_DOT"}
+  monkeypatch.setenv(compilation.CONVOLUTIONS_ENV, "fast")
+  with pytest.raises(ValueError, match="ADVJAX_CPU_CONVOLUTIONS='fast'"):
+    compilation.cpu_compiler_options()
+
+
+def test_advjax_programs_carry_the_option():
+  # The attack entry point is compiled with the option: no convolution left in YNNPACK.
+  from advjax import attacks
+  from advjax.models import create_model
+  model = create_model("convnet", num_classes=10)  # 32-channel convolutions: YNNPACK by default
+  x = jnp.zeros((2, 28, 28, 1))
+  variables = jax.eval_shape(model.init, jax.random.key(0), x)
+  variables = jax.tree.map(lambda s: jnp.full(s.shape, 0.01, s.dtype), variables)
+  logits_fn = attacks.make_logits_fn(model, variables, "eval")
+  cfg = attacks.AttackConfig(eps=8.0, step_size=2.0, num_steps=2, init="zero")
+  text = attacks.attack.lower(logits_fn, x, jnp.zeros(2, jnp.int32), jax.random.key(0), cfg).compile().as_text()
+  assert "convolution" in text
+  assert not _ynn_lines(text, "conv_general_dilated")

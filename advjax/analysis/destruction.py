@@ -42,6 +42,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
+from advjax import compilation
 from advjax.analysis import epochs as epochs_lib
 from advjax.errors import ConfigError, DataError, unknown_name
 
@@ -233,7 +234,7 @@ def destruction_rate(clean_correct, adv_correct, transformed_correct) -> tuple[f
   return (float(rate) if np.ndim(rate) == 0 else rate), num
 
 
-@functools.partial(jax.jit, static_argnames=("logits_fn", "name", "radius", "contrast_center"))
+@functools.partial(compilation.jit, static_argnames=("logits_fn", "name", "radius", "contrast_center"))
 def _correct_under_transform(logits_fn, name, x, x_adv, y, index, strengths, rng, radius,
                              contrast_center):
   def correct(images):

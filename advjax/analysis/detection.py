@@ -50,6 +50,7 @@ import numpy as np
 import optax
 from flax.training import train_state
 
+from advjax import compilation
 from advjax.analysis import epochs as epochs_lib
 from advjax.errors import ConfigError, DataError
 
@@ -101,7 +102,7 @@ def create_detector_state(rng: jax.Array, model: nn.Module, image_shape,
   Returns:
     Flax `TrainState` with `apply_fn = model.apply`.
   """
-  params = jax.jit(model.init)(rng, jnp.zeros((1,) + tuple(image_shape), jnp.float32))["params"]
+  params = compilation.jit(model.init)(rng, jnp.zeros((1,) + tuple(image_shape), jnp.float32))["params"]
   return train_state.TrainState.create(apply_fn=model.apply, params=params, tx=tx)
 
 
@@ -110,7 +111,7 @@ def _binary_labels(num_clean: int, num_adv: int) -> jax.Array:
                           jnp.full((num_adv,), ADVERSARIAL, jnp.int32)])
 
 
-@jax.jit
+@compilation.jit
 def detector_train_step(state: train_state.TrainState, clean_x: jax.Array,
                         adv_x: jax.Array) -> tuple[train_state.TrainState, dict]:
   """One optimiser step of the detector on clean (label 0) and adversarial (label 1) images.
@@ -289,7 +290,7 @@ def universal_objective(per_example_loss: PerExampleLoss, xi: jax.Array, x: jax.
   return jnp.sum(values * mask) / jnp.maximum(jnp.sum(mask), 1.0)
 
 
-@functools.partial(jax.jit, static_argnames=("logits_fn",))
+@functools.partial(compilation.jit, static_argnames=("logits_fn",))
 def _adversarial_probability(logits_fn, x, xi):
   return jax.nn.softmax(logits_fn(jnp.clip(x + xi, 0.0, 1.0)).astype(jnp.float32))[:, ADVERSARIAL]
 

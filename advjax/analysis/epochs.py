@@ -39,6 +39,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
+from advjax import compilation
 from advjax.attacks import deepfool as deepfool_lib
 from advjax.attacks import pgd as pgd_lib
 from advjax.errors import ConfigError, DataError, unknown_name
@@ -215,7 +216,7 @@ def cross_entropy(logits: jax.Array, y: jax.Array) -> jax.Array:
   return -jnp.take_along_axis(log_probs, y[..., None].astype(jnp.int32), axis=-1)[..., 0]
 
 
-@functools.partial(jax.jit, static_argnames=("logits_fn",))
+@functools.partial(compilation.jit, static_argnames=("logits_fn",))
 def _evaluate_sets(logits_fn, x_sets, y):
   def one(x):
     logits = logits_fn(x)
@@ -252,7 +253,7 @@ def cross_evaluate(logits_fns: Sequence[LogitsFn], x_sets, y,
   return np.stack(probs, axis=1), np.stack(correct, axis=1)
 
 
-@functools.partial(jax.jit, static_argnames=("logits_fn",))
+@functools.partial(compilation.jit, static_argnames=("logits_fn",))
 def _predict(logits_fn, x):
   return jnp.argmax(logits_fn(x), axis=-1)
 

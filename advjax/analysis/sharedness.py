@@ -54,6 +54,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
+from advjax import compilation
 from advjax.analysis import epochs as epochs_lib
 from advjax.errors import ConfigError, DataError
 
@@ -81,7 +82,7 @@ def _per_input(fn, x, y, input_chunk_size):
   return out.reshape((-1,) + out.shape[2:])[:n]
 
 
-@functools.partial(jax.jit, static_argnames=("logits_fn", "chunk_size", "input_chunk_size"))
+@functools.partial(compilation.jit, static_argnames=("logits_fn", "chunk_size", "input_chunk_size"))
 def effective_matrix(logits_fn: epochs_lib.LogitsFn, perturbations: jax.Array, x: jax.Array,
                      y: jax.Array, *, chunk_size: int = 8,
                      input_chunk_size: int | None = None) -> jax.Array:
@@ -233,7 +234,7 @@ def cost_change(logits_fn: epochs_lib.LogitsFn, x: jax.Array, xi: jax.Array,
   return adv - epochs_lib.cross_entropy(logits_fn(x), y)
 
 
-@functools.partial(jax.jit, static_argnames=("logits_fn", "chunk_size", "input_chunk_size"))
+@functools.partial(compilation.jit, static_argnames=("logits_fn", "chunk_size", "input_chunk_size"))
 def current_cost_change(logits_fn: epochs_lib.LogitsFn, perturbations: jax.Array, x: jax.Array,
                         y: jax.Array, *, chunk_size: int = 8,
                         input_chunk_size: int | None = None) -> jax.Array:
@@ -264,7 +265,7 @@ def current_cost_change(logits_fn: epochs_lib.LogitsFn, perturbations: jax.Array
   return lax.map(one, perturbations, batch_size=chunk_size)
 
 
-_cost_change_jit = jax.jit(cost_change, static_argnames=("logits_fn",))
+_cost_change_jit = compilation.jit(cost_change, static_argnames=("logits_fn",))
 
 
 def future_cost_change(logits_fns: Sequence[epochs_lib.LogitsFn], x, xi, y,

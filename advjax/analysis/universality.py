@@ -24,13 +24,14 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
+from advjax import compilation
 from advjax.analysis import epochs as epochs_lib
 from advjax.errors import DataError
 
 _TINY = 1e-12
 
 
-@functools.partial(jax.jit, static_argnames=("logits_fn",))
+@functools.partial(compilation.jit, static_argnames=("logits_fn",))
 def _correct_under(logits_fn, perturbations, x, y):
   def one(xi):
     return jnp.argmax(logits_fn(jnp.clip(x + xi[None], 0.0, 1.0)), axis=-1) == y

@@ -88,6 +88,7 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
+from advjax import compilation
 from advjax import typed_config
 from advjax.attacks import threat
 from advjax.errors import ConfigError
@@ -258,7 +259,7 @@ def _per_image(v: jax.Array, ndim: int) -> jax.Array:
   return v.reshape((-1,) + (1,) * (ndim - 1))
 
 
-@functools.partial(jax.jit, static_argnames=("logits_fn", "cfg"))
+@functools.partial(compilation.jit, static_argnames=("logits_fn", "cfg"))
 def dag(logits_fn: Callable[[jax.Array], jax.Array], x: jax.Array, y: jax.Array, rng: jax.Array,
         cfg: DAGConfig = DAGConfig(), targets: jax.Array | None = None) -> DAGResult:
   """Algorithm 1 on a batch, each image stopping on its own.

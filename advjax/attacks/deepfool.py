@@ -32,6 +32,7 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
+from advjax import compilation
 from advjax.attacks import threat
 from advjax.errors import ConfigError
 
@@ -78,7 +79,7 @@ class DeepFoolResult(NamedTuple):
   fooled: jax.Array
 
 
-@functools.partial(jax.jit, static_argnames=("logits_fn", "cfg"))
+@functools.partial(compilation.jit, static_argnames=("logits_fn", "cfg"))
 def deepfool_with_info(logits_fn, x: jax.Array, y: jax.Array, rng: jax.Array,
                        cfg: DeepFoolConfig = DeepFoolConfig()) -> DeepFoolResult:
   """DeepFool with each example's iteration count and success (see `deepfool`)."""

@@ -59,6 +59,7 @@ from typing import Callable
 import jax
 import jax.numpy as jnp
 
+from advjax import compilation
 from advjax import tasks as tasks_lib
 from advjax.attacks import core, diversity, threat
 from advjax.attacks import pgd as pgd_lib
@@ -100,7 +101,7 @@ def check_sharedness(batch_size: int, sharedness: int) -> None:
                       f"(heaps are {sharedness} consecutive examples)")
 
 
-@functools.partial(jax.jit, static_argnames=("logits_fn", "cfg", "sharedness", "task"))
+@functools.partial(compilation.jit, static_argnames=("logits_fn", "cfg", "sharedness", "task"))
 def heap_attack(logits_fn: Callable[[jax.Array], jax.Array], x: jax.Array, y: jax.Array,
                 rng: jax.Array, cfg: pgd_lib.AttackConfig, sharedness: int, eps=None,
                 targets: jax.Array | None = None, task: tasks_lib.Task | None = None) -> jax.Array:

@@ -49,6 +49,7 @@ from typing import Any, Callable, NamedTuple
 import jax
 import jax.numpy as jnp
 
+from advjax import compilation
 from advjax import tasks as tasks_lib
 from advjax import typed_config
 from advjax.attacks import core, diversity, losses, rules, threat
@@ -313,7 +314,7 @@ def attack_loss(cfg: AttackConfig):
                          kappa=cfg.kappa, confidence=cfg.confidence)
 
 
-@functools.partial(jax.jit, static_argnames=("logits_fn", "cfg", "task"))
+@functools.partial(compilation.jit, static_argnames=("logits_fn", "cfg", "task"))
 def attack(logits_fn: Callable[[jax.Array], jax.Array], x: jax.Array, y: jax.Array,
            rng: jax.Array, cfg: AttackConfig, eps=None, targets: jax.Array | None = None,
            mask: jax.Array | None = None, task: tasks_lib.Task | None = None) -> jax.Array:

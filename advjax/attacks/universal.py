@@ -69,6 +69,7 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
+from advjax import compilation
 from advjax import typed_config
 from advjax.attacks import core, losses, rules, threat
 from advjax.data import streams
@@ -305,7 +306,7 @@ def batch_gradient(fn: Callable, delta: jax.Array, batch: dict, cfg: UniversalCo
   return jax.grad(mean_loss)(delta)
 
 
-@functools.partial(jax.jit, static_argnames=("logits_fn", "cfg"))
+@functools.partial(compilation.jit, static_argnames=("logits_fn", "cfg"))
 def universal_step(logits_fn: Callable, delta: jax.Array, opt_state: Any, batch: dict, k,
                    cfg: UniversalConfig, *, variables: Any = None, eps=None,
                    target: jax.Array | None = None) -> tuple[jax.Array, Any]:

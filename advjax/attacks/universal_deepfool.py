@@ -51,6 +51,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
+from advjax import compilation
 from advjax.attacks import deepfool as deepfool_lib
 from advjax.attacks import threat
 from advjax.errors import ConfigError
@@ -108,16 +109,16 @@ def _predict(logits_fn, x):
   return jnp.argmax(logits_fn(x), axis=-1)
 
 
-_clean_predictions = jax.jit(_predict, static_argnums=0)
+_clean_predictions = compilation.jit(_predict, static_argnums=0)
 
 
-@functools.partial(jax.jit, static_argnames=("logits_fn",))
+@functools.partial(compilation.jit, static_argnames=("logits_fn",))
 def _fooled(logits_fn: Callable, v: jax.Array, x: jax.Array, clean: jax.Array) -> jax.Array:
   """[batch] whether adding v changes each prediction."""
   return _predict(logits_fn, threat.apply(x, v)) != clean
 
 
-@functools.partial(jax.jit, static_argnames=("logits_fn", "eps", "norm", "deepfool_cfg"))
+@functools.partial(compilation.jit, static_argnames=("logits_fn", "eps", "norm", "deepfool_cfg"))
 def _one_pass(logits_fn: Callable, v: jax.Array, xs: jax.Array, clean: jax.Array, mask: jax.Array, *,
               eps: float, norm: str, deepfool_cfg: deepfool_lib.DeepFoolConfig) -> jax.Array:
   """One pass of algorithm 1 over mini-batches.

@@ -31,6 +31,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from advjax import compilation
 from advjax import tasks as tasks_lib
 from advjax import typed_config
 from advjax.attacks import core
@@ -91,7 +92,7 @@ def add_sums(total: Any, sums: Any) -> Any:
   return sums if total is None else jax.tree.map(jnp.add, total, sums)
 
 
-@functools.partial(jax.jit, static_argnames=("model_fn", "task"))
+@functools.partial(compilation.jit, static_argnames=("model_fn", "task"))
 def _clean_sums(model_fn, variables, batch, task):
   logits = core.bind(model_fn, variables)(batch["image"])
   return task.metric_sums(logits, batch["label"], batch["mask"])

@@ -36,6 +36,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from advjax import compilation
 from advjax import tasks as tasks_lib
 from advjax.attacks import core
 from advjax.attacks import pgd as pgd_lib
@@ -43,7 +44,7 @@ from advjax.evaluation import base, search
 from advjax.errors import ConfigError
 
 
-@functools.partial(jax.jit, static_argnames=("model_fn", "cfg", "task", "attack_fn"))
+@functools.partial(compilation.jit, static_argnames=("model_fn", "cfg", "task", "attack_fn"))
 def _attacked_sums(model_fn, variables, batch, rng, cfg, task, attack_fn, eps):
   fn = core.bind(model_fn, variables)
   x, y, mask = batch["image"], batch["label"], batch["mask"]
@@ -132,7 +133,7 @@ def eps_adv_search(model_fn: Callable, batches: Iterable[dict], rng: jax.Array,
                        lower=lower, upper=upper)
 
 
-@functools.partial(jax.jit, static_argnames=("model_fn", "cfg", "task", "num_steps", "attack_fn"))
+@functools.partial(compilation.jit, static_argnames=("model_fn", "cfg", "task", "num_steps", "attack_fn"))
 def _per_example_minima(model_fn, variables, batch, rng, cfg, task, num_steps, lower, upper, threshold, attack_fn):
   fn = core.bind(model_fn, variables)
   x, y = batch["image"], batch["label"]

@@ -44,6 +44,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from advjax import compilation
 from advjax import tasks as tasks_lib
 from advjax import viz
 from advjax.attacks import core, dag as dag_lib, pgd as pgd_lib
@@ -70,7 +71,7 @@ def _dag_config(label: str, gamma: float, max_iter: int, background_class: int) 
     raise ConfigError(f"{label}: {e}") from None
 
 
-@functools.partial(jax.jit, static_argnames=("model_fn", "cfg", "task", "perm_draws"))
+@functools.partial(compilation.jit, static_argnames=("model_fn", "cfg", "task", "perm_draws"))
 def _dag_sums(model_fn, variables, batch, rng, offset, limit, cfg, task, perm_draws):
   """One batch: metric sums of ORIG, ADVR and each PERM draw, and DAG's per-image statistics summed."""
   fn = core.bind(model_fn, variables)
@@ -155,7 +156,7 @@ class DAG(_SegmentationEvaluator):
     yield "num_examples", int(round(float(stats["count"])))
 
 
-@functools.partial(jax.jit, static_argnames=("model_fn", "cfg", "task"))
+@functools.partial(compilation.jit, static_argnames=("model_fn", "cfg", "task"))
 def _figure_arrays(model_fn, variables, x, y, rng, cfg, task):
   """(clean prediction, adversarial prediction, perturbation) of a few images under PGD or DAG."""
   fn = core.bind(model_fn, variables)

@@ -41,6 +41,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from advjax import compilation
 from advjax import tasks as tasks_lib
 from advjax import viz
 from advjax.attacks import core, threat
@@ -51,7 +52,7 @@ from advjax.evaluation import base, search
 from advjax.tasks import labels as labels_lib
 
 
-@functools.partial(jax.jit, static_argnames=("model_fn", "task"))
+@functools.partial(compilation.jit, static_argnames=("model_fn", "task"))
 def _universal_sums(model_fn, variables, batch, delta, target, task):
   fn = core.bind(model_fn, variables)
   y, mask = batch["label"], universal_lib.batch_mask(batch)

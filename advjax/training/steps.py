@@ -22,6 +22,7 @@ import jax
 import jax.numpy as jnp
 from jax.sharding import Mesh
 
+from advjax import compilation
 from advjax import parallel
 from advjax.errors import ConfigError
 from advjax.training.train_state import TrainState
@@ -62,7 +63,7 @@ def guard(train_step: TrainStep, mode: str = "stop") -> TrainStep:
 def compile_train_step(train_step: TrainStep, state: TrainState, mesh: Mesh) -> TrainStep:
   """jit over the mesh: state replicated and donated, batch data-parallel, metrics replicated."""
   state_sharding = jax.tree.map(lambda _: parallel.replicated(mesh), state)
-  return jax.jit(
+  return compilation.jit(
       train_step,
       in_shardings=(state_sharding, parallel.batch_sharded(mesh)),
       out_shardings=(state_sharding, parallel.replicated(mesh)),
