@@ -9,7 +9,7 @@ All other layers are shared. Here a set is a name:
   'main'   the model as built, norm 'batchnorm[:momentum]': params `scale`,
            `bias`, statistics in 'batch_stats'.
   'adv'    the same model with norm 'aux_batchnorm:adv[,momentum]' (see
-           `layers.AuxBatchNorm`): params `scale_adv`, `bias_adv` next to the
+           `batchnorm.BatchNorm`): params `scale_adv`, `bias_adv` next to the
            main ones, statistics in the collection 'batch_stats_adv'.
 
 `with_bn_set(model, 'adv')` returns that twin (the network with another norm

@@ -24,11 +24,14 @@ Normalisations. `NORMS` maps a name to a constructor
 `(use_running_average, dtype, name) -> layer`. 'batchnorm' keeps its running
 statistics in the standard 'batch_stats' collection with momentum 0.9 and
 epsilon 1e-5, i.e. exactly PyTorch's BatchNorm2d (whose momentum 0.1 weighs
-the *new* batch: running = 0.9 running + 0.1 batch). 'groupnorm' (Wu & He,
+the *new* batch: running = 0.9 running + 0.1 batch); it is
+`advjax.models.batchnorm.BatchNorm`, flax BatchNorm's variables and
+arithmetic with statistics and a backward pass that run multi-threaded on
+XLA:CPU. 'groupnorm' (Wu & He,
 2018) uses 32 groups, or the largest divisor of the channel count below 32
 for narrow layers. 'none' is the identity. 'aux_batchnorm:<set>' is the
 auxiliary BatchNorm of AdvProp (Xie thesis, ch. 7, sec. 7.4.2) and of the
-mixture-BN study (ch. 6, sec. 6.4.2): flax BatchNorm's arithmetic, but with
+mixture-BN study (ch. 6, sec. 6.4.2): the same BatchNorm, but with
 parameters `scale_<set>`, `bias_<set>` and statistics in the collection
 'batch_stats_<set>', so that `create_model(name, norm='aux_batchnorm:adv')`
 builds the adversarial twin of a model whose every other weight has the same
@@ -62,7 +65,7 @@ import jax
 import jax.numpy as jnp
 
 from advjax.errors import ConfigError, unknown_name
-from advjax.models import convolution, pooling
+from advjax.models import batchnorm, convolution, pooling
 
 Array = jax.Array
 Activation = Callable[[Array], Array]
@@ -361,15 +364,8 @@ def _scale_init(zero_init: bool):
 
 def _batchnorm(momentum: str = str(BN_MOMENTUM), *, use_running_average: bool, dtype,
                name: str | None, zero_init: bool = False):
-  return nn.BatchNorm(
-      use_running_average=use_running_average,
-      momentum=_momentum(momentum),
-      epsilon=BN_EPSILON,
-      dtype=dtype,
-      param_dtype=jnp.float32,
-      scale_init=_scale_init(zero_init),
-      name=name,
-  )
+  return batchnorm.BatchNorm(use_running_average=use_running_average, momentum=_momentum(momentum),
+                             epsilon=BN_EPSILON, zero_init=zero_init, dtype=dtype, name=name)
 
 
 def _groupnorm(*, use_running_average: bool, dtype, name: str | None, zero_init: bool = False):
@@ -390,65 +386,14 @@ def aux_collection(bn_set: str) -> str:
   return AUX_COLLECTION_PREFIX + bn_set
 
 
-class AuxBatchNorm(nn.Module):
-  """One auxiliary BatchNorm set: flax BatchNorm's arithmetic under other variable names.
-
-  Numerically identical to `nn.BatchNorm` with the same momentum and epsilon
-  (float32 statistics, var = E[x^2] - E[x]^2 clipped at 0, running averages
-  updated only outside `init`), but its parameters are `scale_<bn_set>` and
-  `bias_<bn_set>` and its statistics `mean` and `var` live in the collection
-  `aux_collection(bn_set)` instead of 'batch_stats'. A model built with
-  norm 'aux_batchnorm:<bn_set>' therefore shares every other weight (same
-  paths) with the model built with 'batchnorm', while normalising with, and
-  updating, only its own set.
-
-  Attributes:
-    bn_set: the name of the auxiliary set (an identifier, e.g. 'adv').
-    use_running_average: normalise with the running statistics instead of
-      the batch's (and leave them unchanged).
-    momentum: running = momentum * running + (1 - momentum) * batch.
-    epsilon: added to the variance.
-    zero_init: initialise the scale to 0 instead of 1.
-    dtype: compute dtype of the output.
-  """
-
-  bn_set: str
-  use_running_average: bool
-  momentum: float = BN_MOMENTUM
-  epsilon: float = BN_EPSILON
-  zero_init: bool = False
-  dtype: Any = jnp.float32
-
-  @nn.compact
-  def __call__(self, x: Array) -> Array:
-    """x: [batch, ..., channels] -> same shape, in `dtype`."""
-    features = (x.shape[-1],)
-    axes = tuple(range(x.ndim - 1))
-    collection = aux_collection(self.bn_set)
-    ra_mean = self.variable(collection, "mean", lambda: jnp.zeros(features, jnp.float32))
-    ra_var = self.variable(collection, "var", lambda: jnp.ones(features, jnp.float32))
-    scale = self.param(f"scale_{self.bn_set}", _scale_init(self.zero_init), features, jnp.float32)
-    bias = self.param(f"bias_{self.bn_set}", nn.initializers.zeros, features, jnp.float32)
-    if self.use_running_average:
-      mean, var = ra_mean.value, ra_var.value
-    else:
-      xf = x.astype(jnp.float32)
-      mean = jnp.mean(xf, axes)
-      var = jnp.maximum(0.0, jnp.mean(jnp.square(xf), axes) - jnp.square(mean))
-      if not self.is_initializing():
-        ra_mean.value = self.momentum * ra_mean.value + (1 - self.momentum) * mean
-        ra_var.value = self.momentum * ra_var.value + (1 - self.momentum) * var
-    y = (x - mean) * (jax.lax.rsqrt(var + self.epsilon) * scale) + bias
-    return jnp.asarray(y, self.dtype)
-
-
 def _aux_batchnorm(bn_set: str, momentum: str = str(BN_MOMENTUM), *, use_running_average: bool,
                    dtype, name: str | None, zero_init: bool = False):
   if not bn_set.isidentifier() or bn_set == MAIN_BN_SET:
     raise ValueError(f"auxiliary set name {bn_set!r} must be an identifier other than {MAIN_BN_SET!r}")
-  return AuxBatchNorm(bn_set=bn_set, use_running_average=use_running_average,
-                      momentum=_momentum(momentum), epsilon=BN_EPSILON, zero_init=zero_init,
-                      dtype=dtype, name=name)
+  return batchnorm.BatchNorm(use_running_average=use_running_average, momentum=_momentum(momentum),
+                             epsilon=BN_EPSILON, zero_init=zero_init, dtype=dtype, name=name,
+                             scale_name=f"scale_{bn_set}", bias_name=f"bias_{bn_set}",
+                             collection=aux_collection(bn_set))
 
 
 def _identity(*, use_running_average: bool, dtype, name: str | None, zero_init: bool = False):

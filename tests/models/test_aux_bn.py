@@ -1,5 +1,6 @@
 """Auxiliary BatchNorm sets (AdvProp, Xie thesis ch. 7): isolation, export, equivalence."""
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -43,7 +44,7 @@ def _changed(before, after):
 @pytest.mark.parametrize("momentum", ["0.9", "0.99"])
 def test_aux_batchnorm_matches_flax_batchnorm(momentum):
   x = 3.0 * jax.random.normal(jax.random.key(1, impl="rbg"), (6, 4, 4, 5)) + 1.0
-  ref = layers.make_norm(f"batchnorm:{momentum}", use_running_average=False)
+  ref = nn.BatchNorm(use_running_average=False, momentum=float(momentum), epsilon=1e-5)
   aux = layers.make_norm(f"aux_batchnorm:adv,{momentum}", use_running_average=False)
   ref_vars = {"params": {"scale": jnp.linspace(0.5, 2, 5), "bias": jnp.linspace(-1, 1, 5)},
               "batch_stats": {"mean": jnp.full(5, 0.3), "var": jnp.full(5, 2.0)}}
@@ -54,7 +55,7 @@ def test_aux_batchnorm_matches_flax_batchnorm(momentum):
   np.testing.assert_allclose(y_aux, y_ref, rtol=1e-6, atol=1e-6)
   for k in ("mean", "var"):
     np.testing.assert_allclose(s_aux["batch_stats_adv"][k], s_ref["batch_stats"][k], rtol=1e-6)
-  eval_ref = layers.make_norm(f"batchnorm:{momentum}", use_running_average=True).apply(ref_vars, x)
+  eval_ref = nn.BatchNorm(use_running_average=True, momentum=float(momentum), epsilon=1e-5).apply(ref_vars, x)
   eval_aux = layers.make_norm(f"aux_batchnorm:adv,{momentum}", use_running_average=True).apply(aux_vars, x)
   np.testing.assert_allclose(eval_aux, eval_ref, rtol=1e-6, atol=1e-6)
 
