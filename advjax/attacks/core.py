@@ -154,22 +154,37 @@ def keep_stronger(new: Candidate, best: Candidate, select: str, unit_size: int =
                    jnp.where(take, new.success, best.success))
 
 
-def best_of_restarts(run: Callable[[int], Candidate], restarts: int, select: str,
-                     unit_size: int = 1) -> jax.Array:
+def best_of_restarts(run: Callable[[jax.Array], Candidate], restarts: int, select: str,
+                     unit_size: int = 1, parallel: bool = True) -> jax.Array:
   """The adversarial images of the strongest of `restarts` runs, per unit.
 
   Args:
-    run: `r -> Candidate` for restart r (traced r).
+    run: `r -> Candidate` for restart r (a traced int32 scalar).
     restarts: number of runs (static).
     select: see `keep_stronger`.
     unit_size: see `keep_stronger`.
+    parallel: run all restarts at once, vmapped over r (restarts x the
+      memory of one run), instead of one after another in a loop. The
+      strongest is chosen in the same order (restart 0 first, a later one
+      replaces it only if strictly stronger), so both give the same result
+      up to float rounding.
 
   Returns:
     [batch, ...] adversarial images.
   """
-  best = run(0)
   if restarts == 1:
+    return run(jnp.int32(0)).x_adv
+  if parallel:
+    runs = jax.vmap(run)(jnp.arange(restarts, dtype=jnp.int32))
+    best = jax.tree.map(lambda v: v[0], runs)
+    for r in range(1, restarts):
+      best = keep_stronger(jax.tree.map(lambda v, r=r: v[r], runs), best, select, unit_size)
     return best.x_adv
+
+  def body(r, best):
+    return keep_stronger(run(r), best, select, unit_size)
+
+  return lax.fori_loop(1, restarts, body, run(jnp.int32(0))).x_adv
 
   def body(r, best):
     return keep_stronger(run(r), best, select, unit_size)

@@ -173,4 +173,5 @@ def heap_attack(logits_fn: Callable[[jax.Array], jax.Array], x: jax.Array, y: ja
     return core.Candidate(x_adv, heap_mean(loss_fn(logits, labels)),
                           heap_mean(task.success(logits, y, labels, cfg.targeted)))
 
-  return core.best_of_restarts(run, cfg.restarts, cfg.restart_select, unit_size=s)
+  return core.best_of_restarts(run, cfg.restarts, cfg.restart_select, unit_size=s,
+                               parallel=cfg.parallel_restarts)

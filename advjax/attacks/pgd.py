@@ -94,6 +94,11 @@ class AttackConfig:
     restart_select: 'loss' keeps the highest final loss; 'misclassified' prefers
       the restart that fools more (of an example's pixels, for label maps)
       and breaks ties by loss.
+    parallel_restarts: run the restarts as one batch (`jax.vmap` over the
+      restart keys: restarts x the activation memory of one run, and on a
+      CPU 3-4x faster than a loop, because larger convolutions use the
+      cores better); False runs them one after another in a loop. Either
+      way the result is the same up to float rounding.
   """
   norm: str = "linf"
   eps: float = 8.0
@@ -116,6 +121,7 @@ class AttackConfig:
   confidence: float | None = None
   restarts: int = 1
   restart_select: str = "loss"
+  parallel_restarts: bool = True
 
   def __post_init__(self):
     _validate(self)
@@ -173,6 +179,7 @@ def _validate(cfg: AttackConfig) -> None:
   check(cfg.confidence is None or cfg.confidence >= 0, "confidence", "must be None or >= 0")
   check(isinstance(cfg.restarts, int) and cfg.restarts >= 1, "restarts", "must be an int >= 1")
   one_of("restart_select", core.RESTART_SELECTIONS)
+  check(isinstance(cfg.parallel_restarts, bool), "parallel_restarts", "must be a bool")
 
 
 def _kurakin_steps(eps: float) -> int:
@@ -365,4 +372,4 @@ def attack(logits_fn: Callable[[jax.Array], jax.Array], x: jax.Array, y: jax.Arr
     logits = logits_fn(x_adv)
     return core.Candidate(x_adv, loss_fn(logits, labels), task.success(logits, y, labels, cfg.targeted))
 
-  return core.best_of_restarts(run, cfg.restarts, cfg.restart_select)
+  return core.best_of_restarts(run, cfg.restarts, cfg.restart_select, parallel=cfg.parallel_restarts)

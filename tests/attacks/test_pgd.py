@@ -103,6 +103,18 @@ def test_restarts_never_weaken(select, logits_fn, batch):
     assert np.all(wrong(many) >= wrong(one))
 
 
+@pytest.mark.parametrize("select", core.RESTART_SELECTIONS)
+def test_parallel_restarts_equal_the_loop(select, logits_fn, batch):
+  x, y = batch
+  base = pgd_lib.pgd(8.0, num_steps=3, restarts=3, restart_select=select)
+  parallel = np.asarray(pgd_lib.attack(logits_fn, x, y, KEY, base))
+  looped = np.asarray(pgd_lib.attack(logits_fn, x, y, KEY, dataclasses.replace(base, parallel_restarts=False)))
+  np.testing.assert_allclose(parallel, looped, atol=1e-6)
+  # The selection picks later restarts for some examples (else both could be restart 0 alone).
+  first = np.asarray(pgd_lib.attack(logits_fn, x, y, KEY, dataclasses.replace(base, restarts=1)))
+  assert not np.allclose(parallel, first, atol=1e-6)
+
+
 def test_no_recompilation_for_same_shapes(model_and_variables, batch):
   model, variables = model_and_variables
   traces = []
