@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 import torch
 
-from benchmarks import (bench_advprop, bench_fwd_bwd, bench_pgd, bench_pgd_at, bench_shared_at, bench_uat,
-                        harness)
+from benchmarks import (bench_advprop, bench_fgsm, bench_fwd_bwd, bench_pgd, bench_pgd_at, bench_pgd_restarts,
+                        bench_shared_at, bench_uat, harness)
 
 SPEC = harness.Spec(model="resnet20_tiny", batch=4, steps=2, torch_compile=False)
 
@@ -23,6 +23,16 @@ def test_jax_and_torch_sides_agree(module):
   errors = workload.check()
   assert errors and all(np.isfinite(v) for v in errors.values())
   assert "jax" in workload.timers and "torch eager" in workload.timers
+
+
+def test_parallel_restarts_and_fgsm_agree_with_torch_on_the_digit_convnet():
+  # The convnet rows: the torch twin is trained briefly on the digits, then bridged.
+  spec = harness.Spec(model="convnet_tiny", batch=8, steps=2, torch_compile=False)
+  for module in (bench_pgd_restarts, bench_fgsm):
+    workload = module.build(spec)
+    errors = workload.check()
+    assert errors and all(np.isfinite(v) for v in errors.values())
+    assert "jax" in workload.timers and "torch eager" in workload.timers
 
 
 def test_check_fails_when_the_sides_differ(monkeypatch):

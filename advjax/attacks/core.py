@@ -155,7 +155,7 @@ def keep_stronger(new: Candidate, best: Candidate, select: str, unit_size: int =
 
 
 def best_of_restarts(run: Callable[[jax.Array], Candidate], restarts: int, select: str,
-                     unit_size: int = 1, parallel: bool = True) -> jax.Array:
+                     unit_size: int = 1, parallel: bool = False) -> jax.Array:
   """The adversarial images of the strongest of `restarts` runs, per unit.
 
   Args:
