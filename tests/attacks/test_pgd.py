@@ -107,8 +107,8 @@ def test_restarts_never_weaken(select, logits_fn, batch):
 def test_parallel_restarts_equal_the_loop(select, logits_fn, batch):
   x, y = batch
   base = pgd_lib.pgd(8.0, num_steps=3, restarts=3, restart_select=select)
-  parallel = np.asarray(pgd_lib.attack(logits_fn, x, y, KEY, base))
-  looped = np.asarray(pgd_lib.attack(logits_fn, x, y, KEY, dataclasses.replace(base, parallel_restarts=False)))
+  parallel = np.asarray(pgd_lib.attack(logits_fn, x, y, KEY, dataclasses.replace(base, parallel_restarts=True)))
+  looped = np.asarray(pgd_lib.attack(logits_fn, x, y, KEY, base))
   np.testing.assert_allclose(parallel, looped, atol=1e-6)
   # The selection picks later restarts for some examples (else both could be restart 0 alone).
   first = np.asarray(pgd_lib.attack(logits_fn, x, y, KEY, dataclasses.replace(base, restarts=1)))
