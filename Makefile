@@ -29,7 +29,7 @@ test: $(STAMP)
 # benchmarks/run.py, e.g. BENCH_ARGS="--quick" or "--workloads pgd --models resnet20".
 BENCH_ARGS ?=
 bench: $(STAMP)
-	$(PY) -c "import torch, torchattacks" 2>/dev/null || \
+	$(PY) -c "import torch, torchattacks, foolbox, art" 2>/dev/null || \
 	  ($(PY) -m pip install -q -e ".[bench]" && $(PY) -m pip install -q --no-deps torchattacks==3.5.1)
 	$(PY) -m benchmarks.run $(BENCH_ARGS)
 	$(PY) -m benchmarks.bench_cost_ratios

@@ -19,6 +19,7 @@ import jax.numpy as jnp
 import torch
 import torch.nn.functional as F
 
+from advjax import compilation
 from advjax.attacks import losses
 from benchmarks import harness
 
@@ -57,7 +58,7 @@ def build(spec: harness.Spec) -> harness.Workload:
   x, y = harness.make_batch(spec)
   xj, yj = jnp.asarray(x), jnp.asarray(y)
   params, batch_stats = m.variables["params"], m.variables["batch_stats"]
-  step = jax.jit(jax_fwd_bwd(m.model))
+  step = compilation.jit(jax_fwd_bwd(m.model))  # advjax's CPU convolution path, as its train steps
   tol = harness.TOLERANCE[spec.dtype]
   notes: list[str] = []
 

@@ -33,7 +33,11 @@ MAX_FLIPPED = {"float32": 0.02, "bfloat16": 0.25}
 
 def torch_pgd(tm, x, y, *, eps: float, alpha: float, steps: int, dtype: str = "float32"):
   """Idiomatic PyTorch L-inf PGD from the clean image; eps and alpha on the [0, 1] scale."""
-  x_adv = x.clone()
+  return torch_pgd_from(tm, x, y, x.clone(), eps=eps, alpha=alpha, steps=steps, dtype=dtype)
+
+
+def torch_pgd_from(tm, x, y, x_adv, *, eps: float, alpha: float, steps: int, dtype: str = "float32"):
+  """`torch_pgd` from the starting point `x_adv` (inside the eps ball and [0, 1])."""
   for _ in range(steps):
     x_adv.requires_grad_(True)
     with harness.autocast(dtype):

@@ -53,6 +53,8 @@ from benchmarks import torch_models
 
 # (image side, channels, classes) of the shapes each model is benchmarked at.
 SHAPES = {
+    "convnet": (28, 1, 10),
+    "convnet_tiny": (28, 1, 10),
     "resnet20": (32, 3, 10),
     "resnet50": (224, 3, 1000),
     "resnet20_tiny": (8, 3, 5),
@@ -61,13 +63,25 @@ SHAPES = {
 # Default batch per (model, platform): the GPU batch is the research setting;
 # the CPU batch is small enough that a 2-core machine finishes a run in minutes.
 DEFAULT_BATCH = {
-    ("resnet20", "gpu"): 128, ("resnet20", "cpu"): 8,
-    ("resnet50", "gpu"): 64, ("resnet50", "cpu"): 2,
+    ("convnet", "gpu"): 128, ("convnet", "cpu"): 128,
+    ("resnet20", "gpu"): 128, ("resnet20", "cpu"): 64,
+    ("resnet50", "gpu"): 64, ("resnet50", "cpu"): 8,
+    ("convnet_tiny", "gpu"): 8, ("convnet_tiny", "cpu"): 8,
     ("resnet20_tiny", "gpu"): 4, ("resnet20_tiny", "cpu"): 4,
     ("resnet50_tiny", "gpu"): 4, ("resnet50_tiny", "cpu"): 4,
 }
 MEAN = (0.4914, 0.4822, 0.4465)
 STD = (0.2471, 0.2435, 0.2616)
+# The convnet is `make train`'s model on the embedded digits (configs/default.py's
+# normalisation), benchmarked without dropout: dropout masks come from each
+# framework's own generator, so outputs could not be compared, and the masks cost
+# one multiply per activation.
+CONVNETS = ("convnet", "convnet_tiny")
+DIGIT_MEAN, DIGIT_STD = (0.5,), (0.5,)
+CONVNET_OVERRIDES = {"conv_dropout": 0.0, "head_dropout": 0.0}
+# Steps of plain SGD that train the torch convnet on the embedded training digits
+# before its weights are copied, so attacks run against a model that classifies.
+CONVNET_TRAIN_STEPS = 60
 # Relative-norm tolerance of the agreement checks. Float32 sides differ only
 # by summation order; bfloat16 compute carries ~3 significant digits.
 TOLERANCE = {"float32": 2e-3, "bfloat16": 5e-2}
@@ -173,22 +187,61 @@ def matched_models(spec: Spec) -> Matched:
   """
   size, channels, classes = spec.shape
   torch.manual_seed(spec.seed)
-  tm = torch_models.create_torch_model(spec.model, num_classes=classes, in_channels=channels,
-                                       mean=MEAN, std=STD)
-  tm.train()
-  with torch.no_grad():
-    for _ in range(2):
-      tm(torch.rand(2, channels, size, size))
+  if spec.model in CONVNETS:
+    mean, std, extra = DIGIT_MEAN, DIGIT_STD, CONVNET_OVERRIDES
+    tm = torch_models.create_torch_model(spec.model, num_classes=classes, in_channels=channels,
+                                         mean=mean, std=std, image_size=size, conv_dropout=0.0,
+                                         head_dropout=0.0)
+    _train_on_digits(tm, spec.seed)
+  else:
+    mean, std, extra = MEAN, STD, {}
+    tm = torch_models.create_torch_model(spec.model, num_classes=classes, in_channels=channels,
+                                         mean=mean, std=std)
+    tm.train()
+    with torch.no_grad():
+      for _ in range(2):
+        tm(torch.rand(2, channels, size, size))
   tm.eval()
-  model = create_model(spec.model, num_classes=classes, mean=MEAN, std=STD, dtype=spec.dtype)
+  model = create_model(spec.model, num_classes=classes, mean=mean, std=std, dtype=spec.dtype, **extra)
   template = jax.eval_shape(model.init, jax.random.key(0), jnp.zeros((1, size, size, channels)))
   variables = bridge.torch_to_flax(tm.state_dict(), spec.model, template)
   variables = jax.device_put(variables, jax.devices()[0])
   return Matched(model, variables, tm.to(torch_device()))
 
 
+def _train_on_digits(tm: torch.nn.Module, seed: int) -> None:
+  """A few SGD steps of the torch convnet on the embedded training digits (batch 128)."""
+  from advjax.data import embedded
+  x, y, _, _ = embedded.mnist_arrays()
+  rng = np.random.default_rng(seed)
+  opt = torch.optim.SGD(tm.parameters(), lr=0.05, momentum=0.9)
+  tm.train()
+  for _ in range(CONVNET_TRAIN_STEPS):
+    idx = rng.choice(len(x), 128, replace=False)
+    xt, yt = to_torch(x[idx], y[idx])
+    opt.zero_grad(set_to_none=True)
+    torch.nn.functional.cross_entropy(tm(xt.cpu()), yt.cpu()).backward()
+    opt.step()
+  tm.zero_grad(set_to_none=True)
+
+
+def digits(split: str, count: int, offset: int = 0) -> tuple[np.ndarray, np.ndarray]:
+  """`count` embedded MNIST digits of 'train' or 'test' from `offset`: images [n, 28, 28, 1], labels [n]."""
+  from advjax.data import embedded
+  x_train, y_train, x_test, y_test = embedded.mnist_arrays()
+  x, y = (x_train, y_train) if split == "train" else (x_test, y_test)
+  if offset + count > len(x):
+    raise ValueError(f"{count} {split} digits from {offset}: only {len(x)} embedded")
+  return np.array(x[offset:offset + count]), np.array(y[offset:offset + count])
+
+
 def make_batch(spec: Spec) -> tuple[np.ndarray, np.ndarray]:
-  """Random images [batch, H, W, C] in [0, 1] (float32) and labels [batch] (int32)."""
+  """Images [batch, H, W, C] in [0, 1] (float32) and labels [batch] (int32).
+
+  The convnets get embedded test digits; the ResNets uniform noise with random labels.
+  """
+  if spec.model in CONVNETS:
+    return digits("test", spec.batch)
   size, channels, classes = spec.shape
   rng = np.random.default_rng(spec.seed + 1)
   x = rng.uniform(size=(spec.batch, size, size, channels)).astype(np.float32)
@@ -470,6 +523,14 @@ class Workload:
   notes: list[str] = dataclasses.field(default_factory=list)
 
 
+def is_torch_eager(variant: str) -> bool:
+  """Whether a variant is PyTorch run eagerly: everything but 'jax*' and 'torch.compile'.
+
+  Library variants ('torchattacks.PGD', 'foolbox', 'ART') run eager PyTorch too.
+  """
+  return not variant.startswith("jax") and variant != "torch.compile"
+
+
 def run_workload(workload: Workload, *, budget_s: float, min_reps: int,
                  log=print) -> list[dict[str, Any]]:
   """Checks agreement, then times every variant; returns one result row per variant."""
@@ -486,7 +547,7 @@ def run_workload(workload: Workload, *, budget_s: float, min_reps: int,
   # The larger of the two frameworks' matmul rates, measured in this very loop.
   peak = max(2 * PEAK_N ** 3 / timings.pop(name).median_s for name in PEAK_VARIANTS)
   jax_median = timings["jax"].median_s
-  torch_eager = min(t.median_s for n, t in timings.items() if n.startswith("torch eager"))
+  torch_eager = min(t.median_s for n, t in timings.items() if is_torch_eager(n))
   rows = []
   timings["jax"].first_call_s = jax_first_call
   flops = workload.flops()

@@ -1,7 +1,8 @@
 """Runs every benchmark workload and writes the report table (BENCHMARKS.md).
 
 `make bench` calls this. Each workload is a module with `build(spec)` (see
-`benchmarks/harness.py`); adding one is one line in `WORKLOADS`.
+`benchmarks/harness.py`); adding one is one line in `WORKLOADS` and its rows
+in `SUITE` (model, batch, attack steps).
 
 Run: `python -m benchmarks.run [--quick] [--workloads fwd_bwd,pgd] [--models resnet20]
       [--dtype bfloat16] [--out BENCHMARKS.md]`.
@@ -19,15 +20,46 @@ import time
 
 from benchmarks import harness
 
-# name -> module with `build(spec)`; the adversarial-training steps share their attack length k.
+# name -> module with `build(spec)`.
 WORKLOADS = {
     "fwd_bwd": "benchmarks.bench_fwd_bwd",
     "pgd": "benchmarks.bench_pgd",
+    "pgd_restarts": "benchmarks.bench_pgd_restarts",
+    "fgsm": "benchmarks.bench_fgsm",
     "pgd_at": "benchmarks.bench_pgd_at",
     "shared_at": "benchmarks.bench_shared_at",
     "uat": "benchmarks.bench_uat",
     "advprop": "benchmarks.bench_advprop",
+    "universal": "benchmarks.bench_universal",
+    "deepfool": "benchmarks.bench_deepfool",
+    "universal_deepfool": "benchmarks.bench_universal_deepfool",
+    "eps_search": "benchmarks.bench_eps_search",
 }
+
+
+@dataclasses.dataclass(frozen=True)
+class Row:
+  """One line of the suite: a workload on a model at a batch size (0: the platform default)."""
+  workload: str
+  model: str
+  batch: int = 0
+  steps: int | None = None  # attack steps; None: --steps, or --pgd-at-steps for training steps
+
+
+# What `make bench` runs: the project's own model (make train's convnet) and the
+# ResNets at the batch sizes people train with, plus the small-batch rows of the
+# first report. `--workloads` / `--models` select rows of it.
+SUITE = (
+    Row("fwd_bwd", "convnet", 128), Row("pgd", "convnet", 128, 10), Row("pgd", "convnet", 128, 20),
+    Row("pgd", "convnet", 128, 40), Row("pgd_restarts", "convnet", 128, 10), Row("fgsm", "convnet", 128),
+    Row("pgd_at", "convnet", 128, 7), Row("shared_at", "convnet", 128, 7), Row("advprop", "convnet", 128, 7),
+    Row("uat", "convnet", 128), Row("universal", "convnet", 128), Row("eps_search", "convnet", 256),
+    Row("deepfool", "convnet", 128), Row("universal_deepfool", "convnet", 200),
+    Row("fwd_bwd", "resnet20", 64), Row("pgd", "resnet20", 64, 10), Row("pgd_at", "resnet20", 64, 7),
+    Row("fwd_bwd", "resnet20", 8), Row("pgd", "resnet20", 8, 10), Row("pgd_at", "resnet20", 8, 7),
+    Row("fwd_bwd", "resnet50", 8), Row("pgd", "resnet50", 8, 10), Row("pgd_at", "resnet50", 8, 7),
+    Row("fwd_bwd", "resnet50", 2), Row("pgd", "resnet50", 2, 10),
+)
 TRAINING_STEPS_WITH_ATTACK = ("pgd_at", "shared_at", "advprop")
 
 
@@ -37,9 +69,37 @@ def parse(argv):
   p.add_argument("--workloads", default=",".join(WORKLOADS), help="comma-separated: " + ", ".join(WORKLOADS))
   p.add_argument("--out", default="BENCHMARKS.md")
   p.add_argument("--json", default="", help="also write the result rows as JSON lines here")
-  p.add_argument("--pgd-at-steps", type=int, default=7, help="attack steps k inside the adversarial-training steps (" + ", ".join(TRAINING_STEPS_WITH_ATTACK) + ")")
+  p.add_argument("--pgd-at-steps", type=int, default=7, help="attack steps k inside the adversarial-training steps (" + ", ".join(TRAINING_STEPS_WITH_ATTACK) + ") of rows that do not fix it")
   known, rest = p.parse_known_args(argv)
-  return known, harness.parse_args(rest)
+  models = sorted({r.model for r in SUITE})
+  return known, harness.parse_args(rest, default_models=models)
+
+
+def suite_specs(known, args) -> list[tuple[str, harness.Spec]]:
+  """(workload, spec) of every selected suite row; `--quick` runs each distinct row on a tiny model."""
+  selected = [w for w in known.workloads.split(",") if w]
+  for name in selected:
+    if name not in WORKLOADS:
+      raise SystemExit(f"--workloads: unknown {name!r}; known: {', '.join(WORKLOADS)}")
+  models = [m for m in args.models.split(",") if m]
+  for model in models:
+    if model not in harness.SHAPES:
+      raise SystemExit(f"--models: unknown model {model!r}; known: {', '.join(harness.SHAPES)}")
+  out, seen = [], set()
+  for row in SUITE:
+    model = row.model if not args.quick else (row.model if row.model.endswith("_tiny") else f"{row.model}_tiny")
+    if row.workload not in selected or model not in models:
+      continue
+    default_steps = known.pgd_at_steps if row.workload in TRAINING_STEPS_WITH_ATTACK else args.steps
+    steps = default_steps if row.steps is None else row.steps
+    batch = args.batch or (harness.DEFAULT_BATCH[(model, harness.platform_name())] if args.quick or not row.batch
+                           else row.batch)
+    spec = harness.Spec(model=model, batch=batch, dtype=args.dtype, steps=steps,
+                        torch_compile=args.torch_compile != "off")
+    if (row.workload, spec) not in seen:
+      seen.add((row.workload, spec))
+      out.append((row.workload, spec))
+  return out
 
 
 def _fmt_ms(s: float) -> str:
@@ -48,6 +108,21 @@ def _fmt_ms(s: float) -> str:
 
 # Hand-written analysis below this line in BENCHMARKS.md survives regeneration.
 ANALYSIS_MARKER = "<!-- analysis: kept when the tables above are regenerated -->"
+
+
+def summary_lines(rows: list[dict]) -> list[str]:
+  """One line per (workload, model, batch): JAX against the fastest eager PyTorch variant."""
+  out = []
+  groups: dict[tuple, list[dict]] = {}
+  for r in rows:
+    groups.setdefault((r["workload"], r["model"], r["batch"]), []).append(r)
+  for (workload, model, batch), group in groups.items():
+    jax_row = next(r for r in group if r["variant"] == "jax")
+    torch_rows = [r for r in group if harness.is_torch_eager(r["variant"])]
+    best = min(torch_rows, key=lambda r: r["median_s"])
+    out.append(f"| {workload} | {model} | {batch} | {_fmt_ms(jax_row['median_s'])} | {best['variant']} | "
+               f"{_fmt_ms(best['median_s'])} | {jax_row['median_s'] / best['median_s']:.2f} |")
+  return out
 
 
 def write_report(path: str, info: dict, peak: dict, rows: list[dict], notes: list[str], args,
@@ -73,6 +148,14 @@ def write_report(path: str, info: dict, peak: dict, rows: list[dict], notes: lis
       f"- Options: dtype {args.dtype}, budget {args.budget:.0f} s of timed calls per workload and model, "
       f"at least {args.min_reps} reps, torch.compile {args.torch_compile}"
       + (", QUICK smoke run (tiny models): numbers are not meaningful" if args.quick else ""),
+      "",
+      "## Summary: JAX time over the best PyTorch eager time (< 1: JAX faster)",
+      "",
+      "| workload | model | batch | JAX ms | best PyTorch eager | its ms | ratio |",
+      "|---|---|---|---|---|---|---|",
+  ]
+  lines += summary_lines(rows)
+  lines += [
       "",
       "## Results",
       "",
@@ -122,27 +205,29 @@ def main(argv=None) -> None:
   peak = {"n": harness.PEAK_N, **harness.peak_matmul_flops()}
   print(f"peak float32 matmul: JAX {peak['jax'] / 1e9:.1f}, PyTorch {peak['torch'] / 1e9:.1f} GFLOP/s")
   rows, notes = [], []
-  for name in [w for w in known.workloads.split(",") if w]:
-    if name not in WORKLOADS:
-      raise SystemExit(f"--workloads: unknown {name!r}; known: {', '.join(WORKLOADS)}")
+  for name, spec in suite_specs(known, args):
     build = importlib.import_module(WORKLOADS[name]).build
-    steps = known.pgd_at_steps if name in TRAINING_STEPS_WITH_ATTACK else None
-    for spec in harness.specs_from_args(args, steps):
-      if (spec.torch_compile and harness.platform_name() == "cpu" and spec.model == "resnet50"
-          and args.torch_compile == "on"):
-        spec = dataclasses.replace(spec, torch_compile=False)
-        notes.append(f"{name} {spec.model}: torch.compile skipped on CPU (Inductor's compile of the "
-                     "50-layer model takes many minutes on this machine); --torch-compile force to time it")
-      t0 = time.time()
+    if (spec.torch_compile and harness.platform_name() == "cpu" and spec.model == "resnet50"
+        and args.torch_compile == "on"):
+      spec = dataclasses.replace(spec, torch_compile=False)
+      notes.append(f"{name} {spec.model}: torch.compile skipped on CPU (Inductor's compile of the "
+                   "50-layer model takes many minutes on this machine); --torch-compile force to time it")
+    t0 = time.time()
+    try:
       rows += harness.run_workload(build(spec), budget_s=args.budget, min_reps=args.min_reps)
-      print(f"    ({time.time() - t0:.0f}s)")
-      harness.flush()
-      # Rewritten after every workload, so an interrupted run still leaves its results.
-      write_report(known.out, info, peak, rows, notes, args, time.time() - start)
-      if known.json:
-        with open(known.json, "w") as f:
-          for row in rows:
-            f.write(json.dumps(row) + "\n")
+    except harness.AgreementError as e:
+      # A disagreeing pair is not timed; the report says so and the run goes on.
+      notes.append(f"{name} {spec.model} batch {spec.batch}: NOT TIMED, agreement check failed: {e}")
+      print(f"    agreement check failed: {e}")
+    print(f"    ({time.time() - t0:.0f}s)")
+    harness.flush()
+    # Rewritten after every workload, so an interrupted run still leaves its results.
+    write_report(known.out, info, peak, rows, notes, args, time.time() - start)
+    if known.json:
+      with open(known.json, "w") as f:
+        for row in rows:
+          f.write(json.dumps(row) + "\n")
+  notes.append("load average at the end: " + ", ".join(f"{v:.1f}" for v in os.getloadavg()))
   write_report(known.out, info, peak, rows, notes, args, time.time() - start)
   print(f"wrote {known.out}")
 
