@@ -177,6 +177,7 @@ def build(spec: harness.Spec) -> harness.Workload:
       else:
         raise harness.AgreementError(f"eps_adv: JAX {result.eps} vs PyTorch {torch_eps} on the same path")
     torch_rates = dict(trace)
+    torch_lower = max((e for e, r in trace if r < TARGET_RATE), default=None)
     per_example_eps, minima, found = jax_per_example()
     return {
         "eps_adv (jax)": result.eps,
@@ -187,8 +188,7 @@ def build(spec: harness.Spec) -> harness.Workload:
         "rate at eps_adv (jax per-example minima)": float(np.mean(found & (minima <= result.eps))),
         "lower bound (jax)": result.lower_bound,
         "rate at lower bound (jax)": result.rate_at_lower_bound,
-        "rate at lower bound (torch)": torch_rates.get(max(e for e, r in trace if r < TARGET_RATE),
-                                                       float("nan")),
+        "rate at lower bound (torch)": torch_rates.get(torch_lower, float("nan")),
         "clean error rate": result.clean_rate,
     }
 
