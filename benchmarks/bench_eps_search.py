@@ -68,7 +68,7 @@ import torch.nn.functional as F
 from advjax import attacks
 from advjax import tasks as tasks_lib
 from advjax.evaluation import robustness
-from benchmarks import bench_fgsm, bench_pgd, harness
+from benchmarks import bench_pgd, harness
 
 TARGET_RATE = 0.5  # delta
 SEARCH_STEPS = 8  # b
@@ -85,7 +85,7 @@ def torch_annealed_pgd(tm, x, y, *, eps: float, steps: int, beta: float, gamma: 
   for k in range(steps):
     x_adv.requires_grad_(True)
     with harness.autocast(dtype):
-      loss = F.cross_entropy(bench_fgsm.loss_logits(tm(x_adv)), y, reduction="sum")
+      loss = F.cross_entropy(harness.loss_logits(tm(x_adv)), y, reduction="sum")
     (grad,) = torch.autograd.grad(loss, x_adv)
     x_adv = x_adv.detach() + beta * eps * gamma ** k / total * grad.sign()
     x_adv = torch.clamp(torch.minimum(torch.maximum(x_adv, x - eps), x + eps), 0.0, 1.0)

@@ -36,21 +36,11 @@ from benchmarks import bench_pgd, harness
 EPS = 76.5  # 0-255 pixel units: 0.3 on [0, 1].
 
 
-def loss_logits(logits: torch.Tensor) -> torch.Tensor:
-  """Logits for the loss: bfloat16 (autocast) widened to float32, float64 kept.
-
-  `.float()` alone would round a float64 reference's logits to float32, and
-  the float32 rounding of the cross-entropy gradient is what scatters sign
-  attacks (see `bench_universal`).
-  """
-  return logits if logits.dtype == torch.float64 else logits.float()
-
-
 def torch_fgsm(tm, x, y, *, eps: float, dtype: str = "float32"):
   """Idiomatic PyTorch FGSM from the clean image; eps on the [0, 1] scale."""
   x = x.clone().requires_grad_(True)
   with harness.autocast(dtype):
-    loss = F.cross_entropy(loss_logits(tm(x)), y, reduction="sum")
+    loss = F.cross_entropy(harness.loss_logits(tm(x)), y, reduction="sum")
   (grad,) = torch.autograd.grad(loss, x)
   return torch.clamp(x.detach() + eps * grad.sign(), 0.0, 1.0)
 

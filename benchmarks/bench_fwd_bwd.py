@@ -16,7 +16,6 @@ import copy
 
 import jax
 import jax.numpy as jnp
-import torch
 import torch.nn.functional as F
 
 from advjax import compilation
@@ -40,7 +39,7 @@ def torch_fwd_bwd(tm, x, y, dtype):
   tm.zero_grad(set_to_none=True)
   with harness.autocast(dtype):
     logits = tm(x)
-    loss = F.cross_entropy(logits.float(), y)
+    loss = F.cross_entropy(harness.loss_logits(logits), y)
   loss.backward()
   return loss, logits
 

@@ -41,7 +41,7 @@ def torch_pgd_from(tm, x, y, x_adv, *, eps: float, alpha: float, steps: int, dty
   for _ in range(steps):
     x_adv.requires_grad_(True)
     with harness.autocast(dtype):
-      loss = F.cross_entropy(tm(x_adv).float(), y, reduction="sum")
+      loss = F.cross_entropy(harness.loss_logits(tm(x_adv)), y, reduction="sum")
     (grad,) = torch.autograd.grad(loss, x_adv)
     x_adv = x_adv.detach() + alpha * grad.sign()
     x_adv = torch.clamp(torch.minimum(torch.maximum(x_adv, x - eps), x + eps), 0.0, 1.0)

@@ -97,7 +97,7 @@ def torch_pgd_at_step(tm, opt, x, y, *, steps: int, dtype: str) -> None:
   tm.train()
   opt.zero_grad(set_to_none=True)
   with harness.autocast(dtype):
-    loss = F.cross_entropy(tm(x_adv).float(), y)
+    loss = F.cross_entropy(harness.loss_logits(tm(x_adv)), y)
   loss.backward()
   opt.step()
 

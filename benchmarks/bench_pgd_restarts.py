@@ -59,7 +59,7 @@ def torch_pgd_restarts(tm, x, y, starts, *, eps: float, alpha: float, steps: int
   for delta0 in starts:
     x_adv = bench_pgd.torch_pgd_from(tm, x, y, x + delta0, eps=eps, alpha=alpha, steps=steps, dtype=dtype)
     with torch.no_grad(), harness.autocast(dtype):
-      loss = F.cross_entropy(tm(x_adv).float(), y, reduction="none")
+      loss = F.cross_entropy(harness.loss_logits(tm(x_adv)), y, reduction="none")
     if best is None:
       best, best_loss = x_adv, loss
     else:

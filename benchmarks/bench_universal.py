@@ -17,13 +17,13 @@ The JAX side is the library's driver `universal_perturbation`: a Python loop
 that dispatches one jitted `universal_step` per iteration (compiled once for
 all K). The PyTorch side, `torch_universal` below, is the same algorithm in
 plain eager PyTorch: same batch order, same init, same step rule and
-schedule, same projection. Its box clip is written with `torch.maximum` and
-`torch.minimum` because those, like `jnp.clip`, pass half the gradient at the
-kink (x + delta exactly 0 or 1), whereas `torch.clamp` passes all of it; from
-delta = 0 on MNIST, where about 80% of the pixels are exactly 0, that
-convention weighs each example's gradient differently at the first step and
-so changes the sign of some of delta's entries. The model runs in eval mode
-on both sides.
+schedule, same projection. Its box clip is `harness.clip_like_jax`, written
+with `torch.maximum` and `torch.minimum` because those, like `jnp.clip`, pass
+half the gradient at the kink (x + delta exactly 0 or 1), whereas
+`torch.clamp` passes all of it; from delta = 0 on MNIST, where about 80% of
+the pixels are exactly 0, that convention weighs each example's gradient
+differently at the first step and so changes the sign of some of delta's
+entries. The model runs in eval mode on both sides.
 
 Checked, three ways. (1) After two epochs (the first 20 iterations: every
 mini-batch twice, and the clip to the eps ball binding on ~30% of the
@@ -70,7 +70,7 @@ from advjax import attacks
 from advjax.attacks import threat
 from advjax.attacks import universal
 from advjax.evaluation import universal as universal_eval
-from benchmarks import bench_fgsm, bench_pgd, harness
+from benchmarks import bench_pgd, harness
 
 EPS = 76.5  # 0-255 pixel units: 0.3 on [0, 1].
 EPOCHS = 10
@@ -100,15 +100,13 @@ def torch_universal(tm, xs, ys, *, eps: float, steps: int, beta: float, gamma: f
   `steps` iterations (the check's early comparison).
   """
   total = sum(gamma ** j for j in range(steps))
-  zero = torch.zeros((), dtype=xs[0].dtype, device=xs[0].device)
-  one = torch.ones((), dtype=xs[0].dtype, device=xs[0].device)
   delta = torch.zeros((1,) + tuple(xs[0].shape[1:]), dtype=xs[0].dtype, device=xs[0].device)
   for k in range(steps if stop is None else stop):
     x, y = xs[k % len(xs)], ys[k % len(ys)]
     delta.requires_grad_(True)
-    x_in = torch.minimum(torch.maximum(x + delta, zero), one)  # jnp.clip's gradient at the kink.
+    x_in = harness.clip_like_jax(x + delta, 0.0, 1.0)
     with harness.autocast(dtype):
-      ce = F.cross_entropy(bench_fgsm.loss_logits(tm(x_in)), y, reduction="none")
+      ce = F.cross_entropy(harness.loss_logits(tm(x_in)), y, reduction="none")
     (grad,) = torch.autograd.grad(ce.clamp(max=kappa).mean(), delta)
     alpha = beta * eps * gamma ** k / total
     delta = torch.clamp(delta.detach() + alpha * grad.sign(), -eps, eps)

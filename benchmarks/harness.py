@@ -261,6 +261,21 @@ def to_nhwc(xt: torch.Tensor) -> np.ndarray:
   return xt.detach().float().cpu().numpy().transpose(0, 2, 3, 1)
 
 
+def clip_like_jax(xt: torch.Tensor, low: float, high: float) -> torch.Tensor:
+  """clip(xt, low, high) with `jnp.clip`'s gradient, for a PyTorch twin to differentiate through.
+
+  Where an entry sits exactly on a bound, `jnp.clip` (a `jnp.maximum` then a
+  `jnp.minimum`) passes half the gradient, like `torch.maximum` and
+  `torch.minimum`, which split it between tied operands; `torch.clamp`
+  passes all of it. On the digits most pixels are exactly 0, so x + delta
+  lies on the box's edge from delta = 0 on, and the two conventions weigh
+  each example's gradient differently.
+  """
+  low_t = torch.tensor(low, dtype=xt.dtype, device=xt.device)
+  high_t = torch.tensor(high, dtype=xt.dtype, device=xt.device)
+  return torch.minimum(torch.maximum(xt, low_t), high_t)
+
+
 def torch_variants(tm: torch.nn.Module, spec: Spec, notes: list[str]) -> dict[str, tuple[torch.nn.Module, bool]]:
   """The PyTorch executions to time: name -> (module, channels_last input).
 
@@ -641,3 +656,13 @@ def assert_images_close_or_as_accurate(what: str, jax_images, torch_images, refe
     if not jax_far <= factor * max(torch_far, max_flipped):
       raise AgreementError(f"{e}; vs float64: JAX {jax_far:.2%}, PyTorch {torch_far:.2%}") from None
     return frac(jax_images, torch_images)
+
+
+def loss_logits(logits: torch.Tensor) -> torch.Tensor:
+  """Logits for the loss: bfloat16 (autocast) widened to float32, float64 kept.
+
+  `.float()` alone would round a float64 reference's logits to float32, and
+  the float32 rounding of the cross-entropy gradient is what scatters sign
+  attacks (see `bench_universal`).
+  """
+  return logits if logits.dtype == torch.float64 else logits.float()
