@@ -23,6 +23,7 @@ Every model is a `network.Network` with the same interface:
 
 Backbones (`MODELS`), each with a `*_tiny` sibling for tests:
   convnet, convnet_tiny              universality-paper convnet (convnet.py)
+  convnet_dense, convnet_dense_tiny  the same, stages read before each pool (FCN backbones)
   resnet20, resnet20_tiny            CIFAR ResNet-20, 64-128-256 (resnet.py)
   resnet14_small                     ResNet-14, 16-32-64, for the digits (feature denoising)
   preact_resnet18(_tiny)             pre-activation ResNet-18 (preact_resnet.py)
@@ -115,6 +116,8 @@ blocks.register_block("denoise", denoising.denoising_factory)
 for _name, _backbone, _classifier_name in (
     ("convnet", convnet.ConvNet, "fc2"),
     ("convnet_tiny", convnet.ConvNetTiny, "fc2"),
+    ("convnet_dense", convnet.ConvNetDense, "fc2"),
+    ("convnet_dense_tiny", convnet.ConvNetDenseTiny, "fc2"),
     ("resnet20", resnet.ResNet20, "fc"),
     ("resnet20_tiny", resnet.ResNet20Tiny, "fc"),
     ("resnet14_small", resnet.ResNet14Small, "fc"),

@@ -12,6 +12,13 @@ model, so the network is still well defined with `norm='none'`.
 
 Submodule names (conv1..conv6, bn1..bn6, fc1, and the classifier head's
 fc2) follow `benchmarks/torch_models.ConvNet`, which `advjax.bridge` relies on.
+
+Dense prediction ('convnet_dense'): the same layers and variable names, but
+each stage is read before its max pool (at 1/1, 1/2 and 1/4 of the input) and
+without dropout after the pools, so an FCN-8s head on it has a skip at the
+input resolution. Its variables are the convnet's minus fc1, so a classifier
+convnet's checkpoint initialises it (`model.backbone_checkpoint`), which is
+how the digit canvases get their robust-backbone segmentation model.
 """
 
 from __future__ import annotations
@@ -22,6 +29,7 @@ from collections.abc import Sequence
 import flax.linen as nn
 import jax
 
+from advjax.errors import ConfigError
 from advjax.models import layers
 from advjax.models.network import Backbone, Features
 
@@ -30,7 +38,8 @@ class ConvNet(Backbone):
   """Three conv-conv-pool stages; the pooled vector is the 512-wide hidden layer.
 
   Stage s ends after its max pool and dropout ('stage1'..'stage3', the
-  insertion positions); the pooled vector is the flattened last stage through
+  insertion positions); with `stage_taps='unpooled'` the stage ends, and an
+  inserted block sits, before the max pool. The pooled vector is the flattened last stage through
   fc1, the activation and dropout, which the classifier head (`fc2`) reads.
 
   Attributes:
@@ -38,6 +47,8 @@ class ConvNet(Backbone):
     hidden: width of the hidden dense layer.
     conv_dropout: dropout rate after each pooling.
     head_dropout: dropout rate after the hidden dense layer.
+    stage_taps: 'pooled' (the stage outputs are the pooled maps) or
+      'unpooled' (the maps before each pool, at 1/1, 1/2, 1/4 resolution).
     (activation, norm, dtype, insert_block, insert_after: see `Backbone`.)
   """
 
@@ -45,6 +56,7 @@ class ConvNet(Backbone):
   hidden: int = 512
   conv_dropout: float = 0.2
   head_dropout: float = 0.5
+  stage_taps: str = "pooled"
 
   def positions(self) -> dict[str, tuple[str, ...]]:
     return {"stage": tuple(f"stage{s + 1}" for s in range(len(self.widths) // 2)), "block": ()}
@@ -52,6 +64,9 @@ class ConvNet(Backbone):
   @nn.compact
   def __call__(self, x: jax.Array, train: bool, use_batch_stats: bool, pool: bool = True) -> Features:
     """x: [batch, height, width, channels] normalised -> Features (pooled [batch, hidden])."""
+    if self.stage_taps not in ("pooled", "unpooled"):
+      raise ConfigError(f"convnet: stage_taps must be 'pooled' or 'unpooled', not {self.stage_taps!r}")
+    unpooled = self.stage_taps == "unpooled"
     dtype = self.compute_dtype
     stages = []
     for i, width in enumerate(self.widths):
@@ -60,10 +75,15 @@ class ConvNet(Backbone):
                            dtype=dtype, name=f"bn{i + 1}")(x)
       x = layers.get_activation(self.activation)(x)
       if i % 2 == 1:
+        position = f"stage{len(stages) + 1}"
+        if unpooled:
+          x = self.insert(position, x, use_batch_stats)
+          stages.append(x)
         x = layers.max_pool(x, 2, 2)
         x = nn.Dropout(self.conv_dropout, deterministic=not train)(x)
-        x = self.insert(f"stage{len(stages) + 1}", x, use_batch_stats)
-        stages.append(x)
+        if not unpooled:
+          x = self.insert(position, x, use_batch_stats)
+          stages.append(x)
     if not pool:
       return Features(tuple(stages), None)
     # Flattened in NHWC order; the bridge permutes PyTorch's NCHW order to this.
@@ -75,3 +95,5 @@ class ConvNet(Backbone):
 
 
 ConvNetTiny = functools.partial(ConvNet, widths=(8, 8, 16, 16, 16, 16), hidden=32)
+ConvNetDense = functools.partial(ConvNet, stage_taps="unpooled", conv_dropout=0.0)
+ConvNetDenseTiny = functools.partial(ConvNetTiny, stage_taps="unpooled", conv_dropout=0.0)

@@ -357,3 +357,29 @@ def test_fcn8s_forward_backward_sharded_over_8_devices_equals_1_device():
   for a, b in zip(jax.tree.leaves((grads, updates)), jax.tree.leaves((ref_grads, ref_updates))):
     np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
   assert all(float(jnp.max(jnp.abs(g))) > 0 for g in jax.tree.leaves(grads))
+
+
+def test_convnet_dense_reads_each_stage_before_its_pool():
+  """Same variables as the convnet (minus fc1); pooling its stages gives the convnet's stages exactly."""
+  x = jax.random.uniform(jax.random.key(3), (2, 16, 16, 1))
+  plain = MODELS["convnet_tiny"].backbone()
+  dense = MODELS["convnet_dense_tiny"].backbone()
+  variables = plain.init(KEY, x, train=False, use_batch_stats=False)
+  dense_shapes = jax.eval_shape(functools.partial(dense.init, train=False, use_batch_stats=False, pool=False),
+                                KEY, x)
+  expected = {k: v for k, v in variables["params"].items() if k != "fc1"}
+  assert jax.tree.map(lambda a: a.shape, dense_shapes["params"]) == jax.tree.map(lambda a: a.shape, expected)
+  apply = functools.partial(plain.apply, train=False, use_batch_stats=False, pool=False)
+  pooled = apply(variables, x).stages
+  unpooled = dense.apply(variables, x, train=False, use_batch_stats=False, pool=False).stages
+  assert [s.shape[1:3] for s in unpooled] == [(16, 16), (8, 8), (4, 4)]
+  for p, u in zip(pooled, unpooled):
+    np.testing.assert_array_equal(p, nn_max_pool(u))
+
+
+def nn_max_pool(x):
+  """2x2 max pool, stride 2, in NumPy."""
+  x = np.asarray(x)
+  b, h, w, c = x.shape
+  return x.reshape(b, h // 2, 2, w // 2, 2, c).max(axis=(2, 4))
+
