@@ -64,7 +64,10 @@ def base_config() -> ml_collections.ConfigDict:
   # Run directory whose latest checkpoint initialises the backbone (every
   # variable outside the head), e.g. a robust classifier under a segmentation
   # head; '' for none. With freeze_backbone its weights stay fixed and it
-  # normalises with its running statistics (the robust-backbone model).
+  # normalises with its running statistics (the robust-backbone model). The
+  # model then normalises its inputs with that run's dataset statistics (as
+  # pretrained backbones keep theirs), so fine-tunings and evaluations of it
+  # keep this field.
   c.model.backbone_checkpoint = ""
   c.model.freeze_backbone = False
 

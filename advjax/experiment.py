@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import functools
 import itertools
+import json
+import os
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -25,7 +27,7 @@ import numpy as np
 from flax import traverse_util
 
 from advjax import compilation
-from advjax import attacks, checkpointing, config as config_lib, data, models, parallel, tasks
+from advjax import attacks, checkpointing, config as config_lib, data, models, parallel, run_dir, tasks
 from advjax.errors import CheckpointError
 from advjax.evaluation.context import EvalContext, name_to_int, named_key
 from advjax.training import objectives, optim
@@ -35,6 +37,30 @@ from advjax.training.train_state import TrainState, create_train_state
 def data_seed(seed: int, name: str) -> int:
   """The seed of a named data stream of a run (evaluation streams differ from training's)."""
   return int(np.random.SeedSequence([seed, name_to_int(name)]).generate_state(1)[0])
+
+
+def backbone_normalisation(workdir: str) -> tuple[tuple[float, ...], tuple[float, ...]]:
+  """The input mean and std a pretrained backbone was trained with: those of its run's dataset.
+
+  A backbone from another run (`model.backbone_checkpoint`) keeps the input
+  normalisation it learned under, e.g. the MNIST digits' statistics for a
+  segmentation model on digit canvases, as torchvision's pretrained backbones
+  keep ImageNet's; its frozen BatchNorm statistics are only right for those
+  inputs.
+
+  Raises:
+    CheckpointError: the run has no readable config.json.
+    ConfigError, DataError: its dataset is unknown or not prepared here.
+  """
+  path = os.path.join(workdir, run_dir.CONFIG_FILE)
+  try:
+    with open(path) as f:
+      data_cfg = ml_collections.ConfigDict(json.load(f)["data"])
+  except (OSError, ValueError, KeyError, TypeError) as e:
+    raise CheckpointError(f"model.backbone_checkpoint: cannot read the backbone run's data config from "
+                          f"{path!r} ({e}); its input normalisation comes from there") from None
+  info = data.get_info(data_cfg)
+  return info.mean, info.std
 
 
 class Experiment:
@@ -53,9 +79,11 @@ class Experiment:
     self.info = self.train_source.info
     self.task = tasks.for_dataset(self.info)
     m = config.model
+    mean, std = backbone_normalisation(m.backbone_checkpoint) if m.backbone_checkpoint else (
+        self.info.mean, self.info.std)
     self.model = models.create_model(
-        m.name, num_classes=self.info.num_classes, activation=m.activation, norm=m.norm, mean=self.info.mean,
-        std=self.info.std, dtype=m.dtype, head=m.head, insert_block=m.insert_block,
+        m.name, num_classes=self.info.num_classes, activation=m.activation, norm=m.norm, mean=mean,
+        std=std, dtype=m.dtype, head=m.head, insert_block=m.insert_block,
         insert_after=m.insert_after, frozen_backbone=m.freeze_backbone)
     self._check_output_shape()
     self.steps_per_epoch = self.train_source.steps_per_epoch

@@ -35,8 +35,10 @@ from advjax.experiment import Experiment
 from advjax.training import trainer
 
 # The config fields that define a model's architecture and input normalisation.
+# model.backbone_checkpoint: a model with a pretrained backbone normalises its inputs as that run's data.
 MODEL_FIELDS = ("model.name", "model.head", "model.activation", "model.norm", "model.insert_block",
-                "model.insert_after", "data.name", "data.class_subset", "data.image_size")
+                "model.insert_after", "model.backbone_checkpoint", "data.name", "data.class_subset",
+                "data.image_size")
 
 
 def _evaluate(config, experiment, variables, names, out_dir=None) -> dict[str, Any] | None:
