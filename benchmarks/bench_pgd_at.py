@@ -53,7 +53,8 @@ def train_config(spec: harness.Spec, objective: str):
   return c
 
 
-def jax_train_step(m: harness.Matched, spec: harness.Spec, objective: str, configure=None, variables=None):
+def jax_train_step(m: harness.Matched, spec: harness.Spec, objective: str, configure=None, variables=None,
+                   task=None):
   """The library's compiled step and a function making fresh states from the matched weights.
 
   Args:
@@ -62,6 +63,7 @@ def jax_train_step(m: harness.Matched, spec: harness.Spec, objective: str, confi
     objective: the `advjax.training.objectives.OBJECTIVES` name.
     configure: optional in-place edit of the experiment config (`train_config`).
     variables: the starting variables if not `m.variables` (e.g. with auxiliary BN sets).
+    task: the `advjax.tasks` task scoring the labels; default classification.
 
   Returns:
     (compiled step, fresh_state(), mesh, the objective).
@@ -76,7 +78,7 @@ def jax_train_step(m: harness.Matched, spec: harness.Spec, objective: str, confi
   mesh = parallel.make_mesh(jax.devices()[:1])
   size, channels, classes = spec.shape
   built = objectives.get(objective)(objectives.ObjectiveContext(
-      model=m.model, config=config, task=tasks.Classification(classes), schedule=schedule, total_steps=1,
+      model=m.model, config=config, task=task or tasks.Classification(classes), schedule=schedule, total_steps=1,
       steps_per_epoch=1))
 
   def fresh_state():
@@ -106,13 +108,14 @@ def make_optimizer(tm):
   return torch.optim.SGD(tm.parameters(), lr=LEARNING_RATE, momentum=MOMENTUM)
 
 
-def check_update(spec, before, jax_state, torch_model, tol, reference_model) -> dict[str, float]:
+def check_update(spec, before, jax_state, torch_model, tol, reference_model, as_torch=None) -> dict[str, float]:
   """Parameter updates (new - old) and running statistics agree after one step.
 
   `reference_model` took the same step in float64 (see
-  `harness.assert_trees_close_or_as_accurate`).
+  `harness.assert_trees_close_or_as_accurate`); `as_torch` maps the JAX
+  variables to the twin's state-dict keys (default `harness.flax_as_torch`).
   """
-  after_jax = harness.flax_as_torch(jax_state.variables, spec.model)
+  after_jax = (as_torch or (lambda v: harness.flax_as_torch(v, spec.model)))(jax_state.variables)
   after_torch = harness.torch_params(torch_model)
   after_ref = {k: v.astype(np.float64) for k, v in
                ((k, v.detach().cpu().numpy()) for k, v in reference_model.state_dict().items())}

@@ -59,6 +59,9 @@ SHAPES = {
     "resnet50": (224, 3, 1000),
     "resnet20_tiny": (8, 3, 5),
     "resnet50_tiny": (32, 3, 7),
+    # The digit-canvas FCN (benchmarks/bench_seg.py): 64x64 canvases, 11 classes per pixel.
+    "convnet_dense": (64, 1, 11),
+    "convnet_dense_tiny": (64, 1, 11),
 }
 # Default batch per (model, platform): the GPU batch is the research setting;
 # the CPU batch is small enough that a 2-core machine finishes a run in minutes.
@@ -69,6 +72,8 @@ DEFAULT_BATCH = {
     ("convnet_tiny", "gpu"): 8, ("convnet_tiny", "cpu"): 8,
     ("resnet20_tiny", "gpu"): 4, ("resnet20_tiny", "cpu"): 4,
     ("resnet50_tiny", "gpu"): 4, ("resnet50_tiny", "cpu"): 4,
+    ("convnet_dense", "gpu"): 32, ("convnet_dense", "cpu"): 32,
+    ("convnet_dense_tiny", "gpu"): 4, ("convnet_dense_tiny", "cpu"): 4,
 }
 MEAN = (0.4914, 0.4822, 0.4465)
 STD = (0.2471, 0.2435, 0.2616)
@@ -529,6 +534,9 @@ class Workload:
     flops: () -> floating-point operations of one step (same on both sides),
       lazy because XLA's cost analysis compiles the program once more.
     notes: remarks for the report (e.g. why a variant is missing).
+    work: optional () -> (unit, count per call), read after the check, for
+      workloads whose throughput is not images (DAG iterations): the report
+      then notes count / median for every variant.
   """
   name: str
   spec: Spec
@@ -536,6 +544,7 @@ class Workload:
   timers: dict[str, Callable[[], Any]]
   flops: Callable[[], float]
   notes: list[str] = dataclasses.field(default_factory=list)
+  work: Callable[[], tuple[str, float]] | None = None
 
 
 def is_torch_eager(variant: str) -> bool:
@@ -566,6 +575,11 @@ def run_workload(workload: Workload, *, budget_s: float, min_reps: int,
   rows = []
   timings["jax"].first_call_s = jax_first_call
   flops = workload.flops()
+  notes = list(workload.notes)
+  if workload.work is not None:
+    unit, count = workload.work()
+    notes.append(f"{unit} per second ({count:g} per call): "
+                 + ", ".join(f"{variant} {count / t.median_s:.1f}" for variant, t in timings.items()))
   for variant, t in timings.items():
     rows.append({
         "workload": workload.name, "model": spec.model, "batch": spec.batch,
@@ -581,7 +595,7 @@ def run_workload(workload: Workload, *, budget_s: float, min_reps: int,
         "gflop_per_step": flops / 1e9,
         "fraction_of_peak": flops / t.median_s / peak,
         "peak_gflops": peak / 1e9,
-        "agreement": errors, "notes": list(workload.notes),
+        "agreement": errors, "notes": notes,
     })
     log(f"    {variant:28s} {t.median_s * 1e3:9.1f} ms  IQR {t.iqr_s * 1e3:7.1f} ms  "
         f"({t.reps} reps)  {spec.batch / t.median_s:8.1f} img/s  "

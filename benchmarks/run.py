@@ -34,6 +34,8 @@ WORKLOADS = {
     "deepfool": "benchmarks.bench_deepfool",
     "universal_deepfool": "benchmarks.bench_universal_deepfool",
     "eps_search": "benchmarks.bench_eps_search",
+    "seg_pgd_at": "benchmarks.bench_seg",
+    "dag": "benchmarks.bench_dag",
 }
 
 
@@ -59,6 +61,7 @@ SUITE = (
     Row("fwd_bwd", "resnet20", 8), Row("pgd", "resnet20", 8, 10), Row("pgd_at", "resnet20", 8, 7),
     Row("fwd_bwd", "resnet50", 8), Row("pgd", "resnet50", 8, 10), Row("pgd_at", "resnet50", 8, 7),
     Row("fwd_bwd", "resnet50", 2), Row("pgd", "resnet50", 2, 10),
+    Row("seg_pgd_at", "convnet_dense", 32, 5), Row("dag", "convnet_dense", 32, 10),
 )
 TRAINING_STEPS_WITH_ATTACK = ("pgd_at", "shared_at", "advprop")
 

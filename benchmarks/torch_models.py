@@ -53,6 +53,16 @@ def _conv(cin: int, cout: int, kernel: int, stride: int = 1, bias: bool = False)
   return nn.Conv2d(cin, cout, kernel, stride=stride, padding=kernel // 2, bias=bias)
 
 
+def _add_convnet_layers(module: nn.Module, in_channels: int, widths: Sequence[int]) -> int:
+  """Adds the convnet's conv1/bn1 .. convN/bnN to `module`; returns the last width."""
+  cin = in_channels
+  for i, width in enumerate(widths):
+    setattr(module, f"conv{i + 1}", _conv(cin, width, 3, bias=True))
+    setattr(module, f"bn{i + 1}", nn.BatchNorm2d(width))
+    cin = width
+  return cin
+
+
 class ConvNet(nn.Module):
   """C-C-MP-D x3, L(hidden)-D, L(classes); see advjax/models/convnet.py."""
 
@@ -63,11 +73,7 @@ class ConvNet(nn.Module):
     super().__init__()
     self.normalize = _Normalize(mean, std)
     self.num_convs = len(widths)
-    cin = in_channels
-    for i, width in enumerate(widths):
-      setattr(self, f"conv{i + 1}", _conv(cin, width, 3, bias=True))
-      setattr(self, f"bn{i + 1}", nn.BatchNorm2d(width))
-      cin = width
+    cin = _add_convnet_layers(self, in_channels, widths)
     self.act = ACTIVATIONS[activation]()
     self.pool = nn.MaxPool2d(2)
     self.conv_dropout = nn.Dropout(conv_dropout)
@@ -261,6 +267,87 @@ class FCN(nn.Module):
 
 def _upsample(x: torch.Tensor, size) -> torch.Tensor:
   return nn.functional.interpolate(x, size=size, mode="bilinear", align_corners=False)
+
+
+class Upsample2x(nn.ConvTranspose2d):
+  """advjax's `fcn.Upsample2x`: a 4x4 stride-2 transposed convolution (no bias) on the edge-padded input.
+
+  Per axis y[q] = sum_j x~[j] w[q + 3 - 2j], x~ the input with its edge
+  repeated once on each side: PyTorch's ConvTranspose2d(k=4, stride=2,
+  padding=3) on x~, which gives exactly twice the input size. The weight is
+  [in, out, 4, 4], the Flax kernel [4, 4, in, out] transposed (2, 3, 0, 1).
+  """
+
+  def __init__(self, channels: int):
+    super().__init__(channels, channels, 4, stride=2, padding=3, bias=False)
+
+  def forward(self, x: torch.Tensor) -> torch.Tensor:
+    return super().forward(nn.functional.pad(x, (1, 1, 1, 1), mode="replicate"))
+
+
+def _match_size(x: torch.Tensor, size) -> torch.Tensor:
+  """advjax's `fcn.match_size`: crop at the bottom/right, or repeat the last row/column."""
+  x = x[:, :, :size[0], :size[1]]
+  pad_h, pad_w = size[0] - x.shape[2], size[1] - x.shape[3]
+  return nn.functional.pad(x, (0, pad_w, 0, pad_h), mode="replicate") if pad_h or pad_w else x
+
+
+class ConvNetDenseFCN8s(nn.Module):
+  """advjax's 'convnet_dense' backbone with the FCN-8s head 'fcn8s_fc:<widths>'; see advjax/models/fcn.py.
+
+  The backbone is `ConvNet`'s six conv-bn-act layers, read before each max
+  pool (maps at 1/1, 1/2 and 1/4 of the input, s3, s4, s5), with no fc1. The
+  head, in Long et al.'s (Caffe) names with the Flax prefix:
+
+      h = drop(act(fcn8s_fc7(drop(act(fcn8s_fc6(s5))))))    fc6 k x k, fc7 1x1
+      f = match(fcn8s_upscore2(fcn8s_score_fr(h)), s4) + fcn8s_score_pool4(s4)
+      f = match(fcn8s_upscore_pool4(f), s3) + fcn8s_score_pool3(s3)
+      logits = interpolate(f, input size, bilinear, align_corners=False)
+
+  Every parameter's name is its Flax variable's top-level name (conv1..conv6,
+  bn1..bn6, fcn8s_fc6, ...), so a Flax-to-PyTorch copy is the convnet
+  bridge's re-layout plus the transposed convolutions' (in, out) order (see
+  `Upsample2x`). forward: NCHW images in [0, 1] -> [batch, classes, H, W] logits.
+  """
+
+  def __init__(self, num_classes: int = 11, in_channels: int = 1,
+               widths: Sequence[int] = (32, 32, 64, 64, 128, 128), fc_widths: Sequence[int] = (128, 128),
+               fc_kernel: int = 7, fc_dropout: float = 0.5, activation: str = "relu", mean=(0.5,), std=(0.5,)):
+    super().__init__()
+    self.normalize = _Normalize(mean, std)
+    self.num_convs = len(widths)
+    cin = _add_convnet_layers(self, in_channels, widths)
+    self.act = ACTIVATIONS[activation]()
+    self.pool = nn.MaxPool2d(2)
+    self.fc_dropout = nn.Dropout(fc_dropout)
+    self.num_fc = len(fc_widths)
+    h = cin
+    for i, width in enumerate(fc_widths):
+      setattr(self, f"fcn8s_fc{6 + i}", _conv(h, width, fc_kernel if i == 0 else 1, bias=True))
+      h = width
+    self.fcn8s_score_fr = _conv(h, num_classes, 1, bias=True)
+    self.fcn8s_upscore2 = Upsample2x(num_classes)
+    self.fcn8s_score_pool4 = _conv(widths[3], num_classes, 1, bias=True)
+    self.fcn8s_upscore_pool4 = Upsample2x(num_classes)
+    self.fcn8s_score_pool3 = _conv(widths[1], num_classes, 1, bias=True)
+
+  def forward(self, x: torch.Tensor) -> torch.Tensor:
+    size = x.shape[-2:]
+    x = self.normalize(x)
+    stages = []
+    for i in range(self.num_convs):
+      x = self.act(getattr(self, f"bn{i + 1}")(getattr(self, f"conv{i + 1}")(x)))
+      if i % 2 == 1:
+        stages.append(x)
+        if len(stages) < self.num_convs // 2:
+          x = self.pool(x)
+    s3, s4, s5 = stages[-3:]
+    h = s5
+    for i in range(self.num_fc):
+      h = self.fc_dropout(self.act(getattr(self, f"fcn8s_fc{6 + i}")(h)))
+    f = _match_size(self.fcn8s_upscore2(self.fcn8s_score_fr(h)), s4.shape[-2:]) + self.fcn8s_score_pool4(s4)
+    f = _match_size(self.fcn8s_upscore_pool4(f), s3.shape[-2:]) + self.fcn8s_score_pool3(s3)
+    return f if tuple(f.shape[-2:]) == tuple(size) else _upsample(f, size)
 
 
 class PreActBlock(nn.Module):

@@ -85,3 +85,25 @@ def test_pass_probe_prints_every_row(capsys):
   out = capsys.readouterr().out
   assert out.count("| conv ") == 2 * len(probe_passes.STAGES)
   assert "| forward + input grad |" in out and "| forward + weight grads |" in out
+
+
+def test_segmentation_rows_agree_and_fail_on_a_wrong_weight_copy(monkeypatch):
+  """seg_pgd_at and dag on the tiny digit-canvas FCN; then a twin loaded with the convnet bridge's
+  layout for the transposed convolutions too ([out, in] where ConvTranspose2d wants [in, out],
+  same shape here) must fail the check."""
+  import jax
+
+  from advjax import bridge
+  from benchmarks import bench_dag, bench_seg
+  spec = harness.Spec(model="convnet_dense_tiny", batch=4, steps=2, torch_compile=False)
+  for module in (bench_seg, bench_dag):
+    workload = module.build(spec)
+    errors = workload.check()
+    assert errors and all(np.isfinite(v) for v in errors.values())
+    assert "jax" in workload.timers and "torch eager" in workload.timers
+  unit, iterations = workload.work()
+  assert unit == "DAG iterations" and iterations > 0
+  monkeypatch.setattr(bench_seg, "twin_state_dict",
+                      lambda variables: bridge.flax_to_torch(jax.device_get(variables), "convnet"))
+  with pytest.raises(harness.AgreementError):
+    bench_seg.build(spec).check()
