@@ -27,3 +27,21 @@ import sys  # noqa: E402
 
 # The repository root holds configs/ and benchmarks/, which tests import.
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import pytest  # noqa: E402
+
+from advjax import compilation  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def device_count_invariant_convolutions():
+  """XLA:CPU's multi-threaded convolutions round differently for different per-device
+  batches (see advjax.compilation), so runs on 1 and 8 devices would part after a few
+  steps; modules that compare them run on the library path, which is invariant."""
+  before = os.environ.get(compilation.CONVOLUTIONS_ENV)
+  os.environ[compilation.CONVOLUTIONS_ENV] = "library"
+  yield
+  if before is None:
+    del os.environ[compilation.CONVOLUTIONS_ENV]
+  else:
+    os.environ[compilation.CONVOLUTIONS_ENV] = before

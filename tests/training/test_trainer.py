@@ -19,7 +19,7 @@ import jax
 import numpy as np
 import pytest
 
-from advjax import checkpointing, compilation, data, experiment as experiment_lib, run_dir, runs
+from advjax import checkpointing, data, experiment as experiment_lib, run_dir, runs
 from configs import tiny
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -50,18 +50,7 @@ def _train_cmd(workdir, *overrides):
           "--workdir", str(workdir), *overrides]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def device_count_invariant_convolutions():
-  """XLA:CPU's multi-threaded convolutions round differently for different per-device
-  batches (see advjax.compilation), so runs on 1 and 8 devices would part after a few
-  steps; the library path they are compared on is invariant."""
-  before = os.environ.get(compilation.CONVOLUTIONS_ENV)
-  os.environ[compilation.CONVOLUTIONS_ENV] = "library"
-  yield
-  if before is None:
-    del os.environ[compilation.CONVOLUTIONS_ENV]
-  else:
-    os.environ[compilation.CONVOLUTIONS_ENV] = before
+pytestmark = pytest.mark.usefixtures("device_count_invariant_convolutions")
 
 
 @pytest.fixture(scope="module")
