@@ -79,8 +79,12 @@ class Experiment:
     self.info = self.train_source.info
     self.task = tasks.for_dataset(self.info)
     m = config.model
-    mean, std = backbone_normalisation(m.backbone_checkpoint) if m.backbone_checkpoint else (
-        self.info.mean, self.info.std)
+    mean, std = self.info.mean, self.info.std
+    if m.backbone_checkpoint:
+      if checkpointing.latest_step(m.backbone_checkpoint) is None:
+        raise CheckpointError(f"no checkpoints in {m.backbone_checkpoint!r} (model.backbone_checkpoint, the run "
+                              "to start from)")
+      mean, std = backbone_normalisation(m.backbone_checkpoint)
     self.model = models.create_model(
         m.name, num_classes=self.info.num_classes, activation=m.activation, norm=m.norm, mean=mean,
         std=std, dtype=m.dtype, head=m.head, insert_block=m.insert_block,

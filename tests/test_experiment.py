@@ -24,5 +24,6 @@ def test_a_pretrained_backbone_keeps_the_normalisation_of_its_dataset(tmp_path):
 
 
 def test_a_backbone_run_without_config_is_one_clear_error(tmp_path):
+  """(A backbone run without checkpoints is refused before this: tests/test_cli.py.)"""
   with pytest.raises(CheckpointError, match="backbone_checkpoint.*config.json"):
-    experiment.backbone_normalisation(str(tmp_path / "missing"))
+    experiment.backbone_normalisation(str(tmp_path))

@@ -14,10 +14,10 @@ import pytest
 from advjax.errors import ConfigError
 from advjax.models import MODELS, ClassifierHead, Network, create_model, layers
 
-TINY = ["convnet_tiny", "resnet20_tiny", "preact_resnet18_tiny", "wrn_tiny", "resnet50_tiny",
+TINY = ["convnet_tiny", "convnet_dense_tiny", "resnet20_tiny", "preact_resnet18_tiny", "wrn_tiny", "resnet50_tiny",
         "efficientnet_tiny", "resnet50_dilated_tiny", "vgg16_tiny"]
 # Models with dropout, by the name of their first BatchNorm (which dropout cannot affect).
-WITH_DROPOUT = {"convnet_tiny": "bn1", "efficientnet_tiny": "stem_bn"}
+WITH_DROPOUT = {"convnet_tiny": "bn1", "convnet_dense_tiny": "bn1", "efficientnet_tiny": "stem_bn"}
 NUM_CLASSES = 5
 SHAPE = (2, 8, 8, 3)
 # rbg: a dropout mask from a threefry key costs seconds of compilation on CPU.

@@ -52,7 +52,9 @@ def test_the_digit_canvas_configs():
 def test_per_pixel_adversarial_training_on_one_and_eight_devices(tmp_path):
   one, eight = str(tmp_path / "one"), str(tmp_path / "eight")
   summary = runs.train_and_evaluate(_tiny_at_config(), one, devices=jax.devices()[:1])
-  runs.train_and_evaluate(_tiny_at_config(), eight)
+  on_eight = _tiny_at_config()
+  on_eight.train_evals = ()  # Only the losses are compared.
+  runs.train_and_evaluate(on_eight, eight)
   # The cross-device sums round differently, and a sign step amplifies that slightly (measured: steps
   # 1-2 equal to 7 digits, step 3 1.1e-5 apart); a sharding bug moves the loss by far more.
   np.testing.assert_allclose(_losses(one), _losses(eight), rtol=1e-4)
