@@ -15,8 +15,6 @@ from __future__ import annotations
 
 import functools
 import itertools
-import json
-import os
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -27,7 +25,7 @@ import numpy as np
 from flax import traverse_util
 
 from advjax import compilation
-from advjax import attacks, checkpointing, config as config_lib, data, models, parallel, run_dir, tasks
+from advjax import attacks, checkpointing, config as config_lib, data, models, parallel, saved_runs, tasks
 from advjax.errors import CheckpointError
 from advjax.evaluation.context import EvalContext, name_to_int, named_key
 from advjax.training import objectives, optim
@@ -37,30 +35,6 @@ from advjax.training.train_state import TrainState, create_train_state
 def data_seed(seed: int, name: str) -> int:
   """The seed of a named data stream of a run (evaluation streams differ from training's)."""
   return int(np.random.SeedSequence([seed, name_to_int(name)]).generate_state(1)[0])
-
-
-def backbone_normalisation(workdir: str) -> tuple[tuple[float, ...], tuple[float, ...]]:
-  """The input mean and std a pretrained backbone was trained with: those of its run's dataset.
-
-  A backbone from another run (`model.backbone_checkpoint`) keeps the input
-  normalisation it learned under, e.g. the MNIST digits' statistics for a
-  segmentation model on digit canvases, as torchvision's pretrained backbones
-  keep ImageNet's; its frozen BatchNorm statistics are only right for those
-  inputs.
-
-  Raises:
-    CheckpointError: the run has no readable config.json.
-    ConfigError, DataError: its dataset is unknown or not prepared here.
-  """
-  path = os.path.join(workdir, run_dir.CONFIG_FILE)
-  try:
-    with open(path) as f:
-      data_cfg = ml_collections.ConfigDict(json.load(f)["data"])
-  except (OSError, ValueError, KeyError, TypeError) as e:
-    raise CheckpointError(f"model.backbone_checkpoint: cannot read the backbone run's data config from "
-                          f"{path!r} ({e}); its input normalisation comes from there") from None
-  info = data.get_info(data_cfg)
-  return info.mean, info.std
 
 
 class Experiment:
@@ -84,11 +58,8 @@ class Experiment:
       if checkpointing.latest_step(m.backbone_checkpoint) is None:
         raise CheckpointError(f"no checkpoints in {m.backbone_checkpoint!r} (model.backbone_checkpoint, the run "
                               "to start from)")
-      mean, std = backbone_normalisation(m.backbone_checkpoint)
-    self.model = models.create_model(
-        m.name, num_classes=self.info.num_classes, activation=m.activation, norm=m.norm, mean=mean,
-        std=std, dtype=m.dtype, head=m.head, insert_block=m.insert_block,
-        insert_after=m.insert_after, frozen_backbone=m.freeze_backbone)
+      mean, std = saved_runs.input_normalisation(m.backbone_checkpoint, "model.backbone_checkpoint")
+    self.model = models.from_config(m, num_classes=self.info.num_classes, mean=mean, std=std)
     self._check_output_shape()
     self.steps_per_epoch = self.train_source.steps_per_epoch
     self.total_steps = config_lib.resolve_steps(config, self.steps_per_epoch)

@@ -52,7 +52,7 @@ Adding a backbone, a head or a block is one module and one `register_*` call.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import flax.linen as nn
@@ -209,5 +209,21 @@ def create_model(name: str, *, num_classes: int, activation: str = "relu",
                  std=tuple(float(s) for s in std), frozen_backbone=frozen_backbone)
 
 
+def from_config(m: Mapping[str, Any], *, num_classes: int, mean: Sequence[float], std: Sequence[float]) -> Network:
+  """`create_model` from a config's `model` block (a ConfigDict, or a run's saved config.json dict).
+
+  Args:
+    m: the fields name, activation, norm, dtype, head, insert_block,
+      insert_after and freeze_backbone (missing ones take `create_model`'s defaults).
+    num_classes: the dataset's classes.
+    mean, std: the input normalisation (the dataset's, or a pretrained backbone's).
+  """
+  return create_model(m["name"], num_classes=num_classes, activation=m.get("activation", "relu"),
+                      norm=m.get("norm", "batchnorm"), mean=mean, std=std, dtype=m.get("dtype", "float32"),
+                      head=m.get("head", "classifier"), insert_block=m.get("insert_block", ""),
+                      insert_after=m.get("insert_after", "stages"),
+                      frozen_backbone=m.get("freeze_backbone", False))
+
+
 __all__ = ["Backbone", "ClassifierHead", "Features", "HEADS", "MODELS", "ModelSpec", "Network", "aux_bn",
-           "blocks", "create_model", "fcn", "layers", "network", "register_head", "register_model"]
+           "blocks", "create_model", "fcn", "from_config", "layers", "network", "register_head", "register_model"]
