@@ -135,6 +135,8 @@ def base_config() -> ml_collections.ConfigDict:
   c.eval.split = "test"
   c.eval.num_examples = 0  # Evaluate on the first N held-out examples; 0 means all.
   c.eval.output_file = "eval.json"  # Name of eval.py's results file in the workdir.
+  # eval.py runs only these config.evals entries (e.g. "('synthesis',)"); () runs them all.
+  c.eval.entries = ()
   # eval.py refuses a config whose model fields differ from the run's config.json; True allows it.
   c.eval.cross_evaluate = False
 
@@ -312,6 +314,7 @@ def validate(config: ml_collections.ConfigDict, *, num_devices: int = 1) -> None
              f"{size} must be divisible by the {num_devices} devices")
   evaluation.parse(config.evals)
   evaluation.parse(config.evals, tuple(config.train_evals))  # The names must be entries.
+  evaluation.parse(config.evals, tuple(config.eval.entries))
   objective.validate(config)
   if config.model.insert_block:
     models.blocks.check_block(config.model.insert_block)

@@ -138,7 +138,8 @@ def evaluate_run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, A
     experiment = Experiment(config)
     check_same_model(config, workdir)
     step, variables = experiment.restore_model(workdir)
-    results = _evaluate(config, experiment, variables, tuple(config.evals), out_dir=workdir)
+    results = _evaluate(config, experiment, variables, tuple(config.eval.entries) or tuple(config.evals),
+                        out_dir=workdir)
     if results is None:
       return {"preempted_at_step": step}
     report = {"step": step, **results}

@@ -34,7 +34,7 @@ canvases) and, on the first 500, under the adversarial-training adversary of
 configs/seg_digits_at.py (per-pixel PGD-3 at eps 76.5; the robust-segmentation
 paper's "robust" columns) and PGD-10 at the same eps; DAG (thesis table 2.1:
 ORIG / ADVR / PERM mIoU, iterations, perceptibility p) on 100 canvases; a
-figure.
+figure; inpainting and generation on 100 canvases ('synthesis').
 """
 
 from advjax.config import base_config, eval_entry
@@ -70,4 +70,8 @@ def get_config(arg=None):
   c.evals.dag = eval_entry("dag", max_examples=100)
   c.evals.figure = eval_entry("seg_figure", num_images=6, attack="pgd", eps=AT_EPS, steps=AT_STEPS,
                               step_size=AT_STEP_SIZE)
+  # Inpainting and generation (robust-segmentation paper, eqs. 6-7) on 100 canvases, judged by the ERM
+  # digit classifier of `make train`; run alone with --config.eval.entries="('synthesis',)".
+  c.evals.synthesis = eval_entry("synthesis", num_images=100, png_images=8,
+                                 classifier_run="" if arg == "tiny" else BACKBONES[""])
   return c

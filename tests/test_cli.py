@@ -6,6 +6,7 @@ the command-line contract: the `error:` line, status 2, no traceback.
 """
 
 import hashlib
+import json
 import os
 import subprocess
 import sys
@@ -13,7 +14,7 @@ import sys
 import jax
 import pytest
 
-from advjax import runs
+from advjax import config as config_lib, runs
 from advjax.errors import AdvjaxError
 from configs import tiny
 
@@ -128,3 +129,15 @@ def test_eval_writes_eval_json(finished_run):
   assert result.returncode == 0, result.stderr
   assert os.path.exists(os.path.join(finished_run, "eval.json"))
   assert jax.device_count() == 8
+
+
+def test_eval_entries_choose_what_eval_runs(finished_run):
+  config = tiny.get_config()
+  config.num_steps = 4
+  config.evals.second = config_lib.eval_entry("clean")
+  config.eval.entries = ("second",)
+  config.eval.output_file = "second.json"
+  report = runs.evaluate_run(config, finished_run)
+  assert set(report) == {"step", "second"}
+  with open(os.path.join(finished_run, "second.json")) as f:
+    assert set(json.load(f)) == {"step", "second"}

@@ -41,6 +41,7 @@ def test_default_and_tiny_validate_on_eight_devices():
     ("evals.eps_uni.rate", 2.0, "eps_uni evaluator: rate"),
     ("evals.pgd.stepz", 3, "config.evals.pgd: unknown field"),
     ("train_evals", ("clean", "robust"), "no evaluation entry named robust"),
+    ("eval.entries", ("clean", "pgd10"), "no evaluation entry named pgd10"),
     ("uat.delta_rule", "rmsprop", "config.uat.delta_rule"),
     ("advprop.eval_bn", "aux", "config.advprop.eval_bn"),
     ("model.freeze_backbone", True, "config.model.freeze_backbone"),

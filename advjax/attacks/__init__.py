@@ -17,6 +17,7 @@ mode during the attack an explicit choice.
   heap       heap adversaries: one perturbation shared by s examples (shared AT)
   universal  universal perturbations by stochastic PGD / SGD over a data stream
   universal_deepfool  iterative DeepFool universal perturbations (UAT's algorithm 1)
+  synthesis  inpainting and generation with a segmentation model (robust-segmentation paper, eqs. 6-7)
 
 Labels are class indices or dense label maps; attacks score them through a
 task (`advjax.tasks`), by default the one the labels' rank implies.
@@ -27,11 +28,12 @@ The presets `fgsm`, `bim`, `pgd`, `mi_fgsm`, `di2_fgsm`, `m_di2_fgsm` live in
 attributes `pgd` and `deepfool` must stay the modules.
 """
 
-from advjax.attacks import (core, dag, deepfool, diversity, ensemble, heap, losses, pgd, rules, threat,
+from advjax.attacks import (core, dag, deepfool, diversity, ensemble, heap, losses, pgd, rules, synthesis, threat,
                             universal, universal_deepfool)
 from advjax.attacks.deepfool import DeepFoolConfig
 from advjax.attacks.ensemble import ensemble_logits_fn
 from advjax.attacks.pgd import AttackConfig, attack
+from advjax.attacks.synthesis import SynthesisConfig
 from advjax.errors import unknown_name
 
 # BatchNorm during an attack: the running statistics, or the attacked batch's.
@@ -66,7 +68,7 @@ def make_logits_fn(model, variables, bn_mode: str = "eval"):
 
 
 __all__ = [
-    "AttackConfig", "BN_MODES", "DeepFoolConfig", "attack", "core", "dag", "deepfool", "diversity", "ensemble",
-    "ensemble_logits_fn", "heap", "losses", "make_logits_fn", "pgd", "rules", "threat", "universal",
-    "universal_deepfool",
+    "AttackConfig", "BN_MODES", "DeepFoolConfig", "SynthesisConfig", "attack", "core", "dag", "deepfool",
+    "diversity", "ensemble", "ensemble_logits_fn", "heap", "losses", "make_logits_fn", "pgd", "rules", "synthesis",
+    "threat", "universal", "universal_deepfool",
 ]

@@ -12,6 +12,8 @@
               'destruction', 'detection', 'transfer')
   segmentation  label maps only: DAG's ORIG / ADVR / PERM table ('dag') and a
               figure of attacked predictions ('seg_figure')
+  synthesis   inpainting and generation with a segmentation model, their
+              proxies and a figure ('synthesis')
 
 `run(evals, ctx, variables)` runs the entries of a `config.evals` block and
 returns `{entry name: {name: value}}`; eval.py, the end-of-training
@@ -26,7 +28,7 @@ from typing import Any
 
 from advjax.errors import ConfigError, unknown_name
 from advjax.evaluation import (base, context, denoising, perturbation_analyses, robustness, search, segmentation,
-                               universal)
+                               synthesis, universal)
 from advjax.evaluation.base import Evaluator, clean_metrics
 from advjax.evaluation.context import EvalContext
 from advjax.evaluation.robustness import attacked_metrics, eps_adv_config, eps_adv_search
@@ -40,6 +42,7 @@ EVALUATORS: dict[str, type[Evaluator]] = {
     "universal": universal.Universal,
     "dag": segmentation.DAG,
     "seg_figure": segmentation.SegFigure,
+    "synthesis": synthesis.Synthesis,
     "denoise_figure": denoising.DenoiseFigure,
     "stability": perturbation_analyses.Stability,
     "sharedness": perturbation_analyses.Sharedness,
@@ -123,4 +126,4 @@ def scalars(results: Mapping[str, Any], prefix: str = "") -> dict[str, float]:
 
 __all__ = ["EVALUATORS", "EvalContext", "Evaluator", "attacked_metrics", "base", "clean_metrics", "context",
            "eps_adv_config", "eps_adv_search", "eps_uni_search", "evaluate_universal", "parse", "perturbation_analyses",
-           "register_evaluator", "robustness", "run", "scalars", "search", "segmentation", "universal"]
+           "register_evaluator", "robustness", "run", "scalars", "search", "segmentation", "synthesis", "universal"]

@@ -31,6 +31,16 @@ class TinyCNN(nn.Module):
     return nn.Dense(10)(x).astype(jnp.float32)
 
 
+
+class TinySeg(nn.Module):
+  """One 3x3 convolution to `num_classes` per-pixel logits [B, H, W, num_classes]."""
+  num_classes: int
+
+  @nn.compact
+  def __call__(self, x, train: bool = False, use_batch_stats: bool | None = None):
+    del train, use_batch_stats
+    return nn.Conv(self.num_classes, (3, 3), padding="SAME")(x)
+
 @functools.lru_cache(maxsize=None)
 def digits():
   """(x_train, y_train, x_test, y_test): [N, 8, 8, 1] float32 in [0, 1], int32 labels."""

@@ -6,7 +6,6 @@ examples' valid pixels; 'seg_figure' against the pixel size and colours of
 the PNG it writes.
 """
 
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -17,21 +16,13 @@ from advjax import evaluation, tasks
 from advjax.attacks import dag as dag_lib
 from advjax.data.segmentation import colorize
 from advjax.errors import ConfigError
+from tests.attacks import tiny_models
 
 K = 3
 ENTRY = dict(type="dag", gamma=8.0, max_iter=25, background_class=0, perm_draws=2)
 
 
-class TinySeg(nn.Module):
-  """One 3x3 convolution to K per-pixel logits."""
-
-  @nn.compact
-  def __call__(self, x, train: bool = False, use_batch_stats: bool | None = None):
-    del train, use_batch_stats
-    return nn.Conv(K, (3, 3), padding="SAME")(x)
-
-
-MODEL = TinySeg()
+MODEL = tiny_models.TinySeg(K)
 
 
 def model_fn(variables):
