@@ -187,8 +187,8 @@ SEGMENTATION_COLUMNS = ("image", "ground truth", "clean prediction", "adversaria
 
 def save_segmentation_figure(path: str, images: np.ndarray, labels: np.ndarray, clean_pred: np.ndarray,
                              adv_pred: np.ndarray, perturbation: np.ndarray, *, eps: float | None = None,
-                             adv_title: str = "adversarial prediction", panel_px: int = 128,
-                             header_px: int = 24, dpi: int = 100) -> str:
+                             adv_title: str = "adversarial prediction", labels_title: str = "ground truth",
+                             panel_px: int = 128, header_px: int = 24, dpi: int = 100) -> str:
   """Writes a PNG with one row per image: image, ground truth, clean / adversarial prediction, perturbation.
 
   Label maps are drawn in the PASCAL VOC palette (`advjax.data.segmentation.colorize`;
@@ -206,6 +206,8 @@ def save_segmentation_figure(path: str, images: np.ndarray, labels: np.ndarray, 
     eps: radius on the [0, 1] scale mapped to black/white (an attack's eps);
       None scales each image's perturbation by its own max |value|.
     adv_title: title of the fourth column (e.g. 'PGD-10, eps 8' or 'DAG').
+    labels_title: title of the second column (e.g. 'target scene' for maps
+      that are a targeted attack's goal).
     panel_px: side of one panel in pixels.
     header_px: height of the title band in pixels.
     dpi: resolution used to convert pixels to matplotlib inches.
@@ -222,7 +224,7 @@ def save_segmentation_figure(path: str, images: np.ndarray, labels: np.ndarray, 
     raise ValueError("save_segmentation_figure: labels, predictions and perturbation must match the images "
                      f"{images.shape}")
   _ensure_dir(path)
-  columns = SEGMENTATION_COLUMNS[:3] + (adv_title, SEGMENTATION_COLUMNS[4])
+  columns = (SEGMENTATION_COLUMNS[0], labels_title, SEGMENTATION_COLUMNS[2], adv_title, SEGMENTATION_COLUMNS[4])
   width, height = len(columns) * panel_px, n * panel_px + header_px
   fig = plt.figure(figsize=(width / dpi, height / dpi), dpi=dpi)
   margin = 2  # pixels between panels

@@ -297,12 +297,14 @@ class EpsAdv(base.Evaluator):
       attack_steps: K, PGD steps of each probe (annealed step size).
       beta: total step length of the annealed schedule in multiples of eps.
       gamma: decay of the annealed schedule.
+      max_examples: search on the first this many held-out examples; 0 = all.
     """
     rate: float = 0.5
     search_steps: int = 10
     attack_steps: int = 200
     beta: float = 4.0
     gamma: float = 0.975
+    max_examples: int = 0
     per_example: bool = False
     curve_rates: tuple = (0.1, 0.25, 0.5, 0.75, 0.9)
     curve_eps: tuple = (4.0, 8.0, 16.0, 32.0, 64.0, 128.0)
@@ -312,17 +314,20 @@ class EpsAdv(base.Evaluator):
         raise ConfigError(f"eps_adv evaluator: rate={self.rate!r} must be in (0, 1]")
       if self.search_steps < 1 or self.attack_steps < 1:
         raise ConfigError("eps_adv evaluator: search_steps and attack_steps must be >= 1")
+      if self.max_examples < 0:
+        raise ConfigError(f"eps_adv evaluator: max_examples={self.max_examples!r} must be >= 0")
 
   def run(self, variables) -> Iterator[tuple[str, Any]]:
     a = self.args
     cfg = eps_adv_config(a.attack_steps, a.beta, a.gamma)
+    batches = list(base.first_examples(self.ctx.held_out(), a.max_examples))
     yield "target_rate", a.rate
     if not a.per_example:
-      result = eps_adv_search(self.ctx.model_fn, self.ctx.held_out(), self.ctx.key(self.name), cfg,
+      result = eps_adv_search(self.ctx.model_fn, batches, self.ctx.key(self.name), cfg,
                               target_rate=a.rate, num_steps=a.search_steps, task=self.ctx.task, variables=variables)
       yield from result.values().items()
       return
-    minima, found = per_example_eps(self.ctx.model_fn, self.ctx.held_out(), self.ctx.key(self.name), cfg,
+    minima, found = per_example_eps(self.ctx.model_fn, batches, self.ctx.key(self.name), cfg,
                                     num_steps=a.search_steps, task=self.ctx.task, variables=variables)
     eps, ok = eps_at_rate(minima, found, a.rate)
     yield "eps", eps

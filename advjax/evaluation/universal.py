@@ -47,8 +47,9 @@ from advjax import viz
 from advjax.attacks import core, threat
 from advjax.attacks import universal as universal_lib
 from advjax.attacks import universal_deepfool
+from advjax.data.segmentation import colorize
 from advjax.errors import ConfigError, DataError
-from advjax.evaluation import base, search
+from advjax.evaluation import base, search, segmentation
 from advjax.tasks import labels as labels_lib
 
 
@@ -195,35 +196,83 @@ class EpsUni(base.Evaluator):
       batch_size: m_k, training examples per iteration of the universal adversary.
       universal: fields of `advjax.attacks.universal.UniversalConfig` (its eps
         is set by the search); default the paper's K = 200, beta = 4, gamma = 0.975.
+      max_examples: measure the rate on the first this many held-out examples; 0 = all.
+      target_scene: label maps only, with `universal.targeted`: the target is
+        a static scene, the label map of one training example (the first of
+        the training stream named '<entry>/target_scene'), as in the
+        shared-AT paper's sec. 6.3 (after Metzen et al.); the rate is the
+        pixel accuracy against it. Saved as '<entry>_target.png'.
+      figure_images: label maps only: '<entry>_predictions.png' shows this
+        many held-out images with the perturbation found, their labels (the
+        target scene for a targeted search), clean and perturbed predictions;
+        0 draws none.
     """
     rate: float = 0.75
     search_steps: int = 10
     batch_size: int = 16
     universal: dict = dataclasses.field(default_factory=lambda: dataclasses.asdict(
         universal_lib.shared_at_eval_config()))
+    max_examples: int = 0
+    target_scene: bool = False
+    figure_images: int = 0
 
     def __post_init__(self):
       if not 0 < self.rate <= 1:
         raise ConfigError(f"eps_uni evaluator: rate={self.rate!r} must be in (0, 1]")
       if self.search_steps < 1 or self.batch_size < 1:
         raise ConfigError("eps_uni evaluator: search_steps and batch_size must be >= 1")
+      if self.max_examples < 0 or self.figure_images < 0:
+        raise ConfigError("eps_uni evaluator: max_examples and figure_images must be >= 0")
 
   @classmethod
   def parse_args(cls, name, entry):
     args = super().parse_args(name, entry)
-    _universal_args(name, args.universal)
+    cfg = _universal_args(name, args.universal)
+    if args.target_scene and not cfg.targeted:
+      raise ConfigError(f"config.evals.{name}: target_scene needs a targeted attack (universal.targeted=True)")
     return args
+
+  def target_scene(self) -> np.ndarray:
+    """The static target scene: the label map of the first example of a named training stream."""
+    batch = next(iter(self.ctx.train_stream(1, f"{self.name}/target_scene")()))
+    labels = np.asarray(jax.device_get(batch["label"]))
+    if labels.ndim != 3:
+      raise ConfigError(f"config.evals.{self.name}: target_scene needs label maps, but the labels are "
+                        f"{labels.shape[1:] or 'class indices'}")
+    return labels[0]
 
   def run(self, variables) -> Iterator[tuple[str, Any]]:
     a = self.args
     cfg = _universal_args(self.name, a.universal)
+    target = self.target_scene() if a.target_scene else None
+    held_out = list(base.first_examples(self.ctx.held_out(), a.max_examples))
     result = eps_uni_search(self.ctx.model_fn, self.ctx.train_stream(a.batch_size, self.name),
-                            self.ctx.held_out(), self.ctx.key(self.name), cfg, target_rate=a.rate,
-                            num_steps=a.search_steps, task=self.ctx.task, variables=variables)
+                            held_out, self.ctx.key(self.name), cfg, target_rate=a.rate,
+                            num_steps=a.search_steps, task=self.ctx.task, variables=variables, target=target)
     if result.artifact is not None:
       save_perturbation(result.artifact, self.ctx.out_dir, self.name, result.eps)
     yield "target_rate", a.rate
     yield from result.values().items()
+    if target is not None and self.ctx.out_dir is not None and jax.process_index() == 0:
+      viz.save_image(colorize(target).astype(np.float32) / 255.0, os.path.join(self.ctx.out_dir,
+                                                                              f"{self.name}_target.png"))
+    if a.figure_images and result.artifact is not None and self.ctx.out_dir is not None:
+      yield "figure", self.prediction_figure(variables, held_out, result.artifact, result.eps, target)
+
+  def prediction_figure(self, variables, held_out, delta, eps, target) -> str | None:
+    """'<entry>_predictions.png': images with delta added, their labels (or the target), predictions."""
+    x, y = segmentation.first_examples(held_out, self.args.figure_images)
+    if y.ndim != 3 or jax.process_index() != 0:
+      return None
+    fn = self.ctx.model_fn(variables)
+    perturbed = np.asarray(threat.apply(jnp.asarray(x), jnp.asarray(delta)))
+    clean_pred = np.asarray(jnp.argmax(fn(jnp.asarray(x)), -1))
+    adv_pred = np.asarray(jnp.argmax(fn(jnp.asarray(perturbed)), -1))
+    labels = y if target is None else np.broadcast_to(target, y.shape)
+    return viz.save_segmentation_figure(
+        os.path.join(self.ctx.out_dir, f"{self.name}_predictions.png"), x, labels, clean_pred, adv_pred,
+        np.broadcast_to(delta, x.shape), eps=max(eps, 1.0) / 255.0,
+        adv_title=f"universal, eps {eps:.1f}", labels_title="ground truth" if target is None else "target scene")
 
 
 class Universal(base.Evaluator):

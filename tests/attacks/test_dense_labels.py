@@ -9,17 +9,22 @@ same adversarial images.
 """
 
 import dataclasses
+import functools
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from PIL import Image
 
 from advjax import evaluation, tasks
 from advjax.attacks import heap, make_logits_fn, universal
 from advjax.attacks import pgd as pgd_lib
+from advjax.data.segmentation import colorize
+from advjax.errors import ConfigError
 from advjax.evaluation import universal as universal_eval
+from advjax.evaluation.context import name_to_int
 from tests.attacks import tiny_models
 
 K = 3
@@ -174,3 +179,79 @@ def test_targeted_universal_on_constant_maps_equals_the_classification_adversary
                                             target=jnp.full((8, 8), 3))
   np.testing.assert_allclose(np.asarray(by_map), np.asarray(flat), atol=1e-6)
   assert float(jnp.max(jnp.abs(flat))) > 0
+
+
+def _constant_builder(logits_fn, variables):
+  del variables
+  return logits_fn
+
+
+def _segmentation_context(fcn, out_dir):
+  """An EvalContext on the tiny FCN: training stream from x[:16] (order fixed by the name), held out x[16:]."""
+  logits_fn, x, y = fcn
+
+  def train_stream(batch_size, name):
+    def batches():
+      order = np.random.default_rng(name_to_int(name)).permutation(16)
+      for start in range(0, 16 - batch_size + 1, batch_size):
+        idx = order[start:start + batch_size]
+        yield {"image": x[idx], "label": y[idx], "mask": jnp.ones(batch_size)}
+    return batches
+
+  held_out = [{"image": x[i:i + 8], "label": y[i:i + 8], "mask": jnp.ones(8)} for i in (16, 24)]
+  return evaluation.EvalContext(task=tasks.Segmentation(K), model_fn=functools.partial(_constant_builder, logits_fn),
+                                held_out=lambda: held_out, train_stream=train_stream, image_shape=(8, 8, 1),
+                                rng=KEY, out_dir=out_dir)
+
+
+def test_eps_uni_toward_a_static_target_scene(fcn, tmp_path):
+  """The evaluator's target is the first map of its named training stream, its rate measured on max_examples."""
+  logits_fn, x, y = fcn
+  ctx = _segmentation_context(fcn, str(tmp_path))
+  cfg = dataclasses.replace(universal.shared_at_eval_config(num_iterations=12, loss="cross_entropy"),
+                            targeted=True, target_class=-1)
+  entry = dict(type="eps_uni", rate=0.7, search_steps=5, batch_size=4, max_examples=12,
+               universal=dataclasses.asdict(cfg), target_scene=True, figure_images=3)
+  variables = {"unused": jnp.zeros(())}
+  result = evaluation.run({"uni": entry}, ctx, variables)["uni"]
+
+  target = np.asarray(next(iter(ctx.train_stream(1, "uni/target_scene")()))["label"][0])
+  first_12 = [ctx.held_out()[0], {**ctx.held_out()[1], "mask": jnp.asarray([1.0] * 4 + [0.0] * 4)}]
+  expected = universal_eval.eps_uni_search(logits_fn, ctx.train_stream(4, "uni"), first_12, ctx.key("uni"), cfg,
+                                           target_rate=0.7, num_steps=5, task=ctx.task, target=target)
+  assert result["found"] and result["eps"] == expected.eps > 0
+  # The saved perturbation reaches the rate on those 12 images: pixel accuracy against the scene, in NumPy.
+  delta = np.load(tmp_path / "uni.npy")
+  pred = np.asarray(logits_fn(jnp.clip(x[16:28] + delta, 0, 1))).argmax(-1)
+  valid = np.broadcast_to(target >= 0, pred.shape)
+  assert np.mean((pred == target)[valid]) >= 0.7
+  clean = np.asarray(logits_fn(x[16:28])).argmax(-1)
+  assert np.mean((clean == target)[valid]) < 0.7
+  np.testing.assert_array_equal(np.asarray(Image.open(tmp_path / "uni_target.png").convert("RGB")), colorize(target))
+  assert Image.open(result["figure"]).size == (5 * 128, 3 * 128 + 24)
+
+
+def test_eps_uni_target_scene_errors(fcn, batch, logits_fn):
+  with pytest.raises(ConfigError, match="target_scene needs a targeted attack"):
+    evaluation.parse({"u": dict(type="eps_uni", target_scene=True)})
+  ctx = _segmentation_context(fcn, None)
+  ctx.train_stream = lambda batch_size, name: lambda: iter([{"image": batch[0][:1], "label": batch[1][:1]}])
+  targeted = dataclasses.asdict(universal.shared_at_eval_config(loss="cross_entropy", targeted=True,
+                                                               target_class=-1))
+  with pytest.raises(ConfigError, match="target_scene needs label maps"):
+    evaluation.run({"u": dict(type="eps_uni", target_scene=True, universal=targeted)}, ctx, {})
+
+
+def test_eps_adv_on_the_first_examples(fcn):
+  logits_fn, _, _ = fcn
+  ctx = _segmentation_context(fcn, None)
+  entry = dict(type="eps_adv", rate=0.5, search_steps=4, attack_steps=5, max_examples=10)
+  result = evaluation.run({"adv": entry}, ctx, {"unused": jnp.zeros(())})["adv"]
+  first_10 = [ctx.held_out()[0], {**ctx.held_out()[1], "mask": jnp.asarray([1.0] * 2 + [0.0] * 6)}]
+  expected = evaluation.eps_adv_search(logits_fn, first_10, ctx.key("adv"), evaluation.eps_adv_config(5, 4.0, 0.975),
+                                       target_rate=0.5, num_steps=4, task=ctx.task)
+  everything = evaluation.eps_adv_search(logits_fn, ctx.held_out(), ctx.key("adv"),
+                                         evaluation.eps_adv_config(5, 4.0, 0.975), target_rate=0.5, num_steps=4,
+                                         task=ctx.task)
+  assert result["eps"] == expected.eps
+  assert result["clean_rate"] == expected.clean_rate != everything.clean_rate
