@@ -75,6 +75,8 @@ def base_config() -> ml_collections.ConfigDict:
   # sigma in sigma * L(adv) + (1 - sigma) * L(clean) for adversarial objectives.
   c.adv_weight = 1.0
   c.label_smoothing = 0.0  # Weight of the uniform distribution in training targets.
+  # w in L(out) + w L(aux) for heads with an auxiliary classifier ('fcn_aux'; torchvision: 0.5).
+  c.aux_loss_weight = 0.0
   # s of shared adversarial training: examples per heap sharing one perturbation;
   # must divide the per-device batch so heaps never straddle devices.
   c.sharedness = 1
@@ -207,6 +209,7 @@ _RANGES = {
     "num_steps": (0, 2**31 - 1, True, True),
     "adv_weight": (0.0, 1.0, True, False),
     "label_smoothing": (0.0, 0.999, True, False),
+    "aux_loss_weight": (0.0, 100.0, True, False),
     "sharedness": (1, 2**24, True, True),
     "optimizer.learning_rate": (0.0, 1e3, True, False),
     "optimizer.momentum": (0.0, 0.9999, True, False),
@@ -286,6 +289,8 @@ def validate(config: ml_collections.ConfigDict, *, num_devices: int = 1) -> None
   _require(math.isfinite(config.num_epochs), "num_epochs", "must be finite")
   _require(0.0 <= config.adv_weight <= 1.0, "adv_weight", "sigma must be in [0, 1]")
   _require(0.0 <= config.label_smoothing < 1.0, "label_smoothing", "must be in [0, 1)")
+  _require(config.aux_loss_weight == 0.0 or objective.supports_aux_loss, "aux_loss_weight",
+           f"the {config.objective!r} objective does not train an auxiliary classifier; keep it 0")
   _require(config.optimizer.name in optim.OPTIMIZERS, "optimizer.name",
            f"unknown optimizer {config.optimizer.name!r}; known: {', '.join(optim.OPTIMIZERS)}")
   _require(config.schedule.name in optim.LR_SCHEDULES, "schedule.name",

@@ -44,6 +44,8 @@ class Experiment:
     self.config = config
     self.mesh = parallel.make_mesh(devices)
     config_lib.validate(config, num_devices=self.mesh.size)
+    # Every field's default: a resumed run's config.json may predate some of them.
+    self.defaults = config_lib.base_config().to_dict()
     self.process_index, self.process_count = jax.process_index(), jax.process_count()
     objective_cls = objectives.get(config.objective)
     self.train_source = data.make_train_source(

@@ -48,12 +48,15 @@ def _flatten(d: Mapping, prefix: str = "") -> dict[str, Any]:
   return out
 
 
-def prepare(workdir: str, config: Mapping[str, Any]) -> None:
+def prepare(workdir: str, config: Mapping[str, Any], defaults: Mapping[str, Any] | None = None) -> None:
   """Checks the workdir is writable and, if it holds a run, that it is this run.
 
   Args:
     workdir: the run directory (created if missing).
     config: the run's config as a dict.
+    defaults: the base config as a dict: a field the saved config lacks (a
+      run started before the field existed) is no change while it keeps
+      its default value.
 
   Raises:
     ConfigError: the workdir cannot be created or written.
@@ -78,8 +81,9 @@ def prepare(workdir: str, config: Mapping[str, Any]) -> None:
       # A config cut short before any checkpoint: this is still a fresh run; it is rewritten.
       return
     current = _flatten(config)
+    default = _flatten(defaults or {})
     changed = sorted(k for k in set(saved) | set(current)
-                     if saved.get(k) != current.get(k) and k.split(".")[0] not in RESUMABLE_CHANGES)
+                     if saved.get(k, default.get(k)) != current.get(k) and k.split(".")[0] not in RESUMABLE_CHANGES)
     if changed:
       raise CheckpointError(
           f"workdir {workdir!r} holds a run with a different config ({', '.join(changed)}); "

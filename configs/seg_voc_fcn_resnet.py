@@ -43,9 +43,9 @@ extracted text or never stated), with the documented values chosen:
   trained with PGD-AT (its classifier is dropped, its backbone variables
   fit 'resnet50_dilated'). RB's head is fine-tuned with plain ERM.
 
-torchvision adds the auxiliary classifier's loss with weight 0.5; advjax's
-objectives train on the main output alone, so the auxiliary classifier is
-built (checkpoints of torchvision's models load) but not trained.
+As torchvision does, the auxiliary classifier on the third stage adds its
+loss with weight 0.5 (`aux_loss_weight`), on the adversarial examples for
+AT; evaluation reads the main output only.
 
 Evaluation: global pixel accuracy and mIoU clean and under the training
 PGD adversary (table 1's "Robust" columns).
@@ -70,6 +70,7 @@ def get_config(arg=None):
   c.data.image_size = 512
   c.model.name = backbone
   c.model.head = "fcn_aux"
+  c.aux_loss_weight = 0.5
   c.model.backbone_checkpoint = backbone_run
   c.model.freeze_backbone = frozen
   c.objective = objective

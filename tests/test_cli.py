@@ -14,7 +14,7 @@ import sys
 import jax
 import pytest
 
-from advjax import config as config_lib, runs
+from advjax import config as config_lib, run_dir, runs
 from advjax.errors import AdvjaxError
 from configs import tiny
 
@@ -141,3 +141,13 @@ def test_eval_entries_choose_what_eval_runs(finished_run):
   assert set(report) == {"step", "second"}
   with open(os.path.join(finished_run, "second.json")) as f:
     assert set(json.load(f)) == {"step", "second"}
+
+
+def test_a_run_from_before_a_new_field_resumes_while_the_field_keeps_its_default(tmp_path):
+  """A config.json without a field added later (here aux_loss_weight) is no change at the default."""
+  config = config_lib.base_config().to_dict()
+  old = {k: v for k, v in config.items() if k != "aux_loss_weight"}
+  (tmp_path / "config.json").write_text(json.dumps(old))
+  run_dir.prepare(str(tmp_path), config, config_lib.base_config().to_dict())
+  with pytest.raises(AdvjaxError, match=r"different config \(aux_loss_weight\)"):
+    run_dir.prepare(str(tmp_path), {**config, "aux_loss_weight": 0.5}, config_lib.base_config().to_dict())

@@ -110,7 +110,7 @@ def train(experiment: Any, workdir: str) -> TrainResult:
     for source in (config.init_checkpoint, config.model.backbone_checkpoint):
       if source and checkpointing.latest_step(source) is None:
         raise CheckpointError(f"no checkpoints in {source!r} (the run to start from)")
-  run_dir.prepare(workdir, config.to_dict())
+  run_dir.prepare(workdir, config.to_dict(), experiment.defaults)
   if preemption.requested():
     return TrainResult(None, latest or 0, True, {}, time.time() - t_start)
   state = experiment.init_state()

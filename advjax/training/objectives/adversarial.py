@@ -50,6 +50,7 @@ class AdversarialTraining(base.LossObjective):
   """`pgd_at` (sharedness 1) and `shared_at` (sharedness `config.sharedness`)."""
 
   heap = False
+  supports_aux_loss = True
 
   @classmethod
   def validate(cls, config: ml_collections.ConfigDict) -> None:
@@ -71,18 +72,18 @@ class AdversarialTraining(base.LossObjective):
 
   def loss(self, params, model_state, batch, rng):
     attack_rng, adv_rng, clean_rng = jax.random.split(rng, 3)
-    smoothing = self.config.label_smoothing
     y = batch["label"]
     frozen = jax.lax.stop_gradient({"params": params, **model_state})
     logits_fn = attacks.make_logits_fn(self.attack_model, frozen, self.config.attack_bn_mode)
     x_adv = jax.lax.stop_gradient(self.adversary(logits_fn, batch["image"], y, attack_rng))
-    adv_logits, model_state = base.apply_train(self.train_model, params, model_state, x_adv, adv_rng)
-    loss = self.sigma * jnp.mean(self.task.loss(adv_logits, y, smoothing))
+    adv_loss, adv_logits, model_state = self.supervised_loss(params, model_state, x_adv, y, adv_rng,
+                                                             self.train_model)
+    loss = self.sigma * adv_loss
     metrics = {"adv_accuracy": jnp.mean(self.task.correct(adv_logits, y))}
     if self.sigma < 1.0:
-      clean_logits, model_state = base.apply_train(self.train_model, params, model_state, batch["image"],
-                                                   clean_rng)
-      loss += (1.0 - self.sigma) * jnp.mean(self.task.loss(clean_logits, y, smoothing))
+      clean_loss, clean_logits, model_state = self.supervised_loss(params, model_state, batch["image"], y,
+                                                                   clean_rng, self.train_model)
+      loss += (1.0 - self.sigma) * clean_loss
       metrics["accuracy"] = jnp.mean(self.task.correct(clean_logits, y))
     return loss, (model_state, metrics)
 

@@ -42,7 +42,9 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import optax
+from flax import traverse_util
 
+from advjax.errors import ConfigError
 from advjax.tasks import Task
 from advjax.training.train_state import TrainState
 
@@ -90,6 +92,30 @@ def apply_train(model: nn.Module, params: Any, model_state: dict, images: jax.Ar
   return logits, {**model_state, **updates}
 
 
+# What a head sows into 'intermediates' for its auxiliary classifier ('fcn_aux').
+AUX_LOGITS = "aux_logits"
+
+
+def apply_train_with_aux(model: nn.Module, params: Any, model_state: dict, images: jax.Array,
+                         rng: jax.Array) -> tuple[jax.Array, jax.Array, dict]:
+  """`apply_train` that also returns the auxiliary classifier's logits the head sows.
+
+  Returns:
+    (logits, auxiliary logits of the same shape, `model_state` updated).
+
+  Raises:
+    ConfigError: the model's head sows no auxiliary logits.
+  """
+  out, updates = model.apply({"params": params, **model_state}, images, train=True,
+                             mutable=list(model_state) + ["intermediates"], rngs={"dropout": rng})
+  sown = [v for path, v in traverse_util.flatten_dict(dict(updates.pop("intermediates", {}))).items()
+          if path[-1] == AUX_LOGITS]
+  if len(sown) != 1:
+    raise ConfigError(f"aux_loss_weight > 0 needs a head with one auxiliary classifier (e.g. 'fcn_aux'); "
+                      f"this model's head sows {len(sown)}")
+  return out, sown[0][0], {**model_state, **updates}
+
+
 def learning_rate(schedule: optax.Schedule, step: jax.Array) -> jax.Array:
   """The logged learning rate of `step`."""
   return jnp.asarray(schedule(step), jnp.float32)
@@ -109,6 +135,9 @@ class Objective(abc.ABC):
     """Extra batch entries the pipeline must deliver."""
     del config
     return ()
+
+  # Whether the objective trains a head's auxiliary classifier (`config.aux_loss_weight`).
+  supports_aux_loss = False
 
   @classmethod
   def validate(cls, config: ml_collections.ConfigDict) -> None:
@@ -139,7 +168,32 @@ class Objective(abc.ABC):
 
 
 class LossObjective(Objective):
-  """An objective given by a loss that the default step differentiates."""
+  """An objective given by a loss that the default step differentiates.
+
+  A loss built on `supervised_loss` trains a head's auxiliary classifier
+  too; such an objective sets `supports_aux_loss = True`.
+  """
+
+  def supervised_loss(self, params: Any, model_state: dict, images: jax.Array, labels: jax.Array,
+                      rng: jax.Array, model: nn.Module | None = None) -> tuple[jax.Array, jax.Array, dict]:
+    """A training pass and the mean (label-smoothed) task loss on (images, labels).
+
+    With `config.aux_loss_weight` w > 0 the head's auxiliary classifier adds
+    its own loss: L(out) + w L(aux), as torchvision trains its FCNs (w = 0.5).
+
+    Returns:
+      (loss, logits of the main output, updated model_state).
+    """
+    model = self.model if model is None else model
+    smoothing = self.config.label_smoothing
+    weight = float(self.config.aux_loss_weight)
+    if weight == 0.0:
+      logits, model_state = apply_train(model, params, model_state, images, rng)
+      return jnp.mean(self.task.loss(logits, labels, smoothing)), logits, model_state
+    logits, aux, model_state = apply_train_with_aux(model, params, model_state, images, rng)
+    loss = jnp.mean(self.task.loss(logits, labels, smoothing)) + weight * jnp.mean(
+        self.task.loss(aux, labels, smoothing))
+    return loss, logits, model_state
 
   @abc.abstractmethod
   def loss(self, params: Any, model_state: dict, batch: dict, rng: jax.Array) -> tuple[jax.Array, tuple[dict, dict]]:
