@@ -19,16 +19,23 @@ The adversary: 3 PGD steps of 2.5 eps / 3 from a random start (the paper:
 5 steps of 0.4 eps; 3 keep an epoch near 10 minutes on 2 CPU cores);
 2 epochs, Adam 5e-4, cosine (the paper: 20 epochs of Adam 1e-4 on Cityscapes).
 
-Evaluation (sec. 6.3, delta = 0.95): clean pixel accuracy and mIoU on the
-1,000 test canvases; eps_adv(0.95) (pixel error rate >= 0.95 under per-image
-PGD, 50 annealed steps, 10 bisection steps) on 64 canvases; eps_uni(0.95)
-targeted toward a static target scene (the label map of one training canvas;
-success: pixel accuracy against it >= 0.95) and untargeted (pixel error rate
-against the ground truth >= 0.95), each fitted by stochastic PGD on
-mini-batches of m_k = 5 training canvases, K = 200, gamma = 0.99, beta = 2,
-no loss thresholding, b = 10 bisection steps, measured on 256 test canvases
-(the paper: 16), with a figure of the perturbation and the predictions under
-it. configs/seg_digits.py's entries (PGD, DAG, synthesis) stay available.
+Evaluation (sec. 6.3, delta = 0.95), on the digits' pixels: the background
+covers about 90% of a canvas and 91% of a target scene, so every rate leaves
+it out (`ignore_class=0`; counted over all pixels, not even eps = 255
+reached 0.95 against the standard model in any of the three searches).
+Clean pixel accuracy and mIoU on the 1,000 test canvases; eps_adv(0.95),
+the radius at which per-image PGD (20 annealed steps, on and against the
+digit pixels) makes 95% of the digit pixels wrong, on 32 canvases;
+eps_uni(0.95) targeted toward a static target scene (the label map of one
+training canvas; success: 95% of the target's digit pixels predicted as the
+target's digit) and untargeted (95% of the ground truth's digit pixels
+wrong), each fitted on every pixel by stochastic PGD on mini-batches of
+m_k = 5 training canvases with gamma = 0.99, beta = 2, no loss
+thresholding, K = 100 (the paper: 200), by b = 8 bisection steps (the paper:
+10), measured on 128 test canvases (the paper: 16), with a figure of the
+perturbation and the predictions under it. These cuts keep one model's
+evaluation near 5 minutes on 2 CPU cores. configs/seg_digits.py's entries
+(PGD, DAG, synthesis) stay available.
 """
 
 import dataclasses
@@ -39,8 +46,9 @@ from advjax.config import as_config_dict, eval_entry
 from configs import seg_digits
 
 DELTA = 0.95
-# The universal adversary of sec. 6.3: m_k = 5, K = 200, gamma = 0.99, beta = 2, plain CE.
-UNIVERSAL = universal.shared_at_eval_config(num_iterations=200, beta=2.0, gamma=0.99, loss="cross_entropy")
+BACKGROUND = 0
+# The universal adversary of sec. 6.3: m_k = 5, gamma = 0.99, beta = 2, plain CE; K = 100 here.
+UNIVERSAL = universal.shared_at_eval_config(num_iterations=100, beta=2.0, gamma=0.99, loss="cross_entropy")
 
 
 def get_config(arg=None):
@@ -58,12 +66,12 @@ def get_config(arg=None):
       eps=eps, step_size=2.5 * eps / 3, num_steps=3, init="uniform", loss="clipped_cross_entropy",
       kappa=-math.log(0.2)))
   c.eval.batch_size = 16
-  c.evals.eps_adv = eval_entry("eps_adv", rate=DELTA, attack_steps=50, max_examples=64)
+  c.evals.eps_adv = eval_entry("eps_adv", rate=DELTA, search_steps=8, attack_steps=20, max_examples=32,
+                               ignore_class=BACKGROUND)
   targeted = dataclasses.replace(UNIVERSAL, targeted=True, target_class=-1)
-  c.evals.eps_uni_targeted = eval_entry("eps_uni", rate=DELTA, batch_size=5, max_examples=256,
-                                        universal=dataclasses.asdict(targeted), target_scene=True,
-                                        figure_images=4)
-  c.evals.eps_uni_untargeted = eval_entry("eps_uni", rate=DELTA, batch_size=5, max_examples=256,
-                                          universal=dataclasses.asdict(UNIVERSAL), figure_images=4)
+  for name, cfg, scene in (("eps_uni_targeted", targeted, True), ("eps_uni_untargeted", UNIVERSAL, False)):
+    c.evals[name] = eval_entry("eps_uni", rate=DELTA, search_steps=8, batch_size=5, max_examples=128,
+                               universal=dataclasses.asdict(cfg), target_scene=scene, figure_images=4,
+                               ignore_class=BACKGROUND)
   c.train_evals = ("clean",)
   return c

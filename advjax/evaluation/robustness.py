@@ -41,6 +41,7 @@ from advjax import tasks as tasks_lib
 from advjax.attacks import core
 from advjax.attacks import pgd as pgd_lib
 from advjax.evaluation import base, search
+from advjax.tasks import labels as labels_lib
 from advjax.errors import ConfigError
 
 
@@ -298,6 +299,8 @@ class EpsAdv(base.Evaluator):
       beta: total step length of the annealed schedule in multiples of eps.
       gamma: decay of the annealed schedule.
       max_examples: search on the first this many held-out examples; 0 = all.
+      ignore_class: label maps only: a class whose pixels neither the attack
+        nor the rate counts (e.g. the canvases' background, 0); -1 none.
     """
     rate: float = 0.5
     search_steps: int = 10
@@ -305,6 +308,7 @@ class EpsAdv(base.Evaluator):
     beta: float = 4.0
     gamma: float = 0.975
     max_examples: int = 0
+    ignore_class: int = -1
     per_example: bool = False
     curve_rates: tuple = (0.1, 0.25, 0.5, 0.75, 0.9)
     curve_eps: tuple = (4.0, 8.0, 16.0, 32.0, 64.0, 128.0)
@@ -320,7 +324,8 @@ class EpsAdv(base.Evaluator):
   def run(self, variables) -> Iterator[tuple[str, Any]]:
     a = self.args
     cfg = eps_adv_config(a.attack_steps, a.beta, a.gamma)
-    batches = list(base.first_examples(self.ctx.held_out(), a.max_examples))
+    batches = [{**b, "label": labels_lib.ignore_class(b["label"], a.ignore_class)}
+               for b in base.first_examples(self.ctx.held_out(), a.max_examples)]
     yield "target_rate", a.rate
     if not a.per_example:
       result = eps_adv_search(self.ctx.model_fn, batches, self.ctx.key(self.name), cfg,

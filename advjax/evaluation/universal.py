@@ -116,7 +116,7 @@ def eps_uni_search(model_fn: Callable,
                    cfg: universal_lib.UniversalConfig | None = None, *, target_rate: float = 0.75,
                    num_steps: int = 10, lower: float = 0.0, upper: float = 255.0,
                    task: tasks_lib.Task | None = None, variables: Any = None,
-                   target: Any = None) -> search.SearchResult:
+                   target: Any = None, ignore_class: int | None = None) -> search.SearchResult:
   """Binary search for eps_uni(delta), the universal robustness of sec. 5.1-5.2.
 
   Args:
@@ -136,6 +136,9 @@ def eps_uni_search(model_fn: Callable,
     task: scores the labels; default the one the labels' rank implies.
     variables: optional model variables (traced).
     target: optional target label map [H, W] of a targeted attack.
+    ignore_class: label maps only: a class whose pixels the rate leaves out,
+      those of the ground truth (untargeted) or of the target (targeted);
+      the adversary is still fitted on every pixel. None counts them all.
 
   Returns:
     The `search.SearchResult` (eps = eps_uni); its artifact is the [H, W, C]
@@ -153,7 +156,11 @@ def eps_uni_search(model_fn: Callable,
   image_shape = tuple(held_out[0]["image"].shape[1:])
   if cfg.targeted and target is None:
     target = cfg.target_class
-  goal = target if cfg.targeted else None
+  goal = None
+  if cfg.targeted:
+    goal = labels_lib.ignore_class(jnp.asarray(target, jnp.int32), ignore_class)
+  else:
+    held_out = [{**b, "label": labels_lib.ignore_class(b["label"], ignore_class)} for b in held_out]
 
   def rate(delta):
     report = evaluate_universal(model_fn, held_out, delta, task=task, variables=variables, target=goal)
@@ -206,6 +213,9 @@ class EpsUni(base.Evaluator):
         many held-out images with the perturbation found, their labels (the
         target scene for a targeted search), clean and perturbed predictions;
         0 draws none.
+      ignore_class: label maps only: a class (e.g. the canvases' background,
+        0) whose pixels of the ground truth (untargeted) or of the target
+        (targeted) the rate leaves out; -1 counts every pixel.
     """
     rate: float = 0.75
     search_steps: int = 10
@@ -215,6 +225,7 @@ class EpsUni(base.Evaluator):
     max_examples: int = 0
     target_scene: bool = False
     figure_images: int = 0
+    ignore_class: int = -1
 
     def __post_init__(self):
       if not 0 < self.rate <= 1:
@@ -248,7 +259,8 @@ class EpsUni(base.Evaluator):
     held_out = list(base.first_examples(self.ctx.held_out(), a.max_examples))
     result = eps_uni_search(self.ctx.model_fn, self.ctx.train_stream(a.batch_size, self.name),
                             held_out, self.ctx.key(self.name), cfg, target_rate=a.rate,
-                            num_steps=a.search_steps, task=self.ctx.task, variables=variables, target=target)
+                            num_steps=a.search_steps, task=self.ctx.task, variables=variables, target=target,
+                            ignore_class=a.ignore_class)
     if result.artifact is not None:
       save_perturbation(result.artifact, self.ctx.out_dir, self.name, result.eps)
     yield "target_rate", a.rate

@@ -18,6 +18,17 @@ def valid(labels: jax.Array) -> jax.Array:
   return labels >= 0
 
 
+def ignore_class(labels: jax.Array, cls: int | None) -> jax.Array:
+  """`labels` with every entry equal to `cls` marked ignored (-1); unchanged for None or a negative cls.
+
+  E.g. the background of the digit canvases (class 0, about 90% of the
+  pixels), so that a rate counts the digits' pixels only.
+  """
+  if cls is None or cls < 0:
+    return labels
+  return jnp.where(labels == cls, -1, labels)
+
+
 def mean_over_valid(per_position: jax.Array, labels: jax.Array) -> jax.Array:
   """Averages `[batch, ...]` values over the non-batch axes, skipping ignored labels.
 

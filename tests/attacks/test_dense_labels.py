@@ -211,19 +211,22 @@ def test_eps_uni_toward_a_static_target_scene(fcn, tmp_path):
   cfg = dataclasses.replace(universal.shared_at_eval_config(num_iterations=12, loss="cross_entropy"),
                             targeted=True, target_class=-1)
   entry = dict(type="eps_uni", rate=0.7, search_steps=5, batch_size=4, max_examples=12,
-               universal=dataclasses.asdict(cfg), target_scene=True, figure_images=3)
+               universal=dataclasses.asdict(cfg), target_scene=True, figure_images=3, ignore_class=0)
   variables = {"unused": jnp.zeros(())}
   result = evaluation.run({"uni": entry}, ctx, variables)["uni"]
 
   target = np.asarray(next(iter(ctx.train_stream(1, "uni/target_scene")()))["label"][0])
   first_12 = [ctx.held_out()[0], {**ctx.held_out()[1], "mask": jnp.asarray([1.0] * 4 + [0.0] * 4)}]
   expected = universal_eval.eps_uni_search(logits_fn, ctx.train_stream(4, "uni"), first_12, ctx.key("uni"), cfg,
-                                           target_rate=0.7, num_steps=5, task=ctx.task, target=target)
+                                           target_rate=0.7, num_steps=5, task=ctx.task, target=target,
+                                           ignore_class=0)
   assert result["found"] and result["eps"] == expected.eps > 0
-  # The saved perturbation reaches the rate on those 12 images: pixel accuracy against the scene, in NumPy.
+  # The saved perturbation reaches the rate on those 12 images: pixel accuracy against the scene's
+  # non-background pixels (ignore_class=0), in NumPy.
   delta = np.load(tmp_path / "uni.npy")
   pred = np.asarray(logits_fn(jnp.clip(x[16:28] + delta, 0, 1))).argmax(-1)
-  valid = np.broadcast_to(target >= 0, pred.shape)
+  valid = np.broadcast_to(target > 0, pred.shape)
+  assert 0 < valid.mean() < 0.9
   assert np.mean((pred == target)[valid]) >= 0.7
   clean = np.asarray(logits_fn(x[16:28])).argmax(-1)
   assert np.mean((clean == target)[valid]) < 0.7
@@ -255,3 +258,9 @@ def test_eps_adv_on_the_first_examples(fcn):
                                          task=ctx.task)
   assert result["eps"] == expected.eps
   assert result["clean_rate"] == expected.clean_rate != everything.clean_rate
+  # Without the background (class 0): the clean error rate over the other pixels, in NumPy.
+  digits = evaluation.run({"adv": dict(entry, ignore_class=0)}, ctx, {"unused": jnp.zeros(())})["adv"]
+  x, y = fcn[1][16:26], np.asarray(fcn[2][16:26])
+  pred = np.asarray(logits_fn(x)).argmax(-1)
+  assert digits["clean_rate"] == pytest.approx(np.mean((pred != y)[y > 0]), abs=1e-6)
+  assert digits["clean_rate"] != pytest.approx(result["clean_rate"], abs=1e-3)
