@@ -19,23 +19,28 @@ The adversary: 3 PGD steps of 2.5 eps / 3 from a random start (the paper:
 5 steps of 0.4 eps; 3 keep an epoch near 10 minutes on 2 CPU cores);
 2 epochs, Adam 5e-4, cosine (the paper: 20 epochs of Adam 1e-4 on Cityscapes).
 
-Evaluation (sec. 6.3, delta = 0.95), on the digits' pixels: the background
-covers about 90% of a canvas and 91% of a target scene, so every rate leaves
-it out (`ignore_class=0`; counted over all pixels, not even eps = 255
-reached 0.95 against the standard model in any of the three searches).
+Evaluation (sec. 6.3), on the digits' pixels: the background covers about
+90% of a canvas and 91% of a target scene, so every rate leaves it out
+(`ignore_class=0`; counted over all pixels, not even eps = 255 reached
+delta = 0.95 against the standard model in any of the three searches).
 Clean pixel accuracy and mIoU on the 1,000 test canvases; eps_adv(0.95),
 the radius at which per-image PGD (20 annealed steps, on and against the
-digit pixels) makes 95% of the digit pixels wrong, on 32 canvases;
-eps_uni(0.95) targeted toward a static target scene (the label map of one
-training canvas; success: 95% of the target's digit pixels predicted as the
-target's digit) and untargeted (95% of the ground truth's digit pixels
-wrong), each fitted on every pixel by stochastic PGD on mini-batches of
-m_k = 5 training canvases with gamma = 0.99, beta = 2, no loss
-thresholding, K = 100 (the paper: 200), by b = 8 bisection steps (the paper:
-10), measured on 128 test canvases (the paper: 16), with a figure of the
-perturbation and the predictions under it. These cuts keep one model's
-evaluation near 5 minutes on 2 CPU cores. configs/seg_digits.py's entries
-(PGD, DAG, synthesis) stay available.
+digit pixels) makes 95% of the digit pixels wrong, on 32 canvases (the
+standard model: 52.8); eps_uni(delta) targeted toward a static target scene
+(the label map of one training canvas; success: a fraction delta of the
+target's digit pixels predicted as the target's digit) and untargeted (a
+fraction delta of the ground truth's digit pixels wrong), each fitted on every
+pixel by stochastic PGD on mini-batches of m_k = 5 training canvases with
+gamma = 0.99, beta = 2, no loss thresholding, K = 100 (the paper: 200), by
+b = 8 bisection steps (the paper: 10), measured on 128 test canvases (the
+paper: 16), with a figure of the perturbation and the predictions under it.
+The universal searches use delta = 0.25 (targeted) and 0.75 (untargeted),
+not the paper's 0.95: at eps = 255 the standard model's rates were 0.45 and
+0.94, so at 0.95 every model would read "> 255". (A perturbation of 255 can
+replace any canvas by the target's, so the targeted 0.45 is the fitting's
+limit within K = 100 steps, not the threat model's.) These cuts keep one
+model's evaluation near 4 minutes on 2 CPU cores. configs/seg_digits.py's
+entries (PGD, DAG, synthesis) stay available.
 """
 
 import dataclasses
@@ -45,7 +50,11 @@ from advjax.attacks import pgd, universal
 from advjax.config import as_config_dict, eval_entry
 from configs import seg_digits
 
+# delta of eps_adv (the paper's); of the universal searches, lowered until the standard model's
+# eps_uni lies inside (0, 255) (docstring).
 DELTA = 0.95
+DELTA_TARGETED = 0.25
+DELTA_UNTARGETED = 0.75
 BACKGROUND = 0
 # The universal adversary of sec. 6.3: m_k = 5, gamma = 0.99, beta = 2, plain CE; K = 100 here.
 UNIVERSAL = universal.shared_at_eval_config(num_iterations=100, beta=2.0, gamma=0.99, loss="cross_entropy")
@@ -69,8 +78,9 @@ def get_config(arg=None):
   c.evals.eps_adv = eval_entry("eps_adv", rate=DELTA, search_steps=8, attack_steps=20, max_examples=32,
                                ignore_class=BACKGROUND)
   targeted = dataclasses.replace(UNIVERSAL, targeted=True, target_class=-1)
-  for name, cfg, scene in (("eps_uni_targeted", targeted, True), ("eps_uni_untargeted", UNIVERSAL, False)):
-    c.evals[name] = eval_entry("eps_uni", rate=DELTA, search_steps=8, batch_size=5, max_examples=128,
+  for name, cfg, scene, rate in (("eps_uni_targeted", targeted, True, DELTA_TARGETED),
+                                 ("eps_uni_untargeted", UNIVERSAL, False, DELTA_UNTARGETED)):
+    c.evals[name] = eval_entry("eps_uni", rate=rate, search_steps=8, batch_size=5, max_examples=128,
                                universal=dataclasses.asdict(cfg), target_scene=scene, figure_images=4,
                                ignore_class=BACKGROUND)
   c.train_evals = ("clean",)
