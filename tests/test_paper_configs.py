@@ -14,7 +14,7 @@ import tensorflow_datasets as tfds
 
 from advjax import config as config_lib
 from advjax import errors
-from advjax import models
+from advjax import models, saved_runs
 from configs import denoise_imagenet
 
 
@@ -268,3 +268,11 @@ def test_voc_fcn_resnet_rb_config_trains_one_step_on_a_frozen_backbone(voc_at50_
   _shrink_for_one_step(config, 64)
   config.model.backbone_checkpoint = backbone_run
   _check_one_step_summary(runs.train_and_evaluate(config, str(root / "rb"), jax.devices()[:1]))
+  # Frozen: after the step the backbone's weights and BatchNorm statistics are still AT-50's; the head moved.
+  model, rb, _ = saved_runs.load_model(str(root / "rb"), "test")
+  _, at50, _ = saved_runs.load_model(backbone_run, "test")
+  for collection in ("params", "batch_stats"):
+    for key in rb[collection]:
+      same = all(np.array_equal(a, b) for a, b in zip(jax.tree.leaves(rb[collection][key]),
+                                                      jax.tree.leaves(at50[collection][key])))
+      assert same != model.head_owns(key), (collection, key)
