@@ -69,14 +69,18 @@ def test_interleaved_timing_reports_every_variant():
 
 
 def test_cost_ratio_benchmark_runs(capsys):
-  """Every objective's step builds and runs, and the ratio table is printed."""
+  """The chosen objectives' steps build and run, and the ratios they allow are printed.
+
+  Three variants keep it short; every objective's step is built and run by its training tests.
+  """
   from benchmarks import bench_cost_ratios
   bench_cost_ratios.main(["--model", "resnet20_tiny", "--batch", "8", "--steps", "1", "--sharedness", "4",
-                          "--budget", "0.01"])
+                          "--budget", "0.01", "--variants", "natural,pgd_at,shared_at"])
   out = capsys.readouterr().out
-  for variant in bench_cost_ratios.VARIANTS:
+  for variant in ("natural", "pgd_at", "shared_at"):
     assert f"| {variant} |" in out
-  assert "heap step / PGD step" in out and "AdvProp step / PGD step" in out
+  assert "| advprop |" not in out
+  assert "heap step / PGD step" in out and "AdvProp step / PGD step" not in out
 
 
 def test_pass_probe_prints_every_row(capsys):
