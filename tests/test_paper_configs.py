@@ -124,11 +124,20 @@ def test_cityscapes_fcn8_config_has_the_papers_settings_and_full_size_model(arg)
     # Sec. 6.3: fine-tuning of the pretrained model for 20 epochs, annealed after 15.
     assert (config.init_checkpoint, config.num_epochs) == ("runs/seg_cityscapes_fcn8_erm", 20)
     assert tuple(config.schedule.boundaries) == (15.0,)
+  # Sec. 6.3's evaluation: delta 0.95 on 16 test images; universal: m_k = 5, K = 200, gamma 0.99, beta 2,
+  # no loss thresholding, b = 10; targeted toward a static scene.
+  assert (config.evals.eps_adv.rate, config.evals.eps_adv.max_examples) == (0.95, 16)
+  for name, targeted in (("eps_uni_targeted", True), ("eps_uni_untargeted", False)):
+    e = config.evals[name]
+    u = e.universal
+    assert (e.rate, e.max_examples, e.batch_size, e.search_steps, e.target_scene) == (0.95, 16, 5, 10, targeted)
+    assert (u.num_iterations, u.gamma, u.beta, u.loss, u.targeted) == (200, 0.99, 2.0, "cross_entropy", targeted)
   # The paper's batch of 5 (one heap of s = 5) runs on one device; on 8, 8 times the batch.
   config_lib.validate(config, num_devices=1)
   with pytest.raises(errors.ConfigError, match="batch_size"):
     config_lib.validate(config, num_devices=8)
   config.batch_size = config.eval.batch_size = 40
+  config.evals.eps_uni_targeted.batch_size = config.evals.eps_uni_untargeted.batch_size = 40
   config_lib.validate(config, num_devices=8)
   _, variables, out = _abstract_model(config, 19, (512, 1024, 3))
   # VGG-16's 13 convolutions, fc6, fc7, the three score layers and the two 2x upsamplings
