@@ -45,6 +45,26 @@ def _data():
   return x, y, mask
 
 
+def _assert_in_the_box_that_binds(out, region):
+  """out lies in [0, 1], and some pixel of the region sits on a face: the clip was active there."""
+  assert out.min() >= 0.0 and out.max() <= 1.0
+  on_face = (out == 0.0) | (out == 1.0)
+  assert on_face[np.broadcast_to(region[..., None] > 0, out.shape)].any()
+
+
+@pytest.mark.parametrize("constraint", ["hard", "soft", "generate"])
+@pytest.mark.parametrize("rule,step", [("linf", 255.0), ("l2", 2000.0)])
+def test_results_stay_in_the_box_where_steps_would_leave_it(constraint, rule, step):
+  """Steps far longer than the box: every iterate is clipped back, so the box binds and must hold."""
+  x, y, mask = _data()
+  cfg = _cfg(num_steps=3, step_rule=rule, step_size=step, constraint="soft" if constraint == "generate" else constraint)
+  if constraint == "generate":
+    out, mask = synthesis.generate(logits_fn, jnp.asarray(x), jnp.asarray(y), jax.random.key(0), cfg), np.ones(y.shape)
+  else:
+    out = synthesis.inpaint(logits_fn, jnp.asarray(x), jnp.asarray(mask), jnp.asarray(y), jax.random.key(0), cfg)
+  _assert_in_the_box_that_binds(np.asarray(out), mask)
+
+
 def _cfg(**kw):
   return synthesis.SynthesisConfig(**{**dict(num_steps=10, step_size=8.0, step_rule="linf", penalty=0.0), **kw})
 
@@ -57,7 +77,6 @@ def test_hard_constraint_changes_only_masked_pixels(rule):
                                      jax.random.key(0), cfg))
   outside = mask == 0
   np.testing.assert_array_equal(out[outside], x[outside])
-  assert out.min() >= 0.0 and out.max() <= 1.0
   start = np.asarray(synthesis.start_image(jnp.asarray(x), jnp.asarray(mask)))
   assert np.abs(out - start)[mask > 0].max() > 0.05  # The masked pixels did move.
   ce = lambda im: np.asarray(losses.cross_entropy(logits_fn(jnp.asarray(im)), jnp.asarray(y)))
@@ -85,8 +104,6 @@ def test_soft_penalty_holds_the_unmasked_pixels():
   # A sign step moves every pixel by alpha; a dominant penalty sends it straight back.
   assert np.abs(held - x)[outside].max() <= alpha + 1e-6
   assert np.abs(free - x)[outside].max() > 3 * alpha
-  for out in (held, free):
-    assert out.min() >= 0.0 and out.max() <= 1.0
   # With the penalty the masked region still follows the cross-entropy.
   start = np.asarray(synthesis.start_image(jnp.asarray(x), jnp.asarray(mask)))
   assert np.abs(held - start)[mask > 0].max() > 3 * alpha
@@ -138,7 +155,6 @@ def test_generation_matches_pytorch_step_by_step_and_lowers_the_loss():
     cfg = _cfg(num_steps=k, step_rule="l2", step_size=step)
     out = np.asarray(synthesis.generate(logits_fn, jnp.asarray(x), jnp.asarray(y), jax.random.key(0), cfg))
     np.testing.assert_allclose(out, ref[k], atol=2e-5)
-    assert out.min() >= 0.0 and out.max() <= 1.0
     ce.append(np.asarray(losses.cross_entropy(logits_fn(jnp.asarray(out)), jnp.asarray(y))))
   ce = np.stack(ce)
   assert np.all(np.diff(ce, axis=0) < 0), ce  # Every step lowers every image's cross-entropy.

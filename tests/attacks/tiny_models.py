@@ -41,6 +41,15 @@ class TinySeg(nn.Module):
     del train, use_batch_stats
     return nn.Conv(self.num_classes, (3, 3), padding="SAME")(x)
 
+
+def _bind(model: nn.Module, variables):
+  return lambda x: model.apply(variables, x)
+
+
+def builder(model: nn.Module):
+  """`variables -> (x -> logits)` for `model`, an EvalContext's model_fn; make it once (a static jit argument)."""
+  return functools.partial(_bind, model)
+
 @functools.lru_cache(maxsize=None)
 def digits():
   """(x_train, y_train, x_test, y_test): [N, 8, 8, 1] float32 in [0, 1], int32 labels."""

@@ -23,10 +23,7 @@ ENTRY = dict(type="dag", gamma=8.0, max_iter=25, background_class=0, perm_draws=
 
 
 MODEL = tiny_models.TinySeg(K)
-
-
-def model_fn(variables):
-  return lambda x: MODEL.apply(variables, x)
+model_fn = tiny_models.builder(MODEL)
 
 
 @pytest.fixture(scope="module")

@@ -31,10 +31,7 @@ ENTRY = dict(type="synthesis", num_images=5, mask_frac=0.25, steps=3, step_size=
 
 
 MODEL = tiny_models.TinySeg(K)
-
-
-def model_fn(variables):
-  return lambda x: MODEL.apply(variables, x)
+model_fn = tiny_models.builder(MODEL)
 
 
 @pytest.fixture(scope="module")
