@@ -179,7 +179,7 @@ def build(spec: harness.Spec) -> harness.Workload:
   def flops():
     if "jax" not in steps_taken:  # `run_workload` always checks first; standalone callers may not.
       steps_taken["jax"] = int(np.max(np.asarray(run_jax().iterations), initial=0))
-    forward = harness.xla_flops(logits_fn, xj)
+    forward = harness.step_flops(logits_fn, xj)
     forward_and_grad = bench_pgd.input_grad_flops(m.model, m.variables, xj, yj)
     return steps_taken["jax"] * (forward + (candidates - 1) * (forward_and_grad - forward))
 

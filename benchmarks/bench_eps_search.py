@@ -210,7 +210,7 @@ def build(spec: harness.Spec) -> harness.Workload:
     # two forwards (clean and attacked), plus one clean forward per batch; XLA sees one step.
     xj, yj = batches[0]["image"], batches[0]["label"]
     step = bench_pgd.input_grad_flops(m.model, m.variables, xj, yj)
-    forward = harness.xla_flops(logits_fn, xj)
+    forward = harness.step_flops(logits_fn, xj)
     return len(batches) * (SEARCH_STEPS * (cfg.num_steps * step + 2 * forward) + forward)
 
   return harness.Workload(f"eps_adv_search_b{SEARCH_STEPS}_k{spec.steps}", spec, check, timers, flops, notes)

@@ -16,6 +16,7 @@ import copy
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import torch.nn.functional as F
 
 from advjax import compilation
@@ -44,12 +45,12 @@ def torch_fwd_bwd(tm, x, y, dtype):
   return loss, logits
 
 
-def float64_grads(torch_model, x, y):
-  """The gradients in float64, the reference when float32 itself is inaccurate."""
+def float64_reference(torch_model, x, y):
+  """Logits and gradients in float64, the reference where float32 or bfloat16 itself is inaccurate."""
   tm = harness.float64_twin(torch_model).train()
   xt, yt = harness.to_torch(x, y)
-  torch_fwd_bwd(tm, xt.double(), yt, "float32")
-  return harness.torch_grads(tm)
+  _, logits = torch_fwd_bwd(tm, xt.double(), yt, "float32")
+  return logits.detach().cpu().numpy(), harness.torch_grads(tm)
 
 
 def build(spec: harness.Spec) -> harness.Workload:
@@ -66,12 +67,18 @@ def build(spec: harness.Spec) -> harness.Workload:
     tm = copy.deepcopy(m.torch_model).train()
     xt, yt = harness.to_torch(x, y)
     t_loss, t_logits = torch_fwd_bwd(tm, xt, yt, spec.dtype)
+    reference_logits, reference_grads = float64_reference(m.torch_model, x, y)
     return {
         "loss": harness.assert_close("loss", loss, t_loss.item(), tol),
-        "logits": harness.assert_close("logits", logits, t_logits.detach().float().cpu().numpy(), tol),
+        # A 50-layer network in bfloat16 differs from its autocast twin by more than the
+        # tolerance (5.8% on ResNet-50's logits on an H200); JAX passes if it is as close
+        # to float64 as PyTorch is.
+        "logits": harness.assert_trees_close_or_as_accurate(
+            "logits", {"logits": np.asarray(logits, np.float32)},
+            {"logits": t_logits.detach().float().cpu().numpy()}, {"logits": reference_logits}, tol),
         "grads": harness.assert_trees_close_or_as_accurate(
             "grad", harness.flax_as_torch({"params": grads}, spec.model), harness.torch_grads(tm),
-            float64_grads(m.torch_model, x, y),
+            reference_grads,
             # Gradients through batch statistics of few examples are noisier than logits.
             5 * tol),
     }
@@ -86,7 +93,7 @@ def build(spec: harness.Spec) -> harness.Workload:
       harness.torch_sync()
 
     timers[name] = run
-  flops = lambda: harness.xla_flops(jax_fwd_bwd(m.model), params, batch_stats, xj, yj)
+  flops = lambda: harness.step_flops(jax_fwd_bwd(m.model), params, batch_stats, xj, yj)
   return harness.Workload("fwd_bwd", spec, check, timers, flops, notes)
 
 

@@ -58,7 +58,7 @@ def input_grad_flops(model, variables, x, y) -> float:
   def loss(x_in):
     return jnp.sum(losses.cross_entropy(model.apply(variables, x_in, train=False), y))
 
-  return harness.xla_flops(jax.grad(loss), x)
+  return harness.step_flops(jax.grad(loss), x)
 
 
 def build(spec: harness.Spec) -> harness.Workload:

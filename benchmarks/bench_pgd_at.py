@@ -189,7 +189,7 @@ def train_step_timers(step, fresh_state, batch: dict, m: harness.Matched, spec: 
 def step_flops(m: harness.Matched, spec: harness.Spec, batch: dict, training_passes: int = 1) -> float:
   """FLOPs of an adversarial-training step: k attack steps and `training_passes` forward/backward passes."""
   attack = spec.steps * bench_pgd.input_grad_flops(m.model, m.variables, batch["image"], batch["label"])
-  train = harness.xla_flops(bench_fwd_bwd.jax_fwd_bwd(m.model), m.variables["params"],
+  train = harness.step_flops(bench_fwd_bwd.jax_fwd_bwd(m.model), m.variables["params"],
                             m.variables["batch_stats"], batch["image"], batch["label"])
   return attack + training_passes * train
 

@@ -87,7 +87,7 @@ def build(spec: harness.Spec) -> harness.Workload:
 
   timers = bench_pgd_at.train_step_timers(step, fresh_state, batch, m, spec, x, y, notes, torch_run)
   # One forward/backward; the delta gradient rides on the input gradient it already computes.
-  flops = lambda: harness.xla_flops(bench_fwd_bwd.jax_fwd_bwd(m.model), m.variables["params"],
+  flops = lambda: harness.step_flops(bench_fwd_bwd.jax_fwd_bwd(m.model), m.variables["params"],
                             m.variables["batch_stats"], batch["image"], batch["label"])
   return harness.Workload("uat_low_cost", spec, check, timers, flops, notes)
 

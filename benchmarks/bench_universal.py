@@ -209,7 +209,7 @@ def build(spec: harness.Spec) -> harness.Workload:
   def flops():
     # One iteration is one forward and input gradient on a mini-batch; XLA sees one iteration.
     step = lambda d: universal.batch_gradient(logits_fn, d, batches[0], cfg)  # noqa: E731
-    return cfg.num_iterations * harness.xla_flops(step, jnp.zeros(image_shape, jnp.float32))
+    return cfg.num_iterations * harness.step_flops(step, jnp.zeros(image_shape, jnp.float32))
 
   return harness.Workload(f"universal{cfg.num_iterations}", spec, check, timers, flops, notes)
 

@@ -21,8 +21,10 @@ Timing (`time_interleaved`) warms every variant up, then runs the variants
 round-robin in a rotating order, rep after rep, so that a change in machine
 load (other processes, thermal state) hits all variants alike; it reports
 the median and the inter-quartile range of the per-call wall time. The
-machine's peak is a large float32 matmul timed in both frameworks in the
-same run, so "fraction of peak" is comparable across variants.
+machine's peak is a large matmul timed in both frameworks in the same run
+(float32 on a CPU; the workload's dtype on an accelerator, where "fraction of
+peak" is then its MFU against the attainable matmul rate), so "fraction of
+peak" is comparable across variants.
 
 Adding a workload is one script with `build(spec)` plus one line in
 `benchmarks/run.py`'s `WORKLOADS`.
@@ -34,6 +36,7 @@ import argparse
 import copy
 import dataclasses
 import json
+import math
 import os
 import platform
 import statistics
@@ -43,6 +46,7 @@ from collections.abc import Callable
 from typing import Any
 
 import jax
+import jax.extend
 import jax.numpy as jnp
 import numpy as np
 import torch
@@ -140,6 +144,8 @@ def machine_info() -> dict[str, Any]:
       "torch_device": (torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu"),
       "torch_threads": torch.get_num_threads(),
       "xla_flags": os.environ.get("XLA_FLAGS", ""),
+      "jax_matmul_precision": str(jax.config.jax_default_matmul_precision or "default"),
+      "torch_tf32": {"matmul": torch.backends.cuda.matmul.allow_tf32, "cudnn": torch.backends.cudnn.allow_tf32},
       "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY", "(default: active)"),
       "python": platform.python_version(),
       "jax": jax.__version__,
@@ -481,16 +487,44 @@ PEAK_N = 2048
 PEAK_VARIANTS = ("peak matmul jax", "peak matmul torch")
 
 
-def peak_matmul_timers(n: int = PEAK_N) -> dict[str, Callable[[], Any]]:
-  """An n x n float32 matmul in each framework: the machine's attainable peak.
+def peak_size() -> int:
+  """Side of the peak matmul: 2048 on a CPU; 8192 on an accelerator, which 2048 leaves idle."""
+  return PEAK_N if platform_name() == "cpu" else 4 * PEAK_N
+
+
+def peak_dtype(dtype: str) -> str:
+  """The peak matmul's dtype: the workload's on an accelerator (so % of peak is its MFU),
+  float32 on a CPU, whose bfloat16 matmuls are slower than float32 ones."""
+  return "float32" if platform_name() == "cpu" else dtype
+
+
+def set_precision(dtype: str) -> None:
+  """On an accelerator, float32 runs mean float32 arithmetic on both sides.
+
+  There JAX's default precision and PyTorch's cuDNN default both compute
+  float32 convolutions and matmuls in TF32 (10-bit mantissa), differently
+  enough that the agreement checks' 2e-3 fails (measured on an H200: 3.4e-3
+  on a loss). bfloat16 runs and CPUs (already float32) are left as they are.
+  """
+  if dtype != "float32" or platform_name() == "cpu":
+    return
+  jax.config.update("jax_default_matmul_precision", "highest")
+  torch.backends.cuda.matmul.allow_tf32 = False
+  torch.backends.cudnn.allow_tf32 = False
+
+
+def peak_matmul_timers(n: int | None = None, dtype: str = "float32") -> dict[str, Callable[[], Any]]:
+  """An n x n matmul in `peak_dtype(dtype)` in each framework: the machine's attainable peak.
 
   `run_workload` times these interleaved with the workload's variants, so the
   peak is measured under the same machine load as the steps it normalises.
   """
+  n = n or peak_size()
+  dtype = peak_dtype(dtype)
   a = np.random.default_rng(0).standard_normal((n, n), np.float32)
-  aj = jax.device_put(a)
+  aj = jax.device_put(jnp.asarray(a, dtype))
   mm = jax.jit(lambda m: m @ m)
-  at = torch.from_numpy(a).to(torch_device())
+  at = torch.from_numpy(a).to(torch_device(), getattr(torch, dtype))
 
   def torch_mm():
     torch.mm(at, at)
@@ -499,11 +533,23 @@ def peak_matmul_timers(n: int = PEAK_N) -> dict[str, Callable[[], Any]]:
   return dict(zip(PEAK_VARIANTS, (lambda: mm(aj).block_until_ready(), torch_mm)))
 
 
-def peak_matmul_flops(n: int = PEAK_N, reps: int = 10) -> dict[str, float]:
-  """FLOP/s of an n x n float32 matmul in each framework, timed interleaved."""
-  timing = time_interleaved(peak_matmul_timers(n), min_reps=reps, max_reps=reps, budget_s=0.0,
+def peak_matmul_flops(n: int | None = None, reps: int = 10, dtype: str = "float32") -> dict[str, float]:
+  """FLOP/s of an n x n matmul (`peak_dtype(dtype)`) in each framework, timed interleaved."""
+  n = n or peak_size()
+  timing = time_interleaved(peak_matmul_timers(n, dtype), min_reps=reps, max_reps=reps, budget_s=0.0,
                             log=lambda *_: None)
   return {k.rsplit(" ", 1)[-1]: 2 * n ** 3 / t.median_s for k, t in timing.items()}
+
+
+def step_flops(fn: Callable, *args) -> float:
+  """FLOPs of `fn(*args)`: XLA's cost analysis on a CPU, `matmul_flops` on an accelerator.
+
+  XLA:GPU's cost analysis leaves out the convolutions it hands to cuDNN (a
+  ResNet-50 forward and backward at batch 128 counted 40 GFLOP of ~3,150), so
+  there the count is the convolutions' and dot products' own arithmetic, the
+  convention of MFU. Loops' bodies count once in both (see `xla_flops`).
+  """
+  return xla_flops(fn, *args) if platform_name() == "cpu" else matmul_flops(fn, *args)
 
 
 def xla_flops(fn: Callable, *args) -> float:
@@ -516,6 +562,79 @@ def xla_flops(fn: Callable, *args) -> float:
   if isinstance(analysis, (list, tuple)):
     analysis = analysis[0]
   return float(analysis.get("flops", float("nan"))) if analysis else float("nan")
+
+
+def matmul_flops(fn: Callable, *args) -> float:
+  """2 x the multiply-adds of every convolution and dot product in `fn`'s jaxpr.
+
+  A convolution's taps on padding are not counted (`_conv_multiply_adds`),
+  as XLA's cost analysis does not count them. Traced, not compiled, so it is exact whatever backend runs the program and
+  costs no compilation. Elementwise work (activations, normalisation) is left
+  out, as MFU conventionally does. A `scan` counts its body `length` times, a
+  while loop's body once (its trip count is not static), a `cond` its
+  costliest branch.
+  """
+  return _jaxpr_flops(jax.make_jaxpr(fn)(*args).jaxpr)
+
+
+def _jaxpr_flops(jaxpr) -> float:
+  total = 0.0
+  for eqn in jaxpr.eqns:
+    name = eqn.primitive.name
+    out = eqn.outvars[0].aval.shape if eqn.outvars else ()
+    if name == "dot_general":
+      (lhs_contract, _), _ = eqn.params["dimension_numbers"]
+      lhs = eqn.invars[0].aval.shape
+      total += 2.0 * math.prod(out) * math.prod(lhs[d] for d in lhs_contract)
+    elif name == "conv_general_dilated":
+      total += 2.0 * _conv_multiply_adds(eqn)
+    sub = [_jaxpr_flops(j) for j in _sub_jaxprs(eqn.params)]
+    if name == "cond":
+      total += max(sub, default=0.0)
+    elif name == "scan":
+      total += eqn.params["length"] * sum(sub)
+    else:
+      total += sum(sub)
+  return total
+
+
+def _conv_multiply_adds(eqn) -> float:
+  """Multiply-adds of one convolution: (output, kernel tap, input) triples whose input is real.
+
+  Taps that land on padding or on the zeros of an input dilation are not
+  arithmetic, and counting them would make a strided convolution's input
+  gradient (a convolution of the dilated output gradient) four times its
+  forward pass. Counted so, the forward pass, the input gradient and the
+  weight gradient of a convolution have the same count, as they must. Each
+  spatial dimension's (output, tap) pairs are counted apart (they are
+  independent); each output element sums over the kernel's input features,
+  already divided by feature_group_count.
+  """
+  p = eqn.params
+  lhs, rhs = (v.aval.shape for v in eqn.invars[:2])
+  out = eqn.outvars[0].aval.shape
+  lhs_spec, rhs_spec, out_spec = p["dimension_numbers"]
+  pairs = 1
+  for j in range(len(lhs_spec) - 2):
+    size, taps, outputs = lhs[lhs_spec[2 + j]], rhs[rhs_spec[2 + j]], out[out_spec[2 + j]]
+    stride, (pad_low, _) = p["window_strides"][j], p["padding"][j]
+    lhs_dilation, rhs_dilation = p["lhs_dilation"][j], p["rhs_dilation"][j]
+    last = (size - 1) * lhs_dilation
+    pairs *= sum(1 for o in range(outputs) for k in range(taps)
+                 if 0 <= (i := o * stride + k * rhs_dilation - pad_low) <= last and i % lhs_dilation == 0)
+  return out[out_spec[0]] * out[out_spec[1]] * rhs[rhs_spec[1]] * pairs
+
+
+def _sub_jaxprs(params: dict) -> list:
+  """The jaxprs an equation's parameters hold (pjit, scan, while, cond, custom_vjp, remat...)."""
+  out = []
+  for value in params.values():
+    for v in value if isinstance(value, (tuple, list)) else (value,):
+      if isinstance(v, jax.extend.core.ClosedJaxpr):
+        out.append(v.jaxpr)
+      elif isinstance(v, jax.extend.core.Jaxpr):
+        out.append(v)
+  return out
 
 
 # ------------------------------------------------------------------- workload
@@ -566,10 +685,10 @@ def run_workload(workload: Workload, *, budget_s: float, min_reps: int,
   jax_first_call = time.perf_counter() - t0
   errors = workload.check()
   log("    agreement: " + ", ".join(f"{k} {v:.2g}" for k, v in errors.items()))
-  timings = time_interleaved({**workload.timers, **peak_matmul_timers()}, budget_s=budget_s,
+  timings = time_interleaved({**workload.timers, **peak_matmul_timers(dtype=spec.dtype)}, budget_s=budget_s,
                              min_reps=min_reps, log=log)
   # The larger of the two frameworks' matmul rates, measured in this very loop.
-  peak = max(2 * PEAK_N ** 3 / timings.pop(name).median_s for name in PEAK_VARIANTS)
+  peak = max(2 * peak_size() ** 3 / timings.pop(name).median_s for name in PEAK_VARIANTS)
   jax_median = timings["jax"].median_s
   torch_eager = min(t.median_s for n, t in timings.items() if is_torch_eager(n))
   rows = []
@@ -643,6 +762,7 @@ def main(build: Callable[[Spec], Workload], argv=None, default_models=("resnet20
          steps: int | None = None) -> list[dict[str, Any]]:
   """Runs one workload script: every selected model, checked then timed."""
   args = parse_args(argv, default_models)
+  set_precision(args.dtype)
   rows = []
   for spec in specs_from_args(args, steps):
     rows += run_workload(build(spec), budget_s=args.budget, min_reps=args.min_reps)

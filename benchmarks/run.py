@@ -48,7 +48,7 @@ class Row:
   steps: int | None = None  # attack steps; None: --steps, or --pgd-at-steps for training steps
 
 
-# What `make bench` runs: the project's own model (make train's convnet) and the
+# What `make bench` runs on a CPU: the project's own model (make train's convnet) and the
 # ResNets at the batch sizes people train with, plus the small-batch rows of the
 # first report. `--workloads` / `--models` select rows of it.
 SUITE = (
@@ -61,6 +61,16 @@ SUITE = (
     Row("fwd_bwd", "resnet20", 8), Row("pgd", "resnet20", 8, 10), Row("pgd_at", "resnet20", 8, 7),
     Row("fwd_bwd", "resnet50", 8), Row("pgd", "resnet50", 8, 10), Row("pgd_at", "resnet50", 8, 7),
     Row("fwd_bwd", "resnet50", 2), Row("pgd", "resnet50", 2, 10),
+    Row("seg_pgd_at", "convnet_dense", 32, 5), Row("dag", "convnet_dense", 32, 10),
+)
+# On an accelerator: the batch sizes people train with there, largest models first
+# (the MFU rows); the CPU's small-batch rows would only measure launch latency.
+GPU_SUITE = (
+    Row("fwd_bwd", "resnet50", 128), Row("pgd_at", "resnet50", 128, 7), Row("pgd", "resnet50", 128, 10),
+    Row("fwd_bwd", "resnet20", 128), Row("pgd_at", "resnet20", 128, 7), Row("pgd", "resnet20", 128, 10),
+    Row("fwd_bwd", "convnet", 128), Row("pgd_at", "convnet", 128, 7), Row("pgd", "convnet", 128, 10),
+    Row("fgsm", "convnet", 128), Row("shared_at", "convnet", 128, 7), Row("advprop", "convnet", 128, 7),
+    Row("uat", "convnet", 128), Row("universal", "convnet", 128),
     Row("seg_pgd_at", "convnet_dense", 32, 5), Row("dag", "convnet_dense", 32, 10),
 )
 TRAINING_STEPS_WITH_ATTACK = ("pgd_at", "shared_at", "advprop")
@@ -89,7 +99,7 @@ def suite_specs(known, args) -> list[tuple[str, harness.Spec]]:
     if model not in harness.SHAPES:
       raise SystemExit(f"--models: unknown model {model!r}; known: {', '.join(harness.SHAPES)}")
   out, seen = [], set()
-  for row in SUITE:
+  for row in SUITE if harness.platform_name() == "cpu" else GPU_SUITE:
     model = row.model if not args.quick else (row.model if row.model.endswith("_tiny") else f"{row.model}_tiny")
     if row.workload not in selected or model not in models:
       continue
@@ -144,8 +154,9 @@ def write_report(path: str, info: dict, peak: dict, rows: list[dict], notes: lis
       f"({info['torch_threads']} intra-op threads, OMP_WAIT_POLICY {info['omp_wait_policy']})",
       f"- Versions: python {info['python']}, jax {info['jax']}, jaxlib {info['jaxlib']}, "
       f"flax {info['flax']}, torch {info['torch']}",
-      f"- XLA_FLAGS: `{info['xla_flags'] or '(none)'}`",
-      f"- Peak: float32 {peak['n']}x{peak['n']} matmul, JAX {peak['jax'] / 1e9:.1f} GFLOP/s, "
+      f"- XLA_FLAGS: `{info['xla_flags'] or '(none)'}`; JAX matmul precision "
+      f"{info['jax_matmul_precision']}; PyTorch TF32 {info['torch_tf32']}",
+      f"- Peak: {peak['dtype']} {peak['n']}x{peak['n']} matmul, JAX {peak['jax'] / 1e9:.1f} GFLOP/s, "
       f"PyTorch {peak['torch'] / 1e9:.1f} GFLOP/s at the start; `% of peak` uses the larger of the two "
       "re-measured inside each workload's interleaved loop (column `peak GFLOP/s`), i.e. at the same load.",
       f"- Options: dtype {args.dtype}, budget {args.budget:.0f} s of timed calls per workload and model, "
@@ -203,10 +214,12 @@ def write_report(path: str, info: dict, peak: dict, rows: list[dict], notes: lis
 def main(argv=None) -> None:
   known, args = parse(sys.argv[1:] if argv is None else argv)
   start = time.time()
+  harness.set_precision(args.dtype)
   info = harness.machine_info()
   print(json.dumps(info))
-  peak = {"n": harness.PEAK_N, **harness.peak_matmul_flops()}
-  print(f"peak float32 matmul: JAX {peak['jax'] / 1e9:.1f}, PyTorch {peak['torch'] / 1e9:.1f} GFLOP/s")
+  peak = {"n": harness.peak_size(), "dtype": harness.peak_dtype(args.dtype),
+          **harness.peak_matmul_flops(dtype=args.dtype)}
+  print(f"peak {peak['dtype']} matmul: JAX {peak['jax'] / 1e9:.1f}, PyTorch {peak['torch'] / 1e9:.1f} GFLOP/s")
   rows, notes = [], []
   for name, spec in suite_specs(known, args):
     build = importlib.import_module(WORKLOADS[name]).build

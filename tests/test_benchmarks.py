@@ -111,3 +111,37 @@ def test_segmentation_rows_agree_and_fail_on_a_wrong_weight_copy(monkeypatch):
                       lambda variables: bridge.flax_to_torch(jax.device_get(variables), "convnet"))
   with pytest.raises(harness.AgreementError):
     bench_seg.build(spec).check()
+
+
+def test_matmul_flops_counts_convolutions_and_dots_exactly():
+  # Independent of the code under test: multiply-adds written out by hand.
+  import flax.linen as nn
+  import jax
+  import jax.numpy as jnp
+
+  class Net(nn.Module):
+    @nn.compact
+    def __call__(self, x):
+      x = nn.relu(nn.Conv(8, (3, 3), strides=2, padding="SAME")(x))
+      x = nn.relu(nn.Conv(6, (3, 3), feature_group_count=2, padding="VALID")(x))
+      return nn.Dense(5)(x.reshape((x.shape[0], -1)))
+
+  x = jnp.ones((2, 10, 10, 4))
+  params = Net().init(jax.random.key(0), x)
+  # Conv 1: 10 -> 5 per side at stride 2 (SAME pads one pixel after the end), so of the
+  # 5 x 3 (output, tap) pairs per side one lands on padding: 14 x 14 pairs, 8 filters
+  # of 4 input channels. Conv 2 (VALID, 2 groups): 3 x 3 outputs x 3 x 3 taps, 6 filters
+  # of 4 of the 8 channels. Dense: 54 -> 5. Batch 2, two FLOPs per multiply-add.
+  forward = 2 * 2 * (14 * 14 * 8 * 4 + 3 * 3 * 3 * 3 * 6 * 4 + 54 * 5)
+  loss = lambda p, x: Net().apply(p, x).sum()
+  assert harness.matmul_flops(loss, params, x) == forward
+  # A gradient with respect to weights and inputs is two more passes of the same size
+  # (the strided convolution's input gradient convolves a dilated map: its zeros are
+  # no arithmetic).
+  assert harness.matmul_flops(jax.grad(loss, argnums=(0, 1)), params, x) == 3 * forward
+  # A scan counts its body once per iteration.
+  scanned = lambda p, x: jax.lax.scan(lambda c, _: (c + loss(p, x), None), 0.0, None, length=4)[0]
+  assert harness.matmul_flops(scanned, params, x) == 4 * forward
+  # XLA's own count of the same program (which also counts the elementwise work)
+  # agrees within a few percent.
+  assert 0.9 < harness.xla_flops(loss, params, x) / forward < 1.1
