@@ -21,7 +21,9 @@ and the attack uses the running BatchNorm statistics. Evaluation: targeted
 PGD with a random start at the same eps, step eps/16 (1.6 eps/16 for 10
 iterations, as the thesis' 1 and 1.6 at eps 16), 10 and 100 iterations on
 all held-out digits and 1000 on the first 200; accuracy is top-1 whatever
-the target. Override `--config.seed` for the seeds of the README table.
+the target. Untargeted PGD-10 and PGD-100 at the same radius and steps as
+well, since the targeted attacks leave these models near their clean
+accuracy. Override `--config.seed` for the seeds of the README table.
 """
 
 from advjax.config import base_config, eval_entry
@@ -69,6 +71,10 @@ def get_config(arg=None):
   c.evals.pgd10 = eval_entry("pgd", eps=(EPS,), steps=10, step_size=1.6 * step, targeted=True)
   c.evals.pgd100 = eval_entry("pgd", eps=(EPS,), steps=100, step_size=step, targeted=True)
   c.evals.pgd1000 = eval_entry("pgd", eps=(EPS,), steps=1000, step_size=step, targeted=True, max_examples=200)
+  # Untargeted PGD too: a targeted attack only has to miss the true class through one
+  # drawn target, so it leaves the digits' models near their clean accuracy.
+  c.evals.pgd10_untargeted = eval_entry("pgd", eps=(EPS,), steps=10, step_size=1.6 * step)
+  c.evals.pgd100_untargeted = eval_entry("pgd", eps=(EPS,), steps=100, step_size=step)
   if c.model.insert_block:
     # Figures 4.1 and 4.8: the features around the second stage's block, clean and attacked.
     c.evals.figure = eval_entry("denoise_figure", block="stage2_denoise", eps=EPS, steps=10, step_size=0.2 * EPS)
