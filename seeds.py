@@ -22,7 +22,7 @@ def main(argv=None):
   p.add_argument("--args", default="", help="comma-separated config args (one row each); empty: the default")
   p.add_argument("--seeds", default="0,1,2", help="comma-separated seeds (config.seed)")
   p.add_argument("--workdir", required=True)
-  p.add_argument("--jobs", type=int, default=1, help="runs at a time")
+  p.add_argument("--jobs", type=int, default=1, help="runs at a time (advjax/seeds.py says when more help)")
   known, overrides = p.parse_known_args(argv)
   bad = [o for o in overrides if not o.startswith("--config.")]
   if bad:

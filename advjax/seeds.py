@@ -4,9 +4,11 @@ A finding smaller than the spread between training seeds is no finding: the
 README's tables report, for each variant of an experiment (a config arg:
 `configs/denoise_digits.py:median`), the mean and sample standard deviation
 of every evaluation result over several seeds. `run_all` trains every
-(arg, seed) with `train.py` in its own process, `jobs` at a time (on an
-accelerator several small runs share it; on a CPU one run already uses every
-core), each in `<workdir>/<arg>/seed<seed>`; a run that has its summary.json
+(arg, seed) with `train.py` in its own process, `jobs` at a time, each in
+`<workdir>/<arg>/seed<seed>`. Keep `jobs` at 1 unless the runs are known to
+leave the machine idle: on a CPU one run already uses every core, and on one
+H200 nine denoising runs side by side (ResNet-14 on the digits, PGD-10
+training) each made about 1 step/s, no faster than one run on two CPU cores. a run that has its summary.json
 is read back, not redone, so a killed invocation resumes. `table` reads the
 summaries back into one markdown table.
 
