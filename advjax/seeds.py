@@ -10,8 +10,7 @@ leave the machine idle: on a CPU one run already uses every core, and on one
 H200 nine denoising runs side by side (ResNet-14 on the digits, PGD-10
 training) each made about 1 step/s, no faster than one run on two CPU cores.
 A run that has its summary.json is read back, not redone, so a killed
-invocation resumes. `table` reads the
-summaries back into one markdown table.
+invocation resumes. `table` reads the summaries back into one markdown table.
 
 Nothing here knows an experiment: a result is any number under a summary's
 `evals` (`pgd10/eps76.5/accuracy`), whatever evaluator wrote it.
