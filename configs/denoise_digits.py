@@ -78,4 +78,5 @@ def get_config(arg=None):
   if c.model.insert_block:
     # Figures 4.1 and 4.8: the features around the second stage's block, clean and attacked.
     c.evals.figure = eval_entry("denoise_figure", block="stage2_denoise", eps=EPS, steps=10, step_size=0.2 * EPS)
+  c.train_evals = tuple(c.evals.keys())  # All of them at the end of training (summary.json), for seeds.py.
   return c

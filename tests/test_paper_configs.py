@@ -32,6 +32,42 @@ def test_denoising_imagenet_configs_build_their_models(arg, params):
   assert blocks == {"stage1_denoise", "stage2_denoise", "stage3_denoise", "stage4_denoise"}
 
 
+def test_denoising_imagenet_resnext101_config_trains_one_step_on_mock_data(tmp_path):
+  """The full model and recipe (ResNeXt-101 32x8d with four non-local blocks, targeted
+  mixed-start PGD on running statistics, label smoothing) for one real step, at 32 px,
+  batch 2 and one attack step; ResNet-152's full-size step is traced below."""
+  from advjax import runs
+
+  config = denoise_imagenet.get_config("resnext101")
+  config.data.image_size = 32
+  config.num_steps, config.batch_size = 1, 2
+  config.attack.num_steps = 1
+  config.train_evals = ()  # The evaluators are the ones every other config uses.
+  with tfds.testing.mock_data(num_examples=4):
+    summary = runs.train_and_evaluate(config, str(tmp_path), jax.devices()[:1])
+  metrics = summary["final_train_metrics"]
+  assert summary["steps"] == 1 and metrics["finite"] == 1.0 and np.isfinite(metrics["loss"]) and metrics["loss"] > 0
+
+
+def test_denoising_imagenet_resnet152_config_traces_its_full_size_step_on_mock_data():
+  """ResNet-152 with denoising at 224 px and the global batch of 4096, with the 30-step
+  attack: the whole training step is traced abstractly (a real step does not fit the
+  test budget on a CPU), and its outputs have the state's structure."""
+  from advjax.experiment import Experiment
+
+  config = denoise_imagenet.get_config("resnet152")
+  with tfds.testing.mock_data(num_examples=config.batch_size):
+    experiment = Experiment(config, jax.devices()[:1])
+  state = jax.eval_shape(experiment.init_state)
+  batch = {"image": jax.ShapeDtypeStruct((4096, 224, 224, 3), jnp.float32),
+           "label": jax.ShapeDtypeStruct((4096,), jnp.int32)}
+  new_state, metrics = jax.eval_shape(experiment.objective.train_step, state, batch)
+  assert jax.tree.structure(new_state) == jax.tree.structure(state)
+  assert all(a.shape == b.shape for a, b in zip(jax.tree.leaves(new_state), jax.tree.leaves(state)))
+  assert {"loss", "grad_norm", "adv_accuracy"} <= set(metrics)
+  assert {"stage1_denoise", "stage4_denoise"} <= set(state.params)
+
+
 def test_universality_cifar10_config_has_the_papers_settings_and_trains_one_step(tmp_path):
   from advjax import runs
   from configs import universality_cifar10
