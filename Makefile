@@ -33,6 +33,7 @@ bench: $(STAMP)
 	  ($(PY) -m pip install -q -e ".[bench]" && $(PY) -m pip install -q --no-deps torchattacks==3.5.1)
 	$(PY) -m benchmarks.run $(BENCH_ARGS)
 	$(PY) -m benchmarks.bench_cost_ratios
+	$(PY) -m benchmarks.bench_denoise_cost
 
 clean:
 	rm -rf runs .pytest_cache

@@ -69,7 +69,7 @@ def variant_config(variant: str, model_name: str, batch: int, num_steps: int, sh
 
 def build_step(config, image_shape, num_classes, mesh):
   """(compiled step, fresh-state factory) for one config."""
-  model = models.create_model(config.model.name, num_classes=num_classes)
+  model = models.from_config(config.model, num_classes=num_classes, mean=(0.5,), std=(0.5,))
   tx, schedule = optim.make_optimizer(config, steps_per_epoch=100, total_steps=1000)
   objective = objectives.get(config.objective)(objectives.ObjectiveContext(
       model=model, config=config, task=tasks.Classification(num_classes), schedule=schedule,

@@ -80,8 +80,9 @@ whatever the input dtype; each operation returns its input's dtype, and so
 does the block.
 
 The block is registered as 'denoise' in `advjax.models.blocks`: the block
-names 'denoise:nonlocal_gaussian' or 'denoise:mean,no_conv' build it
-through `denoising_factory`.
+names 'denoise:nonlocal_gaussian', 'denoise:mean,no_conv' or
+'denoise:nonlocal_dot,affinity' (a fixed computation order) build it through
+`denoising_factory`.
 """
 
 from __future__ import annotations
@@ -101,8 +102,9 @@ Array = jax.Array
 
 OPERATIONS = ("nonlocal_gaussian", "nonlocal_dot", "bilateral_gaussian", "bilateral_dot", "mean", "median",
               "null")
-FLAGS = ("no_conv", "no_residual")
 DOT_ORDERS = ("auto", "gram", "affinity")
+# Ablations of table 4.1, and the dot product's computation order (for timing it).
+FLAGS = ("no_conv", "no_residual", "gram", "affinity")
 # The neighbourhood of the local filters in the thesis (sec. 4.6.1: "3x3 mean filtering", ...).
 NEIGHBOURHOOD = 3
 # Embeddings start small so that the softmax starts nearly uniform.
@@ -352,6 +354,8 @@ class DenoisingBlock(nn.Module):
     placement: 'stage' or 'block'; 'block' subsamples the non-local keys by
       2x2 max pooling (sec. 4.6.2).
     dtype: compute dtype of the convolutions and the normalisation.
+    dot_order: `nonlocal_dot`'s computation order, one of `DOT_ORDERS`
+      ('auto': the cheaper); the same result up to rounding.
   """
 
   operation: str
@@ -360,12 +364,18 @@ class DenoisingBlock(nn.Module):
   norm: str = "batchnorm"
   placement: str = "stage"
   dtype: Any = jnp.float32
+  dot_order: str = "auto"
 
   def __post_init__(self):
     if self.operation not in OPERATIONS:
       raise unknown_name("denoising operation", self.operation, OPERATIONS)
     if self.placement not in blocks.PLACEMENTS:
       raise ConfigError(f"denoising placement {self.placement!r} must be one of {', '.join(blocks.PLACEMENTS)}")
+    if self.dot_order not in DOT_ORDERS:
+      raise unknown_name("dot-product order", self.dot_order, DOT_ORDERS)
+    if self.dot_order != "auto" and self.operation != "nonlocal_dot":
+      raise ConfigError(f"denoising block: the computation order {self.dot_order!r} is an option of "
+                        f"nonlocal_dot only, not of {self.operation}")
     super().__post_init__()
 
   def _embed(self, name: str, x: Array) -> Array:
@@ -380,7 +390,7 @@ class DenoisingBlock(nn.Module):
     if op == "nonlocal_gaussian":
       return nonlocal_gaussian(self._embed("theta", x), self._embed("phi", keys), keys)
     if op == "nonlocal_dot":
-      return nonlocal_dot(x, keys)
+      return nonlocal_dot(x, keys, order=self.dot_order)
     if op == "bilateral_gaussian":
       return bilateral_gaussian(self._embed("theta", x), self._embed("phi", x), x)
     if op == "bilateral_dot":
@@ -425,7 +435,9 @@ def denoising_factory(operation: str, *flags: str, norm: str, dtype, placement: 
   Args:
     operation: one of `OPERATIONS`.
     *flags: any of 'no_conv' (drop the 1x1 convolution) and 'no_residual'
-      (drop the residual connection), the ablations of table 4.1.
+      (drop the residual connection), the ablations of table 4.1, and for
+      nonlocal_dot 'gram' or 'affinity' (its computation order; default the
+      cheaper).
     norm: `layers.NORMS` name.
     dtype: compute dtype.
     placement: 'stage' or 'block'.
@@ -440,6 +452,10 @@ def denoising_factory(operation: str, *flags: str, norm: str, dtype, placement: 
   unknown = [f for f in flags if f not in FLAGS]
   if unknown:
     raise ConfigError(f"denoising block: unknown flag(s) {', '.join(unknown)}; known: {', '.join(FLAGS)}")
+  orders = [f for f in flags if f in DOT_ORDERS]
+  if len(orders) > 1:
+    raise ConfigError(f"denoising block: at most one computation order, got {', '.join(orders)}")
   return DenoisingBlock(operation=operation, use_conv="no_conv" not in flags, residual="no_residual" not in flags,
-                        norm=norm, placement=placement, dtype=dtype, name=name)
+                        norm=norm, placement=placement, dtype=dtype, name=name,
+                        dot_order=orders[0] if orders else "auto")
 

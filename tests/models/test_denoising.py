@@ -311,3 +311,27 @@ def test_registry_builds_blocks_from_names():
       build(bad)
   with pytest.raises(ConfigError, match="placement"):
     dn.DenoisingBlock("mean", placement="everywhere")
+
+
+def test_dot_product_block_takes_the_order_it_is_given():
+  """'gram' and 'affinity' compute the same block; their cost is the matrix each builds:
+  [C, C] (N C^2 multiply-adds twice) or [N, N] (N^2 C twice), counted from the trace."""
+  from benchmarks import harness
+  x = jax.random.normal(jax.random.key(1), (2, 6, 6, 4))  # N = 36 positions, C = 4 channels
+  outputs, flops = {}, {}
+  for order in ("gram", "affinity"):
+    block = blocks.make_block(f"denoise:nonlocal_dot,{order}", norm="batchnorm", dtype=jnp.float32,
+                              placement="stage", name="stage1_denoise")
+    assert block.dot_order == order
+    variables = block.init(jax.random.key(0), x, False)
+    variables = jax.tree.map(lambda v: v + 0.5, variables)  # A non-zero BN scale: the branch shows.
+    outputs[order] = block.apply(variables, x, False)
+    denoise = lambda x, order=order: dn.nonlocal_dot(x, order=order)
+    flops[order] = harness.matmul_flops(denoise, x)
+  np.testing.assert_allclose(outputs["gram"], outputs["affinity"], rtol=1e-5, atol=1e-5)
+  assert flops == {"gram": 2 * 2 * 2 * 36 * 4 * 4, "affinity": 2 * 2 * 2 * 36 * 36 * 4}
+  with pytest.raises(ConfigError, match="nonlocal_dot only"):
+    blocks.make_block("denoise:mean,gram", norm="batchnorm", dtype=jnp.float32, placement="stage", name="b")
+  with pytest.raises(ConfigError, match="at most one computation order"):
+    blocks.make_block("denoise:nonlocal_dot,gram,affinity", norm="batchnorm", dtype=jnp.float32,
+                      placement="stage", name="b")
