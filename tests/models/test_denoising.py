@@ -335,3 +335,23 @@ def test_dot_product_block_takes_the_order_it_is_given():
   with pytest.raises(ConfigError, match="at most one computation order"):
     blocks.make_block("denoise:nonlocal_dot,gram,affinity", norm="batchnorm", dtype=jnp.float32,
                       placement="stage", name="b")
+
+
+def test_median_of_nine_network_matches_a_sort_and_routes_each_gradient_to_one_value():
+  rng = np.random.default_rng(0)
+  # Small integers: many ties, where a network's choices could go wrong.
+  values = [jnp.asarray(rng.integers(0, 4, (64, 5)).astype(np.float32)) for _ in range(9)]
+  expected = np.sort(np.stack(values, -1), -1)[..., 4]
+  np.testing.assert_array_equal(dn.median_of_nine(values), expected)
+  # Every permutation of the inputs gives the same median.
+  for perm in (rng.permutation(9) for _ in range(5)):
+    np.testing.assert_array_equal(dn.median_of_nine([values[i] for i in perm]), expected)
+  grads = jax.grad(lambda vs: jnp.sum(dn.median_of_nine(vs)))(values)
+  grads = np.stack(grads, -1)
+  assert set(np.unique(grads)) == {0.0, 1.0} and np.all(grads.sum(-1) == 1.0)
+  chosen = np.take_along_axis(np.stack(values, -1), grads.argmax(-1)[..., None], -1)[..., 0]
+  np.testing.assert_array_equal(chosen, expected)
+  # The 0-1 principle: a compare-exchange network that selects the median of every
+  # 0/1 input selects the median of every input. All 512 of them:
+  bits = (np.arange(512)[:, None] >> np.arange(9)) & 1
+  np.testing.assert_array_equal(dn.median_of_nine([jnp.asarray(b) for b in bits.T]), np.median(bits, -1))
