@@ -287,7 +287,9 @@ def batch_gradient(fn: Callable, delta: jax.Array, batch: dict, cfg: UniversalCo
   Args:
     fn: `x -> logits`.
     delta: [H, W, C] universal perturbation.
-    batch: {'image': [B, H, W, C], 'label': [B] or [B, H, W], optional 'mask': [B]}.
+    batch: {'image': [B, H, W, C], 'label': [B] or [B, H, W], optional 'mask': [B]
+      and optional 'target': each example's own target map [B, H, W] (a
+      dynamic target, `tasks.labels.hide_class`), which takes the place of `target`}.
     cfg: universal config (loss and labels).
     target: optional target label map of a targeted attack (see `attack_labels`).
 
@@ -296,7 +298,7 @@ def batch_gradient(fn: Callable, delta: jax.Array, batch: dict, cfg: UniversalCo
   """
   loss_fn = losses.get_loss(cfg.loss, cfg.targeted, label_smoothing=cfg.label_smoothing,
                             kappa=cfg.kappa)
-  labels = attack_labels(batch["label"], cfg, target)
+  labels = attack_labels(batch["label"], cfg, batch.get("target", target))
   mask = batch_mask(batch)
 
   def mean_loss(delta):

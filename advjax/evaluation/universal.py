@@ -18,8 +18,10 @@ test images there), by the bisection of `advjax.evaluation.search`. The rate
 is the misclassification (pixel error) rate, or for a targeted attack the
 rate of hitting the target: for segmentation with a target scene, the pixel
 accuracy against the target map (the shared-AT paper's success criterion,
-pixel accuracy >= delta = 0.95). The radius is traced, so the probes share one
-compilation.
+pixel accuracy >= delta = 0.95). A target can also be each image's own map
+(Metzen et al.'s dynamic target, a class hidden behind its neighbours): the
+batches then carry it as 'target'. The radius is traced, so the probes share
+one compilation.
 
 Evaluators (`config.evals` types): 'eps_uni' (the search; the perturbation
 found is saved as `<entry>.npy` and an amplified `<entry>.png`) and
@@ -64,6 +66,7 @@ def _universal_sums(model_fn, variables, batch, delta, target, task):
   changed = jnp.argmax(adv_logits, -1) != jnp.argmax(clean_logits, -1)
   sums = {"clean": task.metric_sums(clean_logits, y, mask), "adversarial": task.metric_sums(adv_logits, y, mask),
           "fooled": {"fooled": jnp.sum(changed & real, dtype=jnp.int32), "count": jnp.sum(real, dtype=jnp.int32)}}
+  target = batch.get("target", target)  # Each example's own target (a dynamic target), if it has one.
   if target is not None:
     sums["target"] = task.metric_sums(adv_logits, jnp.broadcast_to(target, y.shape).astype(jnp.int32), mask)
   return sums
@@ -76,7 +79,8 @@ def evaluate_universal(model_fn: Callable, batches: Iterable[dict], delta: jax.A
 
   Args:
     model_fn: `x -> logits`, or a builder when `variables` is given.
-    batches: iterable of {'image', 'label', 'mask'} dicts (held-out data).
+    batches: iterable of {'image', 'label', 'mask'} dicts (held-out data),
+      optionally with each example's own 'target' map [B, H, W].
     delta: [H, W, C] universal perturbation.
     task: scores the labels; default the one the labels' rank implies.
     variables: optional model variables (traced).
@@ -100,7 +104,7 @@ def evaluate_universal(model_fn: Callable, batches: Iterable[dict], delta: jax.A
   totals = jax.device_get(totals)
   out = {"clean": task.metric_values(totals["clean"]), "adversarial": task.metric_values(totals["adversarial"]),
          "fooling_ratio": int(totals["fooled"]["fooled"]) / max(int(totals["fooled"]["count"]), 1)}
-  if target is not None:
+  if "target" in totals:
     out["target"] = task.metric_values(totals["target"])
   return out
 
@@ -135,7 +139,9 @@ def eps_uni_search(model_fn: Callable,
     upper: right end of the interval (0-255 units).
     task: scores the labels; default the one the labels' rank implies.
     variables: optional model variables (traced).
-    target: optional target label map [H, W] of a targeted attack.
+    target: optional target label map [H, W] of a targeted attack. Batches
+      that carry their examples' own 'target' maps (a dynamic target) use
+      those instead, in the adversary and in the rate.
     ignore_class: label maps only: a class whose pixels the rate leaves out,
       those of the ground truth (untargeted) or of the target (targeted);
       the adversary is still fitted on every pixel. None counts them all.
@@ -154,10 +160,13 @@ def eps_uni_search(model_fn: Callable,
     raise DataError("eps_uni_search: eval_batches is empty")
   task = base.task_for(task, model_fn, variables, held_out[0])
   image_shape = tuple(held_out[0]["image"].shape[1:])
-  if cfg.targeted and target is None:
+  per_example = "target" in held_out[0]
+  if cfg.targeted and target is None and not per_example:
     target = cfg.target_class
   goal = None
-  if cfg.targeted:
+  if cfg.targeted and per_example:
+    held_out = [{**b, "target": labels_lib.ignore_class(b["target"], ignore_class)} for b in held_out]
+  elif cfg.targeted:
     goal = labels_lib.ignore_class(jnp.asarray(target, jnp.int32), ignore_class)
   else:
     held_out = [{**b, "label": labels_lib.ignore_class(b["label"], ignore_class)} for b in held_out]
@@ -216,6 +225,11 @@ class EpsUni(base.Evaluator):
       ignore_class: label maps only: a class (e.g. the canvases' background,
         0) whose pixels of the ground truth (untargeted) or of the target
         (targeted) the rate leaves out; -1 counts every pixel.
+      hide_class: label maps only, with `universal.targeted`: Metzen et
+        al.'s dynamic target, each image's own label map with this class
+        hidden behind the nearest pixels of other classes
+        (`tasks.labels.hide_class`); the rate is the pixel accuracy against
+        those maps. Computed on the host, so one process only; -1: none.
     """
     rate: float = 0.75
     search_steps: int = 10
@@ -226,6 +240,7 @@ class EpsUni(base.Evaluator):
     target_scene: bool = False
     figure_images: int = 0
     ignore_class: int = -1
+    hide_class: int = -1
 
     def __post_init__(self):
       if not 0 < self.rate <= 1:
@@ -241,7 +256,23 @@ class EpsUni(base.Evaluator):
     cfg = _universal_args(name, args.universal)
     if args.target_scene and not cfg.targeted:
       raise ConfigError(f"config.evals.{name}: target_scene needs a targeted attack (universal.targeted=True)")
+    if args.hide_class >= 0 and (not cfg.targeted or args.target_scene):
+      raise ConfigError(f"config.evals.{name}: hide_class needs a targeted attack (universal.targeted=True) "
+                        "and no target_scene")
     return args
+
+  def with_hidden_class(self, batches: Iterable[dict]) -> Iterator[dict]:
+    """The batches, each with its examples' dynamic targets as 'target' (`hide_class`)."""
+    if jax.process_count() > 1:
+      raise ConfigError(f"config.evals.{self.name}: hide_class computes the targets on the host, one process only")
+    for b in batches:
+      labels = np.asarray(jax.device_get(b["label"]))
+      if labels.ndim != 3:
+        raise ConfigError(f"config.evals.{self.name}: hide_class needs label maps, but the labels are "
+                          f"{labels.shape[1:] or 'class indices'}")
+      target = labels_lib.hide_class(labels, self.args.hide_class)
+      sharding = getattr(b["label"], "sharding", None)
+      yield {**b, "target": jnp.asarray(target) if sharding is None else jax.device_put(target, sharding)}
 
   def target_scene(self) -> np.ndarray:
     """The static target scene: the label map of the first example of a named training stream."""
@@ -257,7 +288,11 @@ class EpsUni(base.Evaluator):
     cfg = _universal_args(self.name, a.universal)
     target = self.target_scene() if a.target_scene else None
     held_out = list(base.first_examples(self.ctx.held_out(), a.max_examples))
-    result = eps_uni_search(self.ctx.model_fn, self.ctx.train_stream(a.batch_size, self.name),
+    attack_batches = self.ctx.train_stream(a.batch_size, self.name)
+    if a.hide_class >= 0:
+      held_out = list(self.with_hidden_class(held_out))
+      attack_batches = (lambda stream: lambda: self.with_hidden_class(stream()))(attack_batches)
+    result = eps_uni_search(self.ctx.model_fn, attack_batches,
                             held_out, self.ctx.key(self.name), cfg, target_rate=a.rate,
                             num_steps=a.search_steps, task=self.ctx.task, variables=variables, target=target,
                             ignore_class=a.ignore_class)
@@ -276,6 +311,8 @@ class EpsUni(base.Evaluator):
     x, y = segmentation.first_examples(held_out, self.args.figure_images)
     if y.ndim != 3 or jax.process_index() != 0:
       return None
+    if self.args.hide_class >= 0:
+      target = labels_lib.hide_class(y, self.args.hide_class)
     fn = self.ctx.model_fn(variables)
     perturbed = np.asarray(threat.apply(jnp.asarray(x), jnp.asarray(delta)))
     clean_pred = np.asarray(jnp.argmax(fn(jnp.asarray(x)), -1))
@@ -284,7 +321,9 @@ class EpsUni(base.Evaluator):
     return viz.save_segmentation_figure(
         os.path.join(self.ctx.out_dir, f"{self.name}_predictions.png"), x, labels, clean_pred, adv_pred,
         np.broadcast_to(delta, x.shape), eps=max(eps, 1.0) / 255.0,
-        adv_title=f"universal, eps {eps:.1f}", labels_title="ground truth" if target is None else "target scene")
+        adv_title=f"universal, eps {eps:.1f}",
+        labels_title="ground truth" if target is None else "dynamic target" if self.args.hide_class >= 0
+        else "target scene")
 
 
 class Universal(base.Evaluator):

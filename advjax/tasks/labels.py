@@ -11,6 +11,7 @@ by a different rule in two places.
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 
 def valid(labels: jax.Array) -> jax.Array:
@@ -27,6 +28,43 @@ def ignore_class(labels: jax.Array, cls: int | None) -> jax.Array:
   if cls is None or cls < 0:
     return labels
   return jnp.where(labels == cls, -1, labels)
+
+
+def hide_class(label_maps: np.ndarray, cls: int) -> np.ndarray:
+  """Metzen et al.'s dynamic target (2017): label maps with class `cls` hidden behind its neighbours.
+
+  Every pixel of class `cls` takes the label of the nearest (Euclidean)
+  pixel of another class, so a universal perturbation that reaches this
+  target removes the class (their pedestrians) while leaving the rest of
+  the scene as it was. Ignored pixels (< 0) stay ignored and are never a
+  neighbour; where an image has no pixel of another class, its `cls` pixels
+  become ignored (there is nothing to hide them behind). Among equally near
+  pixels one is taken (scipy's exact distance transform decides). Host-side:
+  NumPy in, NumPy out.
+
+  Args:
+    label_maps: int [H, W] or [B, H, W].
+    cls: the class to hide.
+
+  Returns:
+    The target maps, same shape and dtype.
+  """
+  from scipy import ndimage  # pylint: disable=g-import-not-at-top
+  maps = np.asarray(label_maps)
+  out = maps.copy()
+  flat_in, flat_out = maps.reshape((-1,) + maps.shape[-2:]), out.reshape((-1,) + maps.shape[-2:])
+  for m, o in zip(flat_in, flat_out):
+    hidden = m == cls
+    if not hidden.any():
+      continue
+    sources = (m >= 0) & ~hidden
+    if not sources.any():
+      o[hidden] = -1
+      continue
+    # Distance from every non-source pixel to the nearest source, and that source's index.
+    _, (rows, cols) = ndimage.distance_transform_edt(~sources, return_indices=True)
+    o[hidden] = m[rows[hidden], cols[hidden]]
+  return out
 
 
 def mean_over_valid(per_position: jax.Array, labels: jax.Array) -> jax.Array:

@@ -10,6 +10,7 @@ same adversarial images.
 
 import dataclasses
 import functools
+import os
 
 import flax.linen as nn
 import jax
@@ -232,6 +233,47 @@ def test_eps_uni_toward_a_static_target_scene(fcn, tmp_path):
   assert np.mean((clean == target)[valid]) < 0.7
   np.testing.assert_array_equal(np.asarray(Image.open(tmp_path / "uni_target.png").convert("RGB")), colorize(target))
   assert Image.open(result["figure"]).size == (5 * 128, 3 * 128 + 24)
+
+
+def test_per_example_targets_equal_to_one_scene_give_that_scenes_perturbation(fcn):
+  """Targets carried by the batches (the dynamic target's path) are the same computation as one
+  static map passed as `target`, when every example's target is that map."""
+  logits_fn, x, y = fcn
+  cfg = universal.UniversalConfig(eps=32.0, step_size=4.0, num_iterations=4, targeted=True, target_class=-1,
+                                  loss="cross_entropy")
+  scene = y[0]
+  batches = [{"image": x[:16], "label": y[:16]}]
+  static = universal.universal_perturbation(logits_fn, batches, KEY, cfg, (8, 8, 1), target=scene)
+  carried = universal.universal_perturbation(
+      logits_fn, [{**b, "target": jnp.broadcast_to(scene, b["label"].shape)} for b in batches], KEY, cfg, (8, 8, 1))
+  np.testing.assert_array_equal(np.asarray(carried), np.asarray(static))
+  assert float(jnp.max(jnp.abs(static))) > 0
+
+
+def test_eps_uni_toward_dynamic_targets_hiding_a_class(fcn, tmp_path):
+  """hide_class: each image's target is its own map with a class hidden (here the background,
+  which takes the label of the nearest ink); the rate reported is the pixel accuracy against
+  `labels.hide_class` of the held-out maps, recomputed in NumPy with the saved perturbation."""
+  from advjax.tasks import labels
+  logits_fn, x, y = fcn
+  ctx = _segmentation_context(fcn, str(tmp_path))
+  cfg = dataclasses.replace(universal.shared_at_eval_config(num_iterations=12, loss="cross_entropy"),
+                            targeted=True, target_class=-1)
+  entry = dict(type="eps_uni", rate=0.6, search_steps=5, batch_size=4, universal=dataclasses.asdict(cfg),
+               hide_class=0, figure_images=2)
+  result = evaluation.run({"uni": entry}, ctx, {"unused": jnp.zeros(())})["uni"]
+  assert result["found"] and 0 < result["eps"] < 255
+  targets = labels.hide_class(np.asarray(y[16:32]), 0)
+  assert not (targets == 0).any()
+  valid = targets >= 0
+  delta = np.load(tmp_path / "uni.npy")
+  pred = np.asarray(logits_fn(jnp.clip(x[16:32] + delta, 0, 1))).argmax(-1)
+  assert np.mean((pred == targets)[valid]) == pytest.approx(result["rate"]) and result["rate"] >= 0.6
+  clean = np.asarray(logits_fn(x[16:32])).argmax(-1)
+  assert np.mean((clean == targets)[valid]) == pytest.approx(result["clean_rate"]) and result["clean_rate"] < 0.6
+  assert os.path.exists(result["figure"])
+  with pytest.raises(ConfigError, match="hide_class needs a targeted attack"):
+    evaluation.parse({"u": dict(type="eps_uni", hide_class=2)})
 
 
 def test_eps_uni_target_scene_errors(fcn, batch, logits_fn):

@@ -136,3 +136,25 @@ def test_output_shape_check_names_the_mismatch():
   with pytest.raises(ConfigError, match="does not fit"):
     tasks.Segmentation(11).check_shapes((11,), (64, 64))
   tasks.Segmentation(11).check_shapes((64, 64, 11), (64, 64))
+
+
+def test_hide_class_relabels_each_pixel_as_its_nearest_other_class_pixel():
+  from advjax.tasks import labels
+  rng = np.random.default_rng(0)
+  maps = rng.integers(0, 3, (4, 9, 7)).astype(np.int32)
+  maps[rng.random(maps.shape) < 0.1] = -1
+  maps[3] = np.where(maps[3] == 2, 2, -1)  # Only the hidden class and ignored pixels: nothing to hide behind.
+  maps[3, 0, 0] = 2
+  out = labels.hide_class(maps, 2)
+  assert out.dtype == maps.dtype and out.shape == maps.shape
+  np.testing.assert_array_equal(out[maps != 2], maps[maps != 2])
+  np.testing.assert_array_equal(out[3][maps[3] == 2], -1)
+  # Brute force: the label given is that of one of the nearest pixels of another class.
+  for m, o in zip(maps[:3], out[:3]):
+    sources = np.argwhere((m >= 0) & (m != 2))
+    for i, j in np.argwhere(m == 2):
+      d = ((sources - [i, j]) ** 2).sum(1)
+      nearest = {int(m[a, b]) for a, b in sources[d == d.min()]}
+      assert o[i, j] in nearest
+  assert (maps[:3] == 2).any() and not (out[:3] == 2).any()
+  np.testing.assert_array_equal(labels.hide_class(maps[0], 2), out[0])  # One [H, W] map.
