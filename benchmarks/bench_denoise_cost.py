@@ -85,16 +85,27 @@ def main(argv=None):
 
     timers[variant] = run
   timings = harness.time_interleaved(timers, budget_s=args.budget)
-  base = timings["baseline"].median_s
   print(f"\n{args.model} at {args.image_size}x{args.image_size}x{args.channels}, batch {args.batch}, "
         f"PGD-{args.steps} adversarial-training step, blocks after each stage, {jax.devices()[0].platform}")
   print("| variant | blocks | median ms | IQR ms | reps | extra ms | share of the step | extra ms per block |")
   print("|---|---|---|---|---|---|---|---|")
+  for name, row in costs(timings, blocks).items():
+    t = timings[name]
+    per_block = "" if row["per_block_s"] is None else f"{1e3 * row['per_block_s']:.1f}"
+    print(f"| {name} | {blocks[name]} | {1e3 * t.median_s:.1f} | {1e3 * t.iqr_s:.1f} | {t.reps} | "
+          f"{1e3 * row['extra_s']:.1f} | {row['share']:.1%} | {per_block} |")
+
+
+def costs(timings: dict[str, harness.Timing], blocks: dict[str, int]) -> dict[str, dict]:
+  """Per variant: extra seconds over 'baseline', their share of the variant's step
+  ((t - t_baseline) / t) and the extra per block (None without blocks)."""
+  base = timings["baseline"].median_s
+  out = {}
   for name, t in timings.items():
     extra = t.median_s - base
-    per_block = f"{1e3 * extra / blocks[name]:.1f}" if blocks[name] else ""
-    print(f"| {name} | {blocks[name]} | {1e3 * t.median_s:.1f} | {1e3 * t.iqr_s:.1f} | {t.reps} | "
-          f"{1e3 * extra:.1f} | {extra / t.median_s:.1%} | {per_block} |")
+    out[name] = {"extra_s": extra, "share": extra / t.median_s,
+                 "per_block_s": extra / blocks[name] if blocks[name] else None}
+  return out
 
 
 if __name__ == "__main__":

@@ -153,7 +153,10 @@ def test_denoising_cost_benchmark_reports_each_variants_share(capsys):
                            "--steps", "1", "--budget", "0.01", "--variants", "baseline,nonlocal_dot_affinity"])
   rows = [line.split(" | ") for line in capsys.readouterr().out.splitlines() if line.startswith("| ")][1:]
   assert [r[0] for r in rows] == ["| baseline", "| nonlocal_dot_affinity"]
-  # One block after each of the three stages; the share is (t - t_baseline) / t.
-  assert [r[1] for r in rows] == ["0", "3"]
-  median, extra, share = float(rows[1][2]), float(rows[1][5]), float(rows[1][6].rstrip("%")) / 100
-  assert abs(extra - (median - float(rows[0][2]))) < 0.11 and abs(share - extra / median) < 0.002
+  assert [r[1] for r in rows] == ["0", "3"]  # One block after each of the three stages.
+  # The arithmetic of the table, on timings given here (the measured ones are noise at this size).
+  timing = lambda s: harness.Timing(s, s, s, 5, s)  # noqa: E731
+  costs = bench_denoise_cost.costs({"baseline": timing(0.5), "mean": timing(0.8)}, {"baseline": 0, "mean": 3})
+  assert costs["baseline"] == {"extra_s": 0.0, "share": 0.0, "per_block_s": None}
+  assert costs["mean"]["extra_s"] == pytest.approx(0.3) and costs["mean"]["share"] == pytest.approx(0.375)
+  assert costs["mean"]["per_block_s"] == pytest.approx(0.1)
