@@ -84,6 +84,20 @@ def build_step(config, image_shape, num_classes, mesh):
   return step, fresh
 
 
+def step_timer(config, image_shape, num_classes, mesh, batch):
+  """A zero-argument call running one synchronised training step of `config` on `batch`
+  (the state carried from call to call, as donated steps require)."""
+  config_lib.validate(config, num_devices=1)
+  step, fresh = build_step(config, image_shape, num_classes, mesh)
+  box = {"state": fresh()}
+
+  def run():
+    box["state"], metrics = step(box["state"], batch)
+    jax.block_until_ready(metrics)
+
+  return run
+
+
 def main(argv=None):
   p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   p.add_argument("--model", default="resnet20")
@@ -110,15 +124,7 @@ def main(argv=None):
   timers = {}
   for variant in variants:
     config = variant_config(variant, args.model, args.batch, args.steps, args.sharedness, args.bn_mode)
-    config_lib.validate(config, num_devices=1)
-    step, fresh = build_step(config, image_shape, num_classes, mesh)
-    box = {"state": fresh()}
-
-    def run(step=step, box=box):
-      box["state"], metrics = step(box["state"], batch)
-      jax.block_until_ready(metrics)
-
-    timers[variant] = run
+    timers[variant] = step_timer(config, image_shape, num_classes, mesh, batch)
   timings = harness.time_interleaved(timers, budget_s=args.budget)
   print(f"\n{args.model}, batch {args.batch}, attack steps k = {args.steps}, s = {args.sharedness}, "
         f"attack BN {args.bn_mode}, {jax.devices()[0].platform}")

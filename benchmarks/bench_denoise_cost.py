@@ -20,7 +20,7 @@ import argparse
 import jax
 import numpy as np
 
-from advjax import config as config_lib, models, parallel
+from advjax import models, parallel
 from benchmarks import bench_cost_ratios, harness
 
 # variant -> insert_block ('' = no block).
@@ -74,16 +74,8 @@ def main(argv=None):
   timers, blocks = {}, {}
   for variant in variants:
     config = variant_config(VARIANTS[variant], args.model, args.batch, args.steps)
-    config_lib.validate(config, num_devices=1)
+    timers[variant] = bench_cost_ratios.step_timer(config, image_shape, num_classes, mesh, batch)
     blocks[variant] = count_blocks(config, image_shape, num_classes)
-    step, fresh = bench_cost_ratios.build_step(config, image_shape, num_classes, mesh)
-    box = {"state": fresh()}
-
-    def run(step=step, box=box):
-      box["state"], metrics = step(box["state"], batch)
-      jax.block_until_ready(metrics)
-
-    timers[variant] = run
   timings = harness.time_interleaved(timers, budget_s=args.budget)
   print(f"\n{args.model} at {args.image_size}x{args.image_size}x{args.channels}, batch {args.batch}, "
         f"PGD-{args.steps} adversarial-training step, blocks after each stage, {jax.devices()[0].platform}")
