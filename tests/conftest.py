@@ -70,17 +70,16 @@ _LONGEST_FIRST = (
 )
 
 
-def _module_fixtures(item):
-  """Names of the module-scoped fixtures that `item` uses and that its own module defines."""
+def _uses_own_module_fixture(item) -> bool:
+  """Whether `item` uses a module-scoped fixture that its own module defines."""
   module = item.nodeid.split("::")[0]
   info = getattr(item, "_fixtureinfo", None)
-  defs = info.name2fixturedefs.items() if info is not None else ()
-  return sorted(name for name, fixturedefs in defs
-                if any(d.scope == "module" and d.baseid == module for d in fixturedefs))
+  defs = info.name2fixturedefs.values() if info is not None else ()
+  return any(d.scope == "module" and d.baseid == module for fixturedefs in defs for d in fixturedefs)
 
 
 def pytest_collection_modifyitems(config, items):
-  """Longest tests first; the tests sharing an expensive module fixture on one worker.
+  """Longest tests first; the tests that share a module fixture on one worker.
 
   Under --dist loadgroup, tests that use a module-scoped fixture of their
   own module form one group per module (one worker builds the fixture once,
@@ -89,7 +88,7 @@ def pytest_collection_modifyitems(config, items):
   """
   del config
   for item in items:
-    if _module_fixtures(item):
+    if _uses_own_module_fixture(item):
       item.add_marker(pytest.mark.xdist_group(item.nodeid.split("::")[0].replace("/", ".")))
   rank = {name: i for i, name in enumerate(_LONGEST_FIRST)}
   items.sort(key=lambda item: rank.get(item.originalname, len(rank)))
