@@ -70,12 +70,15 @@ _LONGEST_FIRST = (
 )
 
 
-def _uses_own_module_fixture(item) -> bool:
-  """Whether `item` uses a module-scoped fixture that its own module defines."""
+def _fixture_group(item) -> str | None:
+  """The xdist group of `item`: its module, if it uses a module-scoped fixture that its own
+  module defines; else None."""
   module = item.nodeid.split("::")[0]
   info = getattr(item, "_fixtureinfo", None)
   defs = info.name2fixturedefs.values() if info is not None else ()
-  return any(d.scope == "module" and d.baseid == module for fixturedefs in defs for d in fixturedefs)
+  if any(d.scope == "module" and d.baseid == module for fixturedefs in defs for d in fixturedefs):
+    return module.replace("/", ".")
+  return None
 
 
 def pytest_collection_modifyitems(config, items):
@@ -88,7 +91,8 @@ def pytest_collection_modifyitems(config, items):
   """
   del config
   for item in items:
-    if _uses_own_module_fixture(item):
-      item.add_marker(pytest.mark.xdist_group(item.nodeid.split("::")[0].replace("/", ".")))
+    group = _fixture_group(item)
+    if group is not None:
+      item.add_marker(pytest.mark.xdist_group(group))
   rank = {name: i for i, name in enumerate(_LONGEST_FIRST)}
   items.sort(key=lambda item: rank.get(item.originalname, len(rank)))
