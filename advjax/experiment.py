@@ -90,7 +90,7 @@ class Experiment:
       return create_train_state(self.model, self.tx, rng, image_shape, self.objective.init_extras(image_shape),
                                 aux_bn_sets=self.objective.bn_sets())
 
-    return compilation.jit(init, out_shardings=parallel.replicated(self.mesh))(rng)
+    return compilation.jit(init, run_once=True, out_shardings=parallel.replicated(self.mesh))(rng)
 
   def restore_model(self, workdir: str) -> tuple[int, dict[str, Any]]:
     """The step and model variables of a run's latest checkpoint, whatever its objective and optimiser.

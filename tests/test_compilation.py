@@ -141,3 +141,30 @@ def test_advjax_programs_carry_the_option():
   text = attacks.attack.lower(logits_fn, x, jnp.zeros(2, jnp.int32), jax.random.key(0), cfg).compile().as_text()
   assert "convolution" in text
   assert not _ynn_lines(text, "conv_general_dilated")
+
+
+def test_run_once_options_are_cpu_only():
+  assert compilation.cpu_run_once_options("cpu") == {"xla_backend_optimization_level": 1}
+  assert compilation.cpu_run_once_options("gpu") == compilation.cpu_run_once_options("tpu") == {}
+
+
+@pytest.mark.parametrize("name,insert_block", [("convnet", ""), ("resnet20_tiny", "denoise:nonlocal_gaussian")])
+def test_run_once_compile_initialises_bit_identically(name, insert_block):
+  """Model initialisation compiled for one run (`run_once=True`) draws exactly the default
+  compile's values: make train's convnet, and a ResNet with non-local blocks (normal
+  embeddings, zero-initialised BatchNorm scales), so checkpoints stay reproducible."""
+  from advjax.models import create_model
+  from advjax.training import train_state
+
+  model = create_model(name, num_classes=10, insert_block=insert_block)
+
+  def init(key):
+    return train_state.init_variables(model, key, (28, 28, 1))
+
+  key = jax.random.key(3)
+  quick = compilation.jit(init, run_once=True)(key)
+  default = jax.jit(init, compiler_options=compilation.cpu_compiler_options() or None)(key)
+  leaves = jax.tree_util.tree_leaves_with_path(quick)
+  assert len(leaves) > 10
+  for (path, a), b in zip(leaves, jax.tree.leaves(default)):
+    np.testing.assert_array_equal(a, b, err_msg=jax.tree_util.keystr(path))
