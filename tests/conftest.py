@@ -82,7 +82,7 @@ def _fixture_group(item) -> str | None:
 
 
 def pytest_collection_modifyitems(config, items):
-  """Longest tests first; the tests that share a module fixture on one worker.
+  """Longest tests first; the tests that share a module fixture on one worker, in one run.
 
   Under --dist loadgroup, tests that use a module-scoped fixture of their
   own module form one group per module (one worker builds the fixture once,
@@ -90,9 +90,18 @@ def pytest_collection_modifyitems(config, items):
   by one. Without xdist the marks do nothing.
   """
   del config
+  rank = {name: i for i, name in enumerate(_LONGEST_FIRST)}
+  module_rank = {}  # Modules with a fixture group: the rank of their longest test.
   for item in items:
     group = _fixture_group(item)
     if group is not None:
       item.add_marker(pytest.mark.xdist_group(group))
-  rank = {name: i for i, name in enumerate(_LONGEST_FIRST)}
-  items.sort(key=lambda item: rank.get(item.originalname, len(rank)))
+      module = item.nodeid.split("::")[0]
+      module_rank[module] = min(module_rank.get(module, len(rank)), rank.get(item.originalname, len(rank)))
+  for item in items:
+    module = item.nodeid.split("::")[0]
+    if module in module_rank:
+      module_rank[module] = min(module_rank[module], rank.get(item.originalname, len(rank)))
+  # Such a module moves as a whole (in its own order): pytest tears a module fixture down as soon
+  # as a test of another module runs, so a module split by the sort would build it twice.
+  items.sort(key=lambda item: module_rank.get(item.nodeid.split("::")[0], rank.get(item.originalname, len(rank))))
