@@ -55,10 +55,10 @@ from its own threefry stream, and XLA:CPU's default LLVM pipeline spends
 init took 3.3 s to compile for 0.6 ms of work. `jit(..., run_once=True)`
 compiles such a program with LLVM's optimisation level 1 (on the CPU
 backend only), which took the init compiles of 13 models (the tiny
-variants, the convnets, ResNet-14/20) from 52 s to 15 s; their values are
-bit-identical to the default level's (integer bit streams, and no
-floating-point rewrite differs at that level; tests/test_compilation.py
-checks it). Level 0 is not used: it changed some initial values.
+variants, the convnets, ResNet-14/20) from 52 s to 15 s, with values
+bit-identical to the default level's for every one of them
+(tests/test_compilation.py checks make train's convnet and a ResNet with
+non-local blocks). Level 0 is not used: it changed some initial values.
 
 Options belong to a compiled program, and JAX refuses them on a jit nested
 inside another traced computation ("`compiler_options` can only be passed

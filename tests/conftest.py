@@ -70,10 +70,15 @@ _LONGEST_FIRST = (
 )
 
 
+def _module(item) -> str:
+  """The path of `item`'s test module, e.g. 'tests/test_sweep.py'."""
+  return item.nodeid.split("::")[0]
+
+
 def _fixture_group(item) -> str | None:
   """The xdist group of `item`: its module, if it uses a module-scoped fixture that its own
   module defines; else None."""
-  module = item.nodeid.split("::")[0]
+  module = _module(item)
   info = getattr(item, "_fixtureinfo", None)
   defs = info.name2fixturedefs.values() if info is not None else ()
   if any(d.scope == "module" and d.baseid == module for fixturedefs in defs for d in fixturedefs):
@@ -91,17 +96,21 @@ def pytest_collection_modifyitems(config, items):
   """
   del config
   rank = {name: i for i, name in enumerate(_LONGEST_FIRST)}
-  module_rank = {}  # Modules with a fixture group: the rank of their longest test.
+
+  def own_rank(item):
+    return rank.get(item.originalname, len(rank))
+
+  grouped = set()
   for item in items:
     group = _fixture_group(item)
     if group is not None:
       item.add_marker(pytest.mark.xdist_group(group))
-      module = item.nodeid.split("::")[0]
-      module_rank[module] = min(module_rank.get(module, len(rank)), rank.get(item.originalname, len(rank)))
+      grouped.add(_module(item))
+  # A module with a fixture group moves as a whole, at its longest test's rank and in its own
+  # order: pytest tears a module fixture down as soon as a test of another module runs, so a
+  # module split by the sort would build its fixture twice.
+  module_rank = {}
   for item in items:
-    module = item.nodeid.split("::")[0]
-    if module in module_rank:
-      module_rank[module] = min(module_rank[module], rank.get(item.originalname, len(rank)))
-  # Such a module moves as a whole (in its own order): pytest tears a module fixture down as soon
-  # as a test of another module runs, so a module split by the sort would build it twice.
-  items.sort(key=lambda item: module_rank.get(item.nodeid.split("::")[0], rank.get(item.originalname, len(rank))))
+    if _module(item) in grouped:
+      module_rank[_module(item)] = min(module_rank.get(_module(item), len(rank)), own_rank(item))
+  items.sort(key=lambda item: module_rank.get(_module(item), own_rank(item)))
