@@ -16,6 +16,7 @@ from advjax import config as config_lib
 from advjax import errors
 from advjax import models, saved_runs
 from configs import denoise_imagenet
+from tests import numpy_values
 
 
 @pytest.mark.parametrize("arg,params", [("resnet152", 60_192_808), ("resnext101", 88_791_336)])
@@ -30,30 +31,6 @@ def test_denoising_imagenet_configs_build_their_models(arg, params):
   blocks = {str(path[0].key) for path, _ in flat if "denoise" in str(path[0])}
   assert own == params  # torchvision's ResNet-152 / ResNeXt-101 32x8d.
   assert blocks == {"stage1_denoise", "stage2_denoise", "stage3_denoise", "stage4_denoise"}
-
-
-def _state_from_shapes(experiment):
-  """The experiment's train state with values drawn in NumPy (no init program to compile).
-
-  Kernels He-normal, scales and running variances one, everything else zero:
-  a network whose activations stay finite, which is all a one-step test needs.
-  """
-  from advjax import parallel
-  from advjax.checkpointing import path_name
-
-  rng = np.random.default_rng(0)
-
-  def value(path, leaf):
-    parts = path_name(path).split("/")
-    if parts[0] == "params" and parts[-1] == "kernel":
-      return rng.normal(0.0, np.sqrt(2.0 / np.prod(leaf.shape[:-1])), leaf.shape).astype(leaf.dtype)
-    if parts[0] != "opt_state" and parts[-1] in ("scale", "var"):
-      return np.ones(leaf.shape, leaf.dtype)
-    return np.zeros(leaf.shape, leaf.dtype)
-
-  shapes = jax.eval_shape(experiment.init_state)
-  values = jax.tree_util.tree_map_with_path(value, shapes)
-  return jax.device_put(values, parallel.replicated(experiment.mesh))
 
 
 def test_denoising_imagenet_resnext101_config_trains_one_step_on_mock_data():
@@ -76,7 +53,9 @@ def test_denoising_imagenet_resnext101_config_trains_one_step_on_mock_data():
   with tfds.testing.mock_data(num_examples=4):
     experiment = Experiment(config, jax.devices()[:1])
     batch = experiment.train_source.batch(0)
-  state = _state_from_shapes(experiment)
+  # Values drawn in NumPy: no init program to compile (the init is tested on small models).
+  state = jax.device_put(numpy_values.draw_like(jax.eval_shape(experiment.init_state)),
+                         parallel.replicated(experiment.mesh))
   before = jax.device_get(state.model_state)
   train_step = steps.compile_train_step(steps.guard(experiment.objective.train_step), state, experiment.mesh)
   state, metrics = train_step(state, parallel.shard_batch(batch, experiment.mesh))

@@ -8,6 +8,7 @@ import pytest
 
 from advjax.errors import ConfigError
 from advjax.models import MODELS, create_model, layers
+from tests import numpy_values
 
 TINY = sorted(name for name in MODELS if name.endswith("_tiny"))
 ACTIVATIONS = ["relu", "softplus", "silu", "gelu", "tanh", "elu", "elu:0.5", "celu:1.5",
@@ -110,20 +111,8 @@ def test_every_activation_builds_in_every_tiny_model(name):
 
 
 def _numpy_variables(model, x):
-  """Variables of `model` drawn with numpy from eval_shape shapes: no init compilation."""
-  rng = np.random.default_rng(0)
-
-  def draw(path, leaf):
-    name = path[-1].key
-    if name == "raw_alpha":
-      return jnp.full(leaf.shape, 400.0, jnp.float32)
-    if name == "var" or name.startswith("scale"):
-      return jnp.ones(leaf.shape, jnp.float32)
-    if name == "kernel":
-      return jnp.asarray(rng.normal(size=leaf.shape) / np.sqrt(np.prod(leaf.shape[:-1]) / 2), jnp.float32)
-    return jnp.zeros(leaf.shape, jnp.float32)
-
-  return jax.tree_util.tree_map_with_path(draw, jax.eval_shape(model.init, jax.random.key(0), x))
+  """Variables of `model` drawn with numpy from eval_shape shapes (smooth ReLU's alpha at 400)."""
+  return numpy_values.draw_like(jax.eval_shape(model.init, jax.random.key(0), x), fixed={"raw_alpha": 400.0})
 
 
 def test_activations_run_and_smooth_relu_trains_in_efficientnet_tiny():
