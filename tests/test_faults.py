@@ -68,22 +68,42 @@ def _copy(reference, tmp_path):
   return workdir
 
 
-def _damage_largest_array_file(workdir, step):
-  """Overwrites bytes in the middle of the step's largest array file, keeping its size."""
+def _damage_array_data(workdir, step, every=None):
+  """Overwrites bytes of each data file of checkpoint `step`'s arrays, keeping their sizes.
+
+  The arrays' bytes are in the per-process OCDBT databases' data files
+  (`ocdbt.process_*/d/`); which file holds which array, and how many files
+  there are, depends on the writer's timing. Some of those files hold only
+  B-tree nodes that the merged database no longer reads, where damage is
+  harmless (damaging only the checkpoint's largest file once let it restore
+  intact in a CI run), so every file is damaged.
+
+  Args:
+    workdir: the run directory.
+    step: which checkpoint.
+    every: None to overwrite 32 bytes in the middle of each file, which lands
+      inside an array's values (a restore reads them but their checksum no
+      longer matches); or a stride: 16 bytes at every `every`, which damages
+      every array of more than `every` bytes, so that a restore of only some
+      fields (the parameters) also finds damage.
+  """
   root = os.path.join(workdir, "checkpoints", str(step), checkpointing.STATE_ITEM)
-  files = [os.path.join(base, f) for base, _, names in os.walk(root) for f in names]
-  path = max(files, key=os.path.getsize)
-  size = os.path.getsize(path)
-  with open(path, "r+b") as f:
-    f.seek(size // 2)
-    f.write(np.random.default_rng(0).integers(0, 256, size=64, dtype=np.uint8).tobytes())
-  assert os.path.getsize(path) == size
-  return path
+  paths = [os.path.join(base, name) for base, _, names in os.walk(root) for name in names
+           if os.path.basename(os.path.dirname(base)).startswith("ocdbt.process_") and os.path.basename(base) == "d"]
+  assert paths, f"no OCDBT data files under {root}"
+  for path in paths:
+    size = os.path.getsize(path)
+    spots = [(size // 2, 32)] if every is None else [(offset, 16) for offset in range(0, size - 16, every)]
+    with open(path, "r+b") as f:
+      for offset, length in spots:
+        f.seek(offset)
+        f.write(b"\xff" * length)
+    assert os.path.getsize(path) == size
 
 
 def test_a_damaged_checkpoint_is_set_aside_and_the_previous_one_resumes_bitwise(reference, tmp_path, capfd):
   workdir = _copy(reference, tmp_path)
-  _damage_largest_array_file(workdir, 12)
+  _damage_array_data(workdir, 12)
   config = _config()
   # The run's newest checkpoint no longer verifies: the run resumes from step 8 and retrains to 12.
   os.remove(os.path.join(workdir, run_dir.SUMMARY_FILE))
@@ -99,20 +119,9 @@ def test_a_damaged_checkpoint_is_set_aside_and_the_previous_one_resumes_bitwise(
   assert [r["step"] for r in run_dir.read_metrics(workdir) if "loss" in r] == list(range(1, 13))
 
 
-def _damage_every_array_file(workdir, step):
-  root = os.path.join(workdir, "checkpoints", str(step), checkpointing.STATE_ITEM)
-  for base, _, names in os.walk(root):
-    for name in names:
-      path = os.path.join(base, name)
-      if "ocdbt" in path and os.path.getsize(path) > 256:
-        with open(path, "r+b") as f:
-          f.seek(os.path.getsize(path) // 2)
-          f.write(b"\xff" * 32)
-
-
 def test_evaluation_reads_around_a_damaged_checkpoint(reference, tmp_path, capfd):
   workdir = _copy(reference, tmp_path)
-  _damage_every_array_file(workdir, 12)
+  _damage_array_data(workdir, 12, every=256)
   step, _ = Experiment(_config()).restore_model(workdir)
   assert step == 8 and "checkpoint 12" in capfd.readouterr().err
   with pytest.raises(CheckpointError, match="damaged"):
