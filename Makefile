@@ -21,10 +21,11 @@ train: $(STAMP)
 	$(PY) sweep.py --config configs/compare_digits.py --workdir $(WORKDIR)
 
 # Two test processes (pytest-xdist): XLA:CPU compiles, which dominate the
-# suite, are single-threaded. loadgroup keeps the tests that share a module
-# fixture on one worker (tests/conftest.py). `$(PY) -m pytest tests/...` runs serially.
+# suite, are single-threaded. loadscope runs each test module whole on one
+# worker, so a module's shared fixtures are built once; the workers take the
+# modules in tests/conftest.py's order. `$(PY) -m pytest tests/...` runs serially.
 test: $(STAMP)
-	$(PY) -m pytest -n 2 --dist loadgroup
+	$(PY) -m pytest -n 2 --dist loadscope --no-loadscope-reorder
 
 # JAX vs PyTorch timings -> BENCHMARKS.md. BENCH_ARGS passes flags to
 # benchmarks/run.py, e.g. BENCH_ARGS="--quick" or "--workloads pgd --models resnet20".

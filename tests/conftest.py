@@ -47,10 +47,16 @@ def device_count_invariant_convolutions():
     os.environ[compilation.CONVOLUTIONS_ENV] = before
 
 
-# `make test` runs two workers (pytest-xdist, --dist loadgroup). The longest tests
-# go first, so that the two workers finish together instead of one waiting on a
-# long test that started last (measured with --durations; a stale name only
-# changes the order).
+# `make test` runs two workers (pytest-xdist) with `--dist loadscope
+# --no-loadscope-reorder`: each test module runs whole on one worker, so a
+# module-scoped fixture (a trained reference run, most of them) is built once,
+# and the workers take the modules in collection order. (`--dist loadgroup`
+# with `xdist_group` marks would group only the tests that share a fixture,
+# but pytest-xdist 3.8 cannot add its group to pytest 9.2's node ids: its
+# groups were silently ignored, and such fixtures were built on both workers.)
+# The modules with the longest tests go first, so that the workers finish
+# together instead of one waiting on a long module that started last
+# (measured with --durations; a stale name only changes the order).
 _LONGEST_FIRST = (
     "test_denoising_imagenet_resnext101_config_trains_one_step_on_mock_data",
     "test_voc_fcn_resnet50_config_trains_one_step_on_a_voc_folder",
@@ -75,42 +81,18 @@ def _module(item) -> str:
   return item.nodeid.split("::")[0]
 
 
-def _fixture_group(item) -> str | None:
-  """The xdist group of `item`: its module, if it uses a module-scoped fixture that its own
-  module defines; else None."""
-  module = _module(item)
-  info = getattr(item, "_fixtureinfo", None)
-  defs = info.name2fixturedefs.values() if info is not None else ()
-  if any(d.scope == "module" and d.baseid == module for fixturedefs in defs for d in fixturedefs):
-    return module.replace("/", ".")
-  return None
-
-
 def pytest_collection_modifyitems(config, items):
-  """Longest tests first; the tests that share a module fixture on one worker, in one run.
+  """Modules in the order of their longest test (longest first), each module's tests kept together.
 
-  Under --dist loadgroup, tests that use a module-scoped fixture of their
-  own module form one group per module (one worker builds the fixture once,
-  not each worker that draws one of them); the other tests are spread one
-  by one. Without xdist the marks do nothing.
+  The sort is stable: a module's tests keep their order, and modules without a
+  listed test keep theirs. Run serially, this also keeps each module fixture
+  alive from its module's first test to its last (pytest tears one down as
+  soon as a test of another module runs).
   """
   del config
   rank = {name: i for i, name in enumerate(_LONGEST_FIRST)}
-
-  def own_rank(item):
-    return rank.get(item.originalname, len(rank))
-
-  grouped = set()
-  for item in items:
-    group = _fixture_group(item)
-    if group is not None:
-      item.add_marker(pytest.mark.xdist_group(group))
-      grouped.add(_module(item))
-  # A module with a fixture group moves as a whole, at its longest test's rank and in its own
-  # order: pytest tears a module fixture down as soon as a test of another module runs, so a
-  # module split by the sort would build its fixture twice.
   module_rank = {}
   for item in items:
-    if _module(item) in grouped:
-      module_rank[_module(item)] = min(module_rank.get(_module(item), len(rank)), own_rank(item))
-  items.sort(key=lambda item: module_rank.get(_module(item), own_rank(item)))
+    module = _module(item)
+    module_rank[module] = min(module_rank.get(module, len(rank)), rank.get(item.originalname, len(rank)))
+  items.sort(key=lambda item: module_rank[_module(item)])
