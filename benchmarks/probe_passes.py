@@ -3,8 +3,10 @@
 A diagnostic, not a workload of `make bench`. On the same weights (BatchNorm
 removed on both sides, so only convolutions, ReLUs and adds remain) it times
 the forward pass, forward + input gradient (an attack step) and forward +
-weight gradients; then single 3x3 convolutions of each ResNet-20 stage,
-forward and input gradient. Every pair is timed interleaved in one run.
+weight gradients; then single 3x3 convolutions of each ResNet-20 stage:
+forward, input gradient and kernel gradient. Every pair is timed interleaved
+in one run; the JAX programs are compiled as advjax compiles its own
+(`advjax.compilation.jit`, XLA's multi-threaded convolutions on a CPU).
 
 Run: `python -m benchmarks.probe_passes [--batch 8] [--budget 30]`.
 """
@@ -21,7 +23,7 @@ import torch
 import torch.nn.functional as F
 from jax import lax
 
-from advjax import models
+from advjax import compilation, models
 from advjax.attacks import losses
 from benchmarks import harness
 
@@ -52,7 +54,7 @@ def pass_timers(spec: harness.Spec) -> dict:
   def loss(p, images):
     return jnp.mean(losses.cross_entropy(net.apply({"params": p}, images), yj))
 
-  fwd, dx, dw = (jax.jit(f) for f in (loss, jax.grad(loss, argnums=1), jax.grad(loss)))
+  fwd, dx, dw = (compilation.jit(f) for f in (loss, jax.grad(loss, argnums=1), jax.grad(loss)))
   tm = without_batchnorm(m.torch_model).to(memory_format=torch.channels_last).train()
   xt, yt = harness.to_torch(x, y, channels_last=True)
 
@@ -78,7 +80,7 @@ def pass_timers(spec: harness.Spec) -> dict:
 
 
 def conv_timers(batch: int) -> dict:
-  """Single 3x3 stride-1 convolutions of each stage: forward and input gradient."""
+  """Single 3x3 stride-1 convolutions of each stage: forward, input gradient and kernel gradient."""
   rng = np.random.default_rng(0)
   timers = {}
   for size, c in STAGES:
@@ -89,18 +91,30 @@ def conv_timers(batch: int) -> dict:
     def conv(x_in, kernel):
       return lax.conv_general_dilated(x_in, kernel, (1, 1), "SAME", dimension_numbers=NHWC)
 
-    fwd = jax.jit(conv)
-    dx = jax.jit(lambda x_in, kernel, cot: jax.vjp(lambda v: conv(v, kernel), x_in)[1](cot)[0])
+    fwd = compilation.jit(conv)
+    dx = compilation.jit(lambda x_in, kernel, cot: jax.vjp(lambda v: conv(v, kernel), x_in)[1](cot)[0])
+    dk = compilation.jit(lambda x_in, kernel, cot: jax.vjp(lambda w: conv(x_in, w), kernel)[1](cot)[0])
     nchw = lambda a, perm: torch.from_numpy(np.asarray(a).transpose(perm).copy()).contiguous(  # noqa: E731
         memory_format=torch.channels_last)
     xt, kt, gt = nchw(x, (0, 3, 1, 2)), nchw(k, (3, 2, 0, 1)), nchw(g, (0, 3, 1, 2))
     name = f"conv {c}->{c} at {size}x{size}"
+    # The pairs compute the same thing: both gradients agree to float32 rounding before they are timed.
+    for what, ours, theirs, perm in (
+        ("input grad", dx(x, k, g), torch.nn.grad.conv2d_input(xt.shape, kt, gt, padding=1), (0, 2, 3, 1)),
+        ("kernel grad", dk(x, k, g), torch.nn.grad.conv2d_weight(xt, kt.shape, gt, padding=1), (2, 3, 1, 0))):
+      ours, theirs = np.asarray(ours), theirs.numpy().transpose(perm)
+      error = float(np.max(np.abs(ours - theirs)) / np.max(np.abs(theirs)))
+      if error > 1e-4:
+        raise harness.AgreementError(f"{name} {what}: JAX and PyTorch differ by {error:.2g} of the largest value")
     timers.update({
         f"{name} forward | jax": lambda fwd=fwd, x=x, k=k: jax.block_until_ready(fwd(x, k)),
         f"{name} forward | torch": lambda xt=xt, kt=kt: F.conv2d(xt, kt, padding=1),
         f"{name} input grad | jax": lambda dx=dx, x=x, k=k, g=g: jax.block_until_ready(dx(x, k, g)),
         f"{name} input grad | torch": lambda xt=xt, kt=kt, gt=gt: torch.nn.grad.conv2d_input(
-            xt.shape, kt, gt, padding=1)})
+            xt.shape, kt, gt, padding=1),
+        f"{name} kernel grad | jax": lambda dk=dk, x=x, k=k, g=g: jax.block_until_ready(dk(x, k, g)),
+        f"{name} kernel grad | torch": lambda xt=xt, kt=kt, gt=gt: torch.nn.grad.conv2d_weight(
+            xt, kt.shape, gt, padding=1)})
   return timers
 
 

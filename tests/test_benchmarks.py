@@ -87,7 +87,7 @@ def test_pass_probe_prints_every_row(capsys):
   from benchmarks import probe_passes
   probe_passes.main(["--model", "resnet20_tiny", "--batch", "2", "--budget", "0.01"])
   out = capsys.readouterr().out
-  assert out.count("| conv ") == 2 * len(probe_passes.STAGES)
+  assert out.count("| conv ") == 3 * len(probe_passes.STAGES) and out.count(" kernel grad |") == len(probe_passes.STAGES)
   assert "| forward + input grad |" in out and "| forward + weight grads |" in out
 
 
