@@ -61,12 +61,27 @@ Mismatches that remain (ART cannot be configured to follow advjax exactly):
   does; otherwise ART's calls take about twice as long (measured with
   `clip_values=(0, 1)`: 160 s instead of 86 s).
 
-Checked, with the JAX model as the judge of both perturbations: the fooling
-rates of the final perturbations on the same digits agree within 6 points
-(and 2 digits; on five orders at this eps they differed by 1-4.5 points),
-both v lie in the eps ball, and their L2 norms agree within a factor 1.5
-(ART's came out 4-11% larger on 200 digits, 33% on 8 with convnet_tiny,
-where a few updates make v).
+Checked, with the JAX model as the judge of both perturbations, on
+`ORDERS` visiting orders (the stored one and seeded permutations; both sides
+visit the same order, and the timed calls use the stored one): both sides
+make their `PASSES` passes, both v lie in the eps ball in every order, the
+mean fooling rates over the orders agree within 6 points (or within twice
+the standard error of their difference, if the orders spread them more),
+and the mean L2 norms agree within a factor 1.5. One order is not enough:
+its v depends strongly on the order, and a single order's rates differed by
+1-4.5 points on one machine and by 6.5 on another.
+
+The sides do not agree exactly, and the difference is systematic (2026-12-05,
+convnet, 200 digits): advjax's v fooled more digits in each of four orders
+(0.14, 0.08, 0.14, 0.15 against ART's 0.08, 0.055, 0.095, 0.06). The cause
+is the image box. ART's DeepFool iterate is not clipped, and at a pixel that
+is exactly 0 the clamp still passes the gradient, so its steps push the
+digits' zero background further below 0, where the clamp erases them: 79% of
+ART's final v was negative, and clip(x + v) - x kept 66% of its L2 norm on
+average over the digits (advjax: 21% negative, 91% kept). So with the same
+eps ART's v does less. ART also fools fewer digits and therefore runs
+DeepFool on a few more of them, so it does slightly more work in its timed
+calls, not less.
 
 FLOPs: not reported (nan). The number of DeepFool steps depends on each
 side's own trajectory and advjax does not expose it.
@@ -100,7 +115,8 @@ EPS = 64.0  # L-inf radius, 0-255 pixel units
 XI = 0.0  # stop only once every digit is fooled (ART's delta)
 DEEPFOOL_MAX_ITER, OVERSHOOT, CANDIDATES = 10, 0.02, 10
 MINIBATCH = 32
-# Tolerances of the agreement check.
+# The agreement check: visiting orders (0: the stored one), and its tolerances.
+ORDERS = 4
 FOOLING_ATOL, FOOLING_MIN_DIGITS = 0.06, 2
 L2_RATIO = 1.5  # the L2 norms within this factor of each other
 
@@ -169,43 +185,49 @@ def build(spec: harness.Spec) -> harness.Workload:
            "input-clamping twin and clip_values=None; no torch.compile variant"]
 
   # `universal_deepfool` compiles one pass per (logits_fn, config) on the first call and reuses it.
-  def run_jax(config):
-    return udf.universal_deepfool(logits_fn, x, rng, config)
+  def run_jax(config, points=x):
+    return udf.universal_deepfool(logits_fn, points, rng, config)
 
-  def run_art() -> np.ndarray:
+  def run_art(points=x_nchw) -> np.ndarray:
     """ART's final v as [H, W, C]."""
     with art_in_order():
-      art_attack.generate(x_nchw)
+      art_attack.generate(points)
+    if art_attack.converged:  # True only if it stopped before its last pass.
+      raise harness.AgreementError(f"unequal work: ART stopped before its {PASSES} passes")
     return art_attack.noise[0].transpose(1, 2, 0)
 
   def check():
-    res, res_mb = run_jax(cfg), run_jax(cfg_minibatch)
-    v_jax, v_mb, v_art = np.asarray(res.perturbation), np.asarray(res_mb.perturbation), run_art()
     rate = lambda v: udf.fooling_rate(logits_fn, x, jnp.asarray(v), clean)  # noqa: E731
     l2 = lambda v: float(np.linalg.norm(v))  # noqa: E731
     mb = f"jax minibatch {MINIBATCH}"
-    out = {
-        "fooling jax": rate(v_jax), "fooling ART": rate(v_art), "fooling ART (ART's model)": art_attack.fooling_rate,
-        f"fooling {mb}": rate(v_mb),
-        "L2 jax": l2(v_jax), "L2 ART": l2(v_art), f"L2 {mb}": l2(v_mb),
-        "Linf*255 jax": float(np.max(np.abs(v_jax))) * 255, "Linf*255 ART": float(np.max(np.abs(v_art))) * 255,
-        "passes jax": len(res.fooling_rates), f"passes {mb}": len(res_mb.fooling_rates),
-        # ART's `converged` is True only if it stopped before its last pass.
-        "ART stopped early": float(bool(art_attack.converged)),
-    }
-    if out["passes jax"] != PASSES or art_attack.converged:
-      raise harness.AgreementError(f"unequal work: JAX ran {out['passes jax']} passes, ART "
-                                   f"{'stopped early' if art_attack.converged else f'ran {PASSES}'}")
-    tol = max(FOOLING_ATOL, FOOLING_MIN_DIGITS / n)
-    if abs(out["fooling jax"] - out["fooling ART"]) > tol:
-      raise harness.AgreementError(f"fooling rates differ: JAX {out['fooling jax']:.3f} vs ART "
-                                   f"{out['fooling ART']:.3f} (> {tol:.3f})")
-    for side, v in (("JAX", v_jax), ("ART", v_art), (mb, v_mb)):
-      if np.max(np.abs(v)) > eps * (1 + 1e-5):
-        raise harness.AgreementError(f"{side} perturbation leaves the L-inf ball: {np.max(np.abs(v)):.4g} > {eps:.4g}")
-    if not out["L2 jax"] * L2_RATIO >= out["L2 ART"] >= out["L2 jax"] / L2_RATIO:
-      raise harness.AgreementError(f"perturbation L2 norms differ: JAX {out['L2 jax']:.3f} vs ART "
-                                   f"{out['L2 ART']:.3f} (more than a factor {L2_RATIO})")
+    fooling, norms = {"jax": [], "ART": []}, {"jax": [], "ART": []}
+    for order in range(ORDERS):
+      perm = np.arange(n) if order == 0 else np.random.default_rng(order).permutation(n)
+      res = run_jax(cfg, x[perm])
+      if len(res.fooling_rates) != PASSES:
+        raise harness.AgreementError(f"unequal work: JAX ran {len(res.fooling_rates)} passes, not {PASSES}")
+      v_jax, v_art = np.asarray(res.perturbation), run_art(x_nchw[perm])
+      for side, v in (("jax", v_jax), ("ART", v_art)):
+        if np.max(np.abs(v)) > eps * (1 + 1e-5):
+          raise harness.AgreementError(f"{side} perturbation leaves the L-inf ball in order {order}: "
+                                       f"{np.max(np.abs(v)):.4g} > {eps:.4g}")
+        fooling[side].append(rate(v))
+        norms[side].append(l2(v))
+    res_mb = run_jax(cfg_minibatch)
+    out = {f"fooling {side} (order {k})": r for side in fooling for k, r in enumerate(fooling[side])}
+    out.update({f"mean fooling {side}": float(np.mean(r)) for side, r in fooling.items()})
+    out.update({f"mean L2 {side}": float(np.mean(r)) for side, r in norms.items()})
+    out.update({f"fooling {mb}": rate(res_mb.perturbation), f"L2 {mb}": l2(np.asarray(res_mb.perturbation)),
+                f"passes {mb}": len(res_mb.fooling_rates)})
+    difference = out["mean fooling jax"] - out["mean fooling ART"]
+    stderr = float(np.sqrt((np.var(fooling["jax"], ddof=1) + np.var(fooling["ART"], ddof=1)) / ORDERS))
+    tol = max(FOOLING_ATOL, FOOLING_MIN_DIGITS / n, 2 * stderr)
+    if abs(difference) > tol:
+      raise harness.AgreementError(f"mean fooling rates over {ORDERS} orders differ: JAX {out['mean fooling jax']:.3f} "
+                                   f"vs ART {out['mean fooling ART']:.3f} (> {tol:.3f})")
+    if not out["mean L2 jax"] * L2_RATIO >= out["mean L2 ART"] >= out["mean L2 jax"] / L2_RATIO:
+      raise harness.AgreementError(f"perturbation L2 norms differ: JAX {out['mean L2 jax']:.3f} vs ART "
+                                   f"{out['mean L2 ART']:.3f} (more than a factor {L2_RATIO})")
     return out
 
   timers = {
