@@ -33,6 +33,31 @@ def test_denoising_imagenet_configs_build_their_models(arg, params):
   assert blocks == {"stage1_denoise", "stage2_denoise", "stage3_denoise", "stage4_denoise"}
 
 
+def _check_first_step(step, metrics):
+  """A first training step that ran: step 1, finite positive loss, a gradient."""
+  assert step == 1 and bool(metrics["finite"]) and np.isfinite(metrics["loss"]) and metrics["loss"] > 0
+  assert metrics["grad_norm"] > 0
+
+
+def _numpy_state(experiment):
+  """The experiment's train state with values drawn in NumPy (no init program to compile), replicated.
+
+  Its init program is tested on small models; here the values only need to be plausible.
+  """
+  from advjax import parallel
+  return jax.device_put(numpy_values.draw_like(jax.eval_shape(experiment.init_state)),
+                        parallel.replicated(experiment.mesh))
+
+
+def _train_one_step(experiment, state, batch):
+  """(state, host metrics) after one step of the trainer's compiled step (guarded, sharded, state donated)."""
+  from advjax import parallel
+  from advjax.training import steps
+  train_step = steps.compile_train_step(steps.guard(experiment.objective.train_step), state, experiment.mesh)
+  state, metrics = train_step(state, parallel.shard_batch(batch, experiment.mesh))
+  return state, jax.device_get(metrics)
+
+
 def test_denoising_imagenet_resnext101_config_trains_one_step_on_mock_data():
   """The full model and recipe (ResNeXt-101 32x8d with four non-local blocks, targeted
   mixed-start PGD on running statistics, label smoothing) for one real step, at 32 px,
@@ -42,9 +67,7 @@ def test_denoising_imagenet_resnext101_config_trains_one_step_on_mock_data():
   batch of the config's input pipeline; the trainer's own loop (checkpoints,
   metrics, resumption) is the same for every config and tested elsewhere.
   """
-  from advjax import parallel
   from advjax.experiment import Experiment
-  from advjax.training import steps
 
   config = denoise_imagenet.get_config("resnext101")
   config.data.image_size = 32
@@ -53,15 +76,10 @@ def test_denoising_imagenet_resnext101_config_trains_one_step_on_mock_data():
   with tfds.testing.mock_data(num_examples=4):
     experiment = Experiment(config, jax.devices()[:1])
     batch = experiment.train_source.batch(0)
-  # Values drawn in NumPy: no init program to compile (the init is tested on small models).
-  state = jax.device_put(numpy_values.draw_like(jax.eval_shape(experiment.init_state)),
-                         parallel.replicated(experiment.mesh))
+  state = _numpy_state(experiment)
   before = jax.device_get(state.model_state)
-  train_step = steps.compile_train_step(steps.guard(experiment.objective.train_step), state, experiment.mesh)
-  state, metrics = train_step(state, parallel.shard_batch(batch, experiment.mesh))
-  metrics = jax.device_get(metrics)
-  assert int(state.step) == 1 and bool(metrics["finite"]) and np.isfinite(metrics["loss"]) and metrics["loss"] > 0
-  assert metrics["grad_norm"] > 0  # (The warm-up's first learning rate is 0: the weights stay.)
+  state, metrics = _train_one_step(experiment, state, batch)
+  _check_first_step(int(state.step), metrics)  # (The warm-up's first learning rate is 0: the weights stay.)
   # The weight update ran in training mode: the last denoising block's running statistics moved.
   after = jax.device_get(state.model_state)
   moved = [not np.array_equal(a, b) for a, b in zip(jax.tree.leaves(after["batch_stats"]["stage4_denoise"]),
@@ -117,8 +135,7 @@ def test_universality_cifar10_config_has_the_papers_settings_and_trains_one_step
   config.num_steps, config.batch_size, config.eval.batch_size, config.eval.num_examples = 1, 4, 4, 4
   with tfds.testing.mock_data(num_examples=8):
     summary = runs.train_and_evaluate(config, str(tmp_path), jax.devices()[:1])
-  metrics = summary["final_train_metrics"]
-  assert summary["steps"] == 1 and metrics["finite"] == 1.0 and np.isfinite(metrics["loss"]) and metrics["loss"] > 0
+  _check_first_step(summary["steps"], summary["final_train_metrics"])
   assert summary["evals"]["clean"]["num_examples"] == 4
 
 
@@ -157,8 +174,7 @@ def _check_evals(results):
 
 
 def _check_one_step_summary(summary):
-  metrics = summary["final_train_metrics"]
-  assert summary["steps"] == 1 and metrics["finite"] == 1.0 and np.isfinite(metrics["loss"]) and metrics["loss"] > 0
+  _check_first_step(summary["steps"], summary["final_train_metrics"])
   _check_evals(summary["evals"])
 
 
@@ -222,10 +238,9 @@ def test_cityscapes_fcn8_config_trains_one_step_on_mock_data(arg):
   `train_evals`: what a run does after its last step, without the init
   program and the 1 GB checkpoint (the trainer's loop is tested elsewhere).
   """
-  from advjax import evaluation, parallel
+  from advjax import evaluation
   from advjax.data import pipeline
   from advjax.experiment import Experiment
-  from advjax.training import steps
   from configs import seg_cityscapes_fcn8
 
   config = seg_cityscapes_fcn8.get_config(arg)
@@ -236,15 +251,10 @@ def test_cityscapes_fcn8_config_trains_one_step_on_mock_data(arg):
     experiment = Experiment(config, jax.devices()[:1])
     batch = experiment.train_source.batch(0)
     assert batch["image"].shape == (2, 64, 128, 3) and batch["label"].shape == (2, 64, 128)
-    state = jax.device_put(numpy_values.draw_like(jax.eval_shape(experiment.init_state)),
-                           parallel.replicated(experiment.mesh))
-    train_step = steps.compile_train_step(steps.guard(experiment.objective.train_step), state, experiment.mesh)
-    state, metrics = train_step(state, parallel.shard_batch(batch, experiment.mesh))
+    state, metrics = _train_one_step(experiment, _numpy_state(experiment), batch)
     results = evaluation.run(config.evals, experiment.eval_context(), state.variables,
                              names=tuple(config.train_evals))
-  metrics = jax.device_get(metrics)
-  assert int(state.step) == 1 and bool(metrics["finite"]) and np.isfinite(metrics["loss"]) and metrics["loss"] > 0
-  assert metrics["grad_norm"] > 0
+  _check_first_step(int(state.step), metrics)
   _check_evals(results)
 
 
@@ -357,8 +367,7 @@ def test_voc_fcn_resnet_rb_config_trains_one_step_on_a_frozen_backbone(voc_at50_
   config.model.backbone_checkpoint = backbone_run
   config.train_evals = ("clean",)  # The fixture covers the PGD evaluation; this test is about the frozen backbone.
   summary = runs.train_and_evaluate(config, str(root / "rb"), jax.devices()[:1])
-  metrics = summary["final_train_metrics"]
-  assert summary["steps"] == 1 and metrics["finite"] == 1.0 and np.isfinite(metrics["loss"]) and metrics["loss"] > 0
+  _check_first_step(summary["steps"], summary["final_train_metrics"])
   assert summary["evals"]["clean"]["num_examples"] == 2
   # Frozen: after the step the backbone's weights and BatchNorm statistics are still AT-50's; the head moved.
   model, rb, _ = saved_runs.load_model(str(root / "rb"), "test")
