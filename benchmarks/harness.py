@@ -42,7 +42,7 @@ import platform
 import statistics
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from typing import Any
 
 import jax
@@ -287,12 +287,18 @@ def clip_like_jax(xt: torch.Tensor, low: float, high: float) -> torch.Tensor:
   return torch.minimum(torch.maximum(xt, low_t), high_t)
 
 
+# The variant name of `torch.compile`d PyTorch: timed when it runs, never the eager reference.
+TORCH_COMPILE = "torch.compile"
+
+
 def torch_variants(tm: torch.nn.Module, spec: Spec, notes: list[str]) -> dict[str, tuple[torch.nn.Module, bool]]:
   """The PyTorch executions to time: name -> (module, channels_last input).
 
   Eager NCHW (PyTorch's default), eager channels_last (oneDNN/cuDNN often
   prefer NHWC), and, if `spec.torch_compile`, `torch.compile` of the eager
-  module. A compile failure is recorded in `notes`, not raised.
+  module. A compile failure is recorded in `notes`, not raised; as Dynamo
+  compiles at the first call, `run_workload` also leaves out a compiled
+  variant whose first calls fail.
   """
   out = {"torch eager": (tm, False)}
   cl = copy.deepcopy(tm).to(memory_format=torch.channels_last)
@@ -300,7 +306,7 @@ def torch_variants(tm: torch.nn.Module, spec: Spec, notes: list[str]) -> dict[st
   if spec.torch_compile:
     try:
       compiled = torch.compile(copy.deepcopy(tm))
-      out["torch.compile"] = (compiled, False)
+      out[TORCH_COMPILE] = (compiled, False)
     except Exception as e:  # noqa: BLE001  (recorded, the run goes on)
       notes.append(f"torch.compile unavailable: {type(e).__name__}: {str(e).splitlines()[0][:200]}")
   return out
@@ -439,7 +445,8 @@ def _quartiles(ts: list[float]) -> tuple[float, float, float]:
 
 
 def time_interleaved(fns: dict[str, Callable[[], Any]], *, warmup: int = 2, min_reps: int = 5,
-                     max_reps: int = 50, budget_s: float = 30.0, log=print) -> dict[str, Timing]:
+                     max_reps: int = 50, budget_s: float = 30.0, log=print, optional: Collection[str] = (),
+                     failures: dict[str, str] | None = None) -> dict[str, Timing]:
   """Times zero-argument callables round-robin; each call must finish its work before returning.
 
   Args:
@@ -449,22 +456,39 @@ def time_interleaved(fns: dict[str, Callable[[], Any]], *, warmup: int = 2, min_
     budget_s: rough total seconds of timed calls across variants; the number
       of reps is chosen from the warm-up cost to fit it.
     log: progress printer.
+    optional: variants that may fail to run (another framework's compiler):
+      one whose warm-up raises is left out of the timing instead of ending
+      the run. Any other variant's error propagates, and so does an optional
+      variant's error after its warm-up succeeded.
+    failures: if given, filled with variant name -> error of each optional
+      variant left out.
 
   Returns:
-    variant name -> Timing.
+    variant name -> Timing, for every variant that ran.
   """
   first, warm = {}, {}
   for name, fn in fns.items():
-    t0 = time.perf_counter()
-    fn()
-    first[name] = time.perf_counter() - t0
-    t = first[name]
-    for _ in range(max(warmup - 1, 0)):
+    try:
       t0 = time.perf_counter()
       fn()
-      t = time.perf_counter() - t0
+      first[name] = time.perf_counter() - t0
+      t = first[name]
+      for _ in range(max(warmup - 1, 0)):
+        t0 = time.perf_counter()
+        fn()
+        t = time.perf_counter() - t0
+    except Exception as e:  # noqa: BLE001  (an optional variant is left out; the others re-raise)
+      if name not in optional:
+        raise
+      error = f"{type(e).__name__}: {(str(e).strip().splitlines() or [''])[0][:200]}"
+      first.pop(name, None)
+      if failures is not None:
+        failures[name] = error
+      log(f"    warm-up {name}: FAILED, left out of the timing ({error})")
+      continue
     warm[name] = t
     log(f"    warm-up {name}: first call {first[name]:.3f}s, then {t:.3f}s")
+  fns = {name: fn for name, fn in fns.items() if name in warm}
   per_round = sum(warm.values())
   reps = int(min(max_reps, max(min_reps, budget_s / max(per_round, 1e-9))))
   times = {name: [] for name in fns}
@@ -671,7 +695,7 @@ def is_torch_eager(variant: str) -> bool:
 
   Library variants ('torchattacks.PGD', 'foolbox', 'ART') run eager PyTorch too.
   """
-  return not variant.startswith("jax") and variant != "torch.compile"
+  return not variant.startswith("jax") and variant != TORCH_COMPILE
 
 
 def run_workload(workload: Workload, *, budget_s: float, min_reps: int,
@@ -685,8 +709,11 @@ def run_workload(workload: Workload, *, budget_s: float, min_reps: int,
   jax_first_call = time.perf_counter() - t0
   errors = workload.check()
   log("    agreement: " + ", ".join(f"{k} {v:.2g}" for k, v in errors.items()))
+  # torch.compile is an extra variant beside the eager reference: if Inductor cannot compile the
+  # step, the row is timed without it and its notes say why.
+  failures: dict[str, str] = {}
   timings = time_interleaved({**workload.timers, **peak_matmul_timers(dtype=spec.dtype)}, budget_s=budget_s,
-                             min_reps=min_reps, log=log)
+                             min_reps=min_reps, log=log, optional=(TORCH_COMPILE,), failures=failures)
   # The larger of the two frameworks' matmul rates, measured in this very loop.
   peak = max(2 * peak_size() ** 3 / timings.pop(name).median_s for name in PEAK_VARIANTS)
   jax_median = timings["jax"].median_s
@@ -694,7 +721,8 @@ def run_workload(workload: Workload, *, budget_s: float, min_reps: int,
   rows = []
   timings["jax"].first_call_s = jax_first_call
   flops = workload.flops()
-  notes = list(workload.notes)
+  notes = list(workload.notes) + [f"{variant} not timed: it failed to run ({error})"
+                                   for variant, error in failures.items()]
   if workload.work is not None:
     unit, count = workload.work()
     notes.append(f"{unit} per second ({count:g} per call): "

@@ -68,6 +68,37 @@ def test_interleaved_timing_reports_every_variant():
   assert all(t.reps == 4 and t.q1_s <= t.median_s <= t.q3_s for t in timings.values())
 
 
+def _inductor_failure():
+  raise AssertionError("expected size 11==11, stride 1==1024 at dim=1")
+
+
+def test_an_optional_variant_that_fails_is_left_out_and_reported():
+  # Inductor can fail at the first call of a compiled step (it did on the FCN's replication
+  # padding backward); the eager rows are still timed.
+  failures = {}
+  timings = harness.time_interleaved({"a": lambda: None, harness.TORCH_COMPILE: _inductor_failure},
+                                     warmup=1, min_reps=2, max_reps=2, budget_s=0.0, log=lambda *_: None,
+                                     optional=(harness.TORCH_COMPILE,), failures=failures)
+  assert set(timings) == {"a"}
+  assert failures == {harness.TORCH_COMPILE: "AssertionError: expected size 11==11, stride 1==1024 at dim=1"}
+
+
+def test_a_row_whose_compiled_variant_fails_is_timed_without_it_and_says_why():
+  workload = harness.Workload(
+      name="toy", spec=SPEC, check=lambda: {"loss": 0.0}, flops=lambda: 1.0,
+      timers={"jax": lambda: None, "torch eager": lambda: torch.zeros(1), harness.TORCH_COMPILE: _inductor_failure})
+  rows = harness.run_workload(workload, budget_s=0.0, min_reps=2, log=lambda *_: None)
+  assert [r["variant"] for r in rows] == ["jax", "torch eager"]
+  assert any(n.startswith("torch.compile not timed: it failed to run (AssertionError: expected size")
+             for n in rows[0]["notes"])
+
+
+def test_a_failing_required_variant_ends_the_timing():
+  with pytest.raises(AssertionError, match="stride"):
+    harness.time_interleaved({"a": lambda: None, "jax": _inductor_failure}, warmup=1, min_reps=2,
+                             max_reps=2, budget_s=0.0, log=lambda *_: None, optional=(harness.TORCH_COMPILE,))
+
+
 def test_cost_ratio_benchmark_runs(capsys):
   """The chosen objectives' steps build and run, and the ratios they allow are printed.
 
