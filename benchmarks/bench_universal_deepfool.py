@@ -214,6 +214,9 @@ def build(spec: harness.Spec) -> harness.Workload:
         fooling[side].append(rate(v))
         norms[side].append(l2(v))
     res_mb = run_jax(cfg_minibatch)
+    if np.max(np.abs(res_mb.perturbation)) > eps * (1 + 1e-5):
+      raise harness.AgreementError(f"jax minibatch {MINIBATCH} perturbation leaves the L-inf ball: "
+                                   f"{np.max(np.abs(res_mb.perturbation)):.4g} > {eps:.4g}")
     out = {f"fooling {side} (order {k})": r for side in fooling for k, r in enumerate(fooling[side])}
     out.update({f"mean fooling {side}": float(np.mean(r)) for side, r in fooling.items()})
     out.update({f"mean L2 {side}": float(np.mean(r)) for side, r in norms.items()})

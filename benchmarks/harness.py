@@ -287,6 +287,11 @@ def clip_like_jax(xt: torch.Tensor, low: float, high: float) -> torch.Tensor:
   return torch.minimum(torch.maximum(xt, low_t), high_t)
 
 
+def error_line(e: Exception) -> str:
+  """An exception as one short line for a report: its type and the first line of its message."""
+  return f"{type(e).__name__}: {(str(e).strip().splitlines() or [''])[0][:200]}"
+
+
 # The variant name of `torch.compile`d PyTorch: timed when it runs, never the eager reference.
 TORCH_COMPILE = "torch.compile"
 
@@ -308,7 +313,7 @@ def torch_variants(tm: torch.nn.Module, spec: Spec, notes: list[str]) -> dict[st
       compiled = torch.compile(copy.deepcopy(tm))
       out[TORCH_COMPILE] = (compiled, False)
     except Exception as e:  # noqa: BLE001  (recorded, the run goes on)
-      notes.append(f"torch.compile unavailable: {type(e).__name__}: {str(e).splitlines()[0][:200]}")
+      notes.append(f"torch.compile unavailable: {error_line(e)}")
   return out
 
 
@@ -480,11 +485,10 @@ def time_interleaved(fns: dict[str, Callable[[], Any]], *, warmup: int = 2, min_
     except Exception as e:  # noqa: BLE001  (an optional variant is left out; the others re-raise)
       if name not in optional:
         raise
-      error = f"{type(e).__name__}: {(str(e).strip().splitlines() or [''])[0][:200]}"
       first.pop(name, None)
       if failures is not None:
-        failures[name] = error
-      log(f"    warm-up {name}: FAILED, left out of the timing ({error})")
+        failures[name] = error_line(e)
+      log(f"    warm-up {name}: FAILED, left out of the timing ({error_line(e)})")
       continue
     warm[name] = t
     log(f"    warm-up {name}: first call {first[name]:.3f}s, then {t:.3f}s")
