@@ -48,7 +48,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 from jax import lax
 
-from advjax import compilation
+from advjax.cpu import compilation
 from advjax.errors import CheckpointError
 
 CHECKPOINT_DIR = "checkpoints"

@@ -24,7 +24,7 @@ import ml_collections
 import numpy as np
 from flax import traverse_util
 
-from advjax import compilation
+from advjax.cpu import compilation
 from advjax import attacks, checkpointing, config as config_lib, data, models, parallel, saved_runs, tasks
 from advjax.errors import CheckpointError
 from advjax.evaluation.context import EvalContext, name_to_int, named_key

@@ -19,7 +19,7 @@ import jax.numpy as jnp
 import numpy as np
 import torch.nn.functional as F
 
-from advjax import compilation
+from advjax.cpu import compilation
 from advjax.attacks import losses
 from benchmarks import harness
 

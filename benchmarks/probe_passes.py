@@ -6,7 +6,7 @@ the forward pass, forward + input gradient (an attack step) and forward +
 weight gradients; then single 3x3 convolutions of each ResNet-20 stage:
 forward, input gradient and kernel gradient. Every pair is timed interleaved
 in one run; the JAX programs are compiled as advjax compiles its own
-(`advjax.compilation.jit`, XLA's multi-threaded convolutions on a CPU).
+(`advjax.cpu.compilation.jit`, XLA's multi-threaded convolutions on a CPU).
 
 Run: `python -m benchmarks.probe_passes [--batch 8] [--budget 30]`.
 """
@@ -23,7 +23,8 @@ import torch
 import torch.nn.functional as F
 from jax import lax
 
-from advjax import compilation, models
+from advjax import models
+from advjax.cpu import compilation
 from advjax.attacks import losses
 from benchmarks import harness
 

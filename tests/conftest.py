@@ -30,21 +30,21 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import pytest  # noqa: E402
 
-from advjax import compilation  # noqa: E402
+from advjax.cpu import tuning  # noqa: E402
 
 
 @pytest.fixture(scope="module")
 def device_count_invariant_convolutions():
   """XLA:CPU's multi-threaded convolutions round differently for different per-device
-  batches (see advjax.compilation), so runs on 1 and 8 devices would part after a few
+  batches (see advjax.cpu.compilation), so runs on 1 and 8 devices would part after a few
   steps; modules that compare them run on the library path, which is invariant."""
-  before = os.environ.get(compilation.CONVOLUTIONS_ENV)
-  os.environ[compilation.CONVOLUTIONS_ENV] = "library"
+  before = os.environ.get(tuning.ENV)
+  os.environ[tuning.ENV] = "library"
   yield
   if before is None:
-    del os.environ[compilation.CONVOLUTIONS_ENV]
+    del os.environ[tuning.ENV]
   else:
-    os.environ[compilation.CONVOLUTIONS_ENV] = before
+    os.environ[tuning.ENV] = before
 
 
 # `make test` runs two workers (pytest-xdist) with `--dist loadscope

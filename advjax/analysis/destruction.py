@@ -42,7 +42,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
-from advjax import compilation
+from advjax.cpu import compilation
 from advjax.analysis import epochs as epochs_lib
 from advjax.errors import ConfigError, DataError, unknown_name
 

@@ -50,7 +50,7 @@ import numpy as np
 import optax
 from flax.training import train_state
 
-from advjax import compilation
+from advjax.cpu import compilation
 from advjax.analysis import epochs as epochs_lib
 from advjax.errors import ConfigError, DataError
 

@@ -33,6 +33,7 @@ from jax import lax
 STEP_SCHEDULES = ("constant", "annealed")
 RESTART_SELECTIONS = ("loss", "misclassified")
 
+
 def bind(model_fn: Callable, variables: Any) -> Callable:
   """`model_fn(variables)` when variables are given, else `model_fn` itself.
 
@@ -110,7 +111,7 @@ def optimize(objective: Callable[[jax.Array, jax.Array], jax.Array], delta: jax.
     return ascend(delta, g, state, rule, step_size(k), project)
 
   # A rolled loop on every backend: the models' convolutions compute their input
-  # gradient as a forward convolution (advjax.models.convolution), which XLA:CPU
+  # gradient as a forward convolution (advjax.cpu.convolution), which XLA:CPU
   # runs as fast inside a loop body as in straight-line code, so compile time
   # does not grow with the number of steps.
   delta, _ = lax.fori_loop(0, num_steps, body, (delta, rule.init(delta)))
@@ -185,8 +186,3 @@ def best_of_restarts(run: Callable[[jax.Array], Candidate], restarts: int, selec
     return keep_stronger(run(r), best, select, unit_size)
 
   return lax.fori_loop(1, restarts, body, run(jnp.int32(0))).x_adv
-
-  def body(r, best):
-    return keep_stronger(run(r), best, select, unit_size)
-
-  return lax.fori_loop(1, restarts, body, best).x_adv

@@ -32,7 +32,7 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from advjax import compilation
+from advjax.cpu import compilation
 from advjax.attacks import threat
 from advjax.errors import ConfigError
 

@@ -59,7 +59,7 @@ from typing import Callable
 import jax
 import jax.numpy as jnp
 
-from advjax import compilation
+from advjax.cpu import compilation
 from advjax import tasks as tasks_lib
 from advjax.attacks import core, diversity, threat
 from advjax.attacks import pgd as pgd_lib

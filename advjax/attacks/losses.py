@@ -21,7 +21,8 @@ import math
 import jax
 import jax.numpy as jnp
 
-from advjax.errors import ConfigError, unknown_name
+from advjax.errors import ConfigError
+from advjax.registry import Registry
 from advjax.tasks import labels as labels_lib
 
 # The cross-entropy of every loss and objective; defined with the label rules in tasks.
@@ -134,11 +135,11 @@ def predicted_labels(logits: jax.Array) -> jax.Array:
 
 # name -> (untargeted loss, targeted loss or None). Every entry is called as
 # fn(logits, labels, **params) with the params that `get_loss` selects for it.
-_REGISTRY = {
+LOSSES = Registry("loss", {
     "cross_entropy": (cross_entropy, targeted_cross_entropy),
     "clipped_cross_entropy": (clipped_cross_entropy, None),
     "margin": (margin, targeted_margin),
-}
+})
 _PARAMS = {
     cross_entropy: ("label_smoothing",),
     targeted_cross_entropy: ("label_smoothing",),
@@ -146,7 +147,7 @@ _PARAMS = {
     margin: ("confidence",),
     targeted_margin: ("confidence",),
 }
-LOSS_NAMES = tuple(sorted(_REGISTRY))
+LOSS_NAMES = tuple(sorted(LOSSES))
 
 
 def get_loss(name: str, targeted: bool = False, **params):
@@ -164,9 +165,7 @@ def get_loss(name: str, targeted: bool = False, **params):
   Raises:
     ConfigError: unknown name, or no targeted variant exists.
   """
-  if name not in _REGISTRY:
-    raise unknown_name("loss", name, _REGISTRY)
-  fn = _REGISTRY[name][1 if targeted else 0]
+  fn = LOSSES[name][1 if targeted else 0]
   if fn is None:
     raise ConfigError(f"loss {name!r} has no targeted variant")
   kwargs = {k: params[k] for k in _PARAMS[fn] if k in params}

@@ -49,7 +49,7 @@ from typing import Any, Callable, NamedTuple
 import jax
 import jax.numpy as jnp
 
-from advjax import compilation
+from advjax.cpu import compilation
 from advjax import tasks as tasks_lib
 from advjax import typed_config
 from advjax.attacks import core, diversity, losses, rules, threat

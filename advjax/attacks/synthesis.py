@@ -64,7 +64,7 @@ from collections.abc import Callable
 import jax
 import jax.numpy as jnp
 
-from advjax import compilation
+from advjax.cpu import compilation
 from advjax import typed_config
 from advjax.attacks import core, losses, rules, threat
 from advjax.errors import ConfigError

@@ -69,7 +69,7 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from advjax import compilation
+from advjax.cpu import compilation
 from advjax import typed_config
 from advjax.attacks import core, losses, rules, threat
 from advjax.data import streams

@@ -51,7 +51,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
-from advjax import compilation
+from advjax.cpu import compilation
 from advjax.attacks import deepfool as deepfool_lib
 from advjax.attacks import threat
 from advjax.errors import ConfigError

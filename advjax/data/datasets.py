@@ -53,6 +53,7 @@ from advjax.data import embedded
 from advjax.data import preprocess
 from advjax.data import segmentation
 from advjax.data.info import DatasetInfo
+from advjax.registry import Registry
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -458,7 +459,7 @@ class VocSegmentationDataset:
     return {"image": image, "label": label}
 
 
-DATASETS = {
+DATASETS = Registry("dataset", {
     "mnist_embedded": EmbeddedDataset("mnist_embedded", embedded.mnist_arrays),
     "digits_embedded": EmbeddedDataset("digits_embedded", embedded.digits_arrays),
     "mnist_seg_embedded": EmbeddedDataset(
@@ -485,12 +486,9 @@ DATASETS = {
         image_key="image_left", label_key="segmentation_label", dense_labels=True,
         label_map=segmentation.CITYSCAPES_TRAIN_IDS),
     "voc2012_seg": VocSegmentationDataset("voc2012_seg"),
-}
+})
 
 
 def lookup(cfg) -> EmbeddedDataset | TfdsDataset | VocSegmentationDataset:
   """The registry entry named by `cfg.name`; ConfigError for unknown names."""
-  name = field(cfg, "name")
-  if name not in DATASETS:
-    raise errors.unknown_name("dataset", name, DATASETS)
-  return DATASETS[name]
+  return DATASETS[field(cfg, "name")]

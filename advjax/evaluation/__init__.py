@@ -26,15 +26,16 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from advjax.errors import ConfigError, unknown_name
+from advjax.errors import ConfigError
 from advjax.evaluation import (base, context, denoising, perturbation_analyses, robustness, search, segmentation,
                                synthesis, universal)
 from advjax.evaluation.base import Evaluator, clean_metrics
 from advjax.evaluation.context import EvalContext
 from advjax.evaluation.robustness import attacked_metrics, eps_adv_config, eps_adv_search
 from advjax.evaluation.universal import eps_uni_search, evaluate_universal
+from advjax.registry import Registry
 
-EVALUATORS: dict[str, type[Evaluator]] = {
+EVALUATORS: Registry = Registry("evaluator", {
     "clean": robustness.Clean,
     "pgd": robustness.PGD,
     "eps_adv": robustness.EpsAdv,
@@ -50,12 +51,9 @@ EVALUATORS: dict[str, type[Evaluator]] = {
     "destruction": perturbation_analyses.Destruction,
     "detection": perturbation_analyses.Detection,
     "transfer": perturbation_analyses.Transfer,
-}
-
-
-def register_evaluator(name: str, cls: type[Evaluator]) -> None:
-  """Adds an evaluator class to the registry (see `base.Evaluator`)."""
-  EVALUATORS[name] = cls
+})
+# Adds an evaluator class to the registry (see `base.Evaluator`).
+register_evaluator = EVALUATORS.register
 
 
 def _entry(entry: Any) -> dict[str, Any]:
@@ -86,9 +84,10 @@ def parse(evals: Mapping[str, Any], names: tuple[str, ...] | None = None) -> dic
     kind = fields.pop("type", None)
     if kind is None:
       raise ConfigError(f"config.evals.{name}: needs a 'type' (one of {', '.join(sorted(EVALUATORS))})")
-    if kind not in EVALUATORS:
-      raise ConfigError(f"config.evals.{name}: {unknown_name('evaluator', kind, EVALUATORS)}")
-    cls = EVALUATORS[kind]
+    try:
+      cls = EVALUATORS[kind]
+    except ConfigError as e:
+      raise ConfigError(f"config.evals.{name}: {e}") from None
     out[name] = (cls, cls.parse_args(name, fields))
   return out
 

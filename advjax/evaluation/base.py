@@ -31,7 +31,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from advjax import compilation
+from advjax.cpu import compilation
 from advjax import tasks as tasks_lib
 from advjax import typed_config
 from advjax.attacks import core

@@ -44,7 +44,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from advjax import compilation
+from advjax.cpu import compilation
 from advjax import tasks as tasks_lib
 from advjax import viz
 from advjax.attacks import core, dag as dag_lib, pgd as pgd_lib

@@ -71,7 +71,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from advjax import compilation, data, saved_runs, viz
+from advjax import data, saved_runs, viz
+from advjax.cpu import compilation
 from advjax.attacks import core, make_logits_fn, synthesis as synthesis_lib
 from advjax.data import embedded
 from advjax.errors import ConfigError

@@ -43,7 +43,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from advjax import compilation
+from advjax.cpu import compilation
 from advjax import tasks as tasks_lib
 from advjax import viz
 from advjax.attacks import core, threat

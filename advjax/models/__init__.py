@@ -16,8 +16,8 @@ Every model is a `network.Network` with the same interface:
   independently of dropout, e.g. to attack a model as it is trained. Whenever
   it is true the running statistics are updated, so pass
   `mutable=["batch_stats"]`.
-* Activation and normalisation are chosen by name (`layers.ACTIVATIONS`,
-  `layers.NORMS`); parameters are float32, compute is float32 or bfloat16.
+* Activation and normalisation are chosen by name (`activations.ACTIVATIONS`,
+  `norms.NORMS`); parameters are float32, compute is float32 or bfloat16.
 * A registered block (`blocks.BLOCKS`) can be inserted after any stage or
   residual block by name (`insert_block`, `insert_after`).
 
@@ -57,9 +57,10 @@ from typing import Any
 
 import flax.linen as nn
 
-from advjax.errors import ConfigError, unknown_name
-from advjax.models import (aux_bn, blocks, convnet, denoising, efficientnet, fcn, layers, network, preact_resnet,
-                           resnet, vgg, wide_resnet)
+from advjax.errors import ConfigError
+from advjax.models import (activations, aux_bn, blocks, convnet, denoising, efficientnet, fcn, layers, network, norms,
+                           preact_resnet, resnet, vgg, wide_resnet)
+from advjax.registry import Registry
 from advjax.models.network import Backbone, ClassifierHead, Features, Network
 
 
@@ -76,14 +77,14 @@ class ModelSpec:
   classifier_name: str = "fc"
 
 
-MODELS: dict[str, ModelSpec] = {}
+MODELS = Registry("model")
 HeadFactory = Callable[..., nn.Module]
-HEADS: dict[str, HeadFactory] = {}
+HEADS = Registry("head")
 
 
 def register_model(name: str, backbone: Callable[..., nn.Module], classifier_name: str = "fc") -> None:
   """Adds a backbone to the registry (see `ModelSpec`)."""
-  MODELS[name] = ModelSpec(backbone, classifier_name)
+  MODELS.register(name, ModelSpec(backbone, classifier_name))
 
 
 def register_head(name: str, factory: HeadFactory) -> None:
@@ -97,7 +98,7 @@ def register_head(name: str, factory: HeadFactory) -> None:
       `owns(top_level_name) -> bool` naming its variables, and
       `__call__(features, train, use_batch_stats, image_shape) -> outputs`.
   """
-  HEADS[name] = factory
+  HEADS.register(name, factory)
 
 
 def _classifier(*, num_classes: int, activation: str, norm: str, dtype: str, spec: ModelSpec) -> nn.Module:
@@ -161,9 +162,9 @@ def create_model(name: str, *, num_classes: int, activation: str = "relu",
   Args:
     name: a key of `MODELS` (the backbone).
     num_classes: number of output classes.
-    activation: a key of `layers.ACTIVATIONS`, optionally with arguments
-      ('elu:0.5', see `layers.parse_name`).
-    norm: a key of `layers.NORMS`, optionally with arguments ('batchnorm:0.99').
+    activation: a key of `activations.ACTIVATIONS`, optionally with arguments
+      ('elu:0.5', see `advjax.registry.parse_name`).
+    norm: a key of `norms.NORMS`, optionally with arguments ('batchnorm:0.99').
     mean: per-channel input mean in pixel space (length channels, or 1).
     std: per-channel input standard deviation, same length as `mean`.
     dtype: compute dtype, 'float32' or 'bfloat16'.
@@ -183,15 +184,11 @@ def create_model(name: str, *, num_classes: int, activation: str = "relu",
     ConfigError: an unknown model, head, activation, normalisation, dtype,
       block or insertion position.
   """
-  if name not in MODELS:
-    raise unknown_name("model", name, MODELS)
-  head_name, head_args = layers.parse_name(head)
-  if head_name not in HEADS:
-    raise unknown_name("head", head, HEADS)
-  layers.check_activation(activation)
-  layers.check_norm(norm)
-  layers.compute_dtype(dtype)
   spec = MODELS[name]
+  HEADS.check(head)
+  activations.check_activation(activation)
+  norms.check_norm(norm)
+  layers.compute_dtype(dtype)
   try:
     backbone = spec.backbone(activation=activation, norm=norm, dtype=dtype, insert_block=insert_block,
                              insert_after=insert_after, **overrides)
@@ -200,11 +197,7 @@ def create_model(name: str, *, num_classes: int, activation: str = "relu",
   if insert_block:
     blocks.check_block(insert_block)
     backbone.check_insertion()
-  try:
-    head_module = HEADS[head_name](*head_args, num_classes=num_classes, activation=activation, norm=norm,
-                                   dtype=dtype, spec=spec)
-  except (TypeError, ValueError) as e:
-    raise ConfigError(f"head {head!r}: bad arguments {head_args} ({e})") from None
+  head_module = HEADS.build(head, num_classes=num_classes, activation=activation, norm=norm, dtype=dtype, spec=spec)
   return Network(backbone=backbone, head=head_module, mean=tuple(float(m) for m in mean),
                  std=tuple(float(s) for s in std), frozen_backbone=frozen_backbone)
 
@@ -225,5 +218,6 @@ def from_config(m: Mapping[str, Any], *, num_classes: int, mean: Sequence[float]
                       frozen_backbone=m.get("freeze_backbone", False))
 
 
-__all__ = ["Backbone", "ClassifierHead", "Features", "HEADS", "MODELS", "ModelSpec", "Network", "aux_bn",
-           "blocks", "create_model", "fcn", "from_config", "layers", "network", "register_head", "register_model"]
+__all__ = ["Backbone", "ClassifierHead", "Features", "HEADS", "MODELS", "ModelSpec", "Network", "activations",
+           "aux_bn", "blocks", "create_model", "fcn", "from_config", "layers", "network", "norms", "register_head",
+           "register_model"]

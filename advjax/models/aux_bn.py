@@ -34,9 +34,10 @@ import flax.linen as nn
 import jax
 
 from advjax.errors import ConfigError
-from advjax.models import layers
+from advjax import registry
+from advjax.models import norms
 
-MAIN = layers.MAIN_BN_SET
+MAIN = norms.MAIN_BN_SET
 
 
 def aux_norm(norm: str, bn_set: str) -> str:
@@ -55,11 +56,11 @@ def aux_norm(norm: str, bn_set: str) -> str:
   """
   if bn_set == MAIN:
     return norm
-  base, args = layers.parse_name(norm)
+  base, args = registry.parse_name(norm)
   if base != "batchnorm":
     raise ConfigError(f"auxiliary BatchNorm set {bn_set!r} needs norm 'batchnorm', not {norm!r}")
   spec = f"aux_batchnorm:{','.join((bn_set, *args))}"
-  layers.check_norm(spec)
+  norms.check_norm(spec)
   return spec
 
 
@@ -80,7 +81,7 @@ def with_bn_set(model: nn.Module, bn_set: str) -> nn.Module:
 
 def collection(bn_set: str) -> str:
   """The collection a batch-statistics pass through `bn_set` updates (the one to make mutable)."""
-  return "batch_stats" if bn_set == MAIN else layers.aux_collection(bn_set)
+  return "batch_stats" if bn_set == MAIN else norms.aux_collection(bn_set)
 
 
 def _param_names(bn_set: str) -> tuple[str, str]:
@@ -162,7 +163,7 @@ def _drop(tree: Mapping, names: Sequence[str]) -> dict:
 
 def aux_sets(variables: Mapping[str, Any]) -> tuple[str, ...]:
   """The names of the auxiliary sets present in `variables`, sorted."""
-  prefix = layers.AUX_COLLECTION_PREFIX
+  prefix = norms.AUX_COLLECTION_PREFIX
   return tuple(sorted(k[len(prefix):] for k in variables if k.startswith(prefix)))
 
 

@@ -13,7 +13,7 @@ A block is a linen Module built by its registered factory as
 
 where `args` are the strings after a colon in the registry name
 ('nonlocal:gaussian' -> ('gaussian',)), `norm` the model's normalisation name
-(`layers.make_norm`), `dtype` the compute dtype and `placement` 'stage' or
+(`norms.make_norm`), `dtype` the compute dtype and `placement` 'stage' or
 'block' (sec. 4.6 of the Xie thesis subsamples non-local keys when blocks
 follow every residual block). It is called as `block(x, use_batch_stats)` on
 x [batch, height, width, channels] and returns the same shape.
@@ -25,17 +25,17 @@ from collections.abc import Callable
 
 import flax.linen as nn
 
-from advjax.errors import ConfigError, unknown_name
-from advjax.models import layers
+from advjax.errors import ConfigError
+from advjax.registry import Registry
 
 BlockFactory = Callable[..., nn.Module]
-BLOCKS: dict[str, BlockFactory] = {}
+BLOCKS = Registry("block")
 PLACEMENTS = ("stage", "block")
 
 
 def register_block(name: str, factory: BlockFactory) -> None:
   """Adds a block to the registry (see the module docstring for the factory's signature)."""
-  BLOCKS[name] = factory
+  BLOCKS.register(name, factory)
 
 
 def make_block(spec: str, *, norm: str, dtype, placement: str, name: str) -> nn.Module:
@@ -46,17 +46,9 @@ def make_block(spec: str, *, norm: str, dtype, placement: str, name: str) -> nn.
   """
   if placement not in PLACEMENTS:
     raise ConfigError(f"block placement {placement!r} must be one of {', '.join(PLACEMENTS)}")
-  base, args = layers.parse_name(spec)
-  if base not in BLOCKS:
-    raise unknown_name("block", spec, BLOCKS)
-  try:
-    return BLOCKS[base](*args, norm=norm, dtype=dtype, placement=placement, name=name)
-  except (TypeError, ValueError) as e:
-    raise ConfigError(f"block {spec!r}: bad arguments {args} ({e})") from None
+  return BLOCKS.build(spec, norm=norm, dtype=dtype, placement=placement, name=name)
 
 
 def check_block(spec: str) -> None:
   """Raises ConfigError unless `spec` names a registered block."""
-  base, _ = layers.parse_name(spec)
-  if base not in BLOCKS:
-    raise unknown_name("block", spec, BLOCKS)
+  BLOCKS.check(spec)

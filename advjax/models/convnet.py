@@ -30,7 +30,7 @@ import flax.linen as nn
 import jax
 
 from advjax.errors import ConfigError
-from advjax.models import layers
+from advjax.models import activations, layers, norms
 from advjax.models.network import Backbone, Features
 
 
@@ -71,9 +71,9 @@ class ConvNet(Backbone):
     stages = []
     for i, width in enumerate(self.widths):
       x = layers.conv(width, 3, use_bias=True, dtype=dtype, name=f"conv{i + 1}")(x)
-      x = layers.make_norm(self.norm, use_running_average=not use_batch_stats,
+      x = norms.make_norm(self.norm, use_running_average=not use_batch_stats,
                            dtype=dtype, name=f"bn{i + 1}")(x)
-      x = layers.get_activation(self.activation)(x)
+      x = activations.get_activation(self.activation)(x)
       if i % 2 == 1:
         position = f"stage{len(stages) + 1}"
         if unpooled:
@@ -89,7 +89,7 @@ class ConvNet(Backbone):
     # Flattened in NHWC order; the bridge permutes PyTorch's NCHW order to this.
     h = x.reshape(x.shape[0], -1)
     h = layers.dense(self.hidden, dtype=dtype, name="fc1")(h)
-    h = layers.get_activation(self.activation)(h)
+    h = activations.get_activation(self.activation)(h)
     h = nn.Dropout(self.head_dropout, deterministic=not train)(h)
     return Features(tuple(stages), h)
 

@@ -96,7 +96,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from advjax.errors import ConfigError, unknown_name
-from advjax.models import blocks, layers
+from advjax import registry
+from advjax.models import blocks, layers, norms
 
 Array = jax.Array
 
@@ -377,7 +378,7 @@ class DenoisingBlock(nn.Module):
     operation: the denoising operation D, one of `OPERATIONS`.
     use_conv: apply the 1x1 convolution (False: y = x + BN(D(x))).
     residual: add the input (False: y = BN(conv1x1(D(x)))).
-    norm: `layers.NORMS` name.
+    norm: `norms.NORMS` name.
     placement: 'stage' or 'block'; 'block' subsamples the non-local keys by
       2x2 max pooling (sec. 4.6.2).
     dtype: compute dtype of the convolutions and the normalisation.
@@ -444,10 +445,10 @@ class DenoisingBlock(nn.Module):
     h = self._denoise(x)
     zero_branch = self.residual
     if self.use_conv:
-      plain_norm = layers.parse_name(self.norm)[0] == "none"
+      plain_norm = registry.parse_name(self.norm)[0] == "none"
       kernel_init = nn.initializers.zeros if zero_branch and plain_norm else layers.conv_kernel_init
       h = layers.conv(x.shape[-1], 1, dtype=self.dtype, kernel_init=kernel_init, name="conv")(h)
-    h = layers.make_norm(self.norm, use_running_average=not use_batch_stats, dtype=self.dtype, name="bn",
+    h = norms.make_norm(self.norm, use_running_average=not use_batch_stats, dtype=self.dtype, name="bn",
                          zero_init=zero_branch)(h)
     y = (x + h if self.residual else h).astype(x.dtype)
     # The features before and after denoising, for the figures (apply with mutable=['intermediates']).
@@ -465,7 +466,7 @@ def denoising_factory(operation: str, *flags: str, norm: str, dtype, placement: 
       (drop the residual connection), the ablations of table 4.1, and for
       nonlocal_dot 'gram' or 'affinity' (its computation order; default the
       cheaper).
-    norm: `layers.NORMS` name.
+    norm: `norms.NORMS` name.
     dtype: compute dtype.
     placement: 'stage' or 'block'.
     name: the block's module name.

@@ -37,7 +37,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from advjax.models import layers
+from advjax.models import activations, layers, norms
 from advjax.models.network import Backbone, Features
 
 # (expand_ratio, kernel, stride, output filters, repeats) of B0's seven stages.
@@ -82,8 +82,8 @@ class MBConv(nn.Module):
     stride: depthwise stride.
     se_ratio: squeeze width as a fraction of the block's input width.
     drop_connect: probability of dropping the residual branch per example.
-    activation: `layers.ACTIVATIONS` name.
-    norm: `layers.NORMS` name.
+    activation: `activations.ACTIVATIONS` name.
+    norm: `norms.NORMS` name.
     dtype: jnp compute dtype.
   """
 
@@ -100,9 +100,9 @@ class MBConv(nn.Module):
   @nn.compact
   def __call__(self, x: jax.Array, train: bool, use_batch_stats: bool) -> jax.Array:
     """x: [batch, H, W, C] -> [batch, H / stride, W / stride, features]."""
-    norm = functools.partial(layers.make_norm, self.norm, use_running_average=not use_batch_stats,
+    norm = functools.partial(norms.make_norm, self.norm, use_running_average=not use_batch_stats,
                              dtype=self.dtype)
-    act = lambda: layers.get_activation(self.activation)  # noqa: E731  (one per use site)
+    act = lambda: activations.get_activation(self.activation)  # noqa: E731  (one per use site)
     channels = x.shape[-1]
     inner = channels * self.expand_ratio
     y = x
@@ -168,8 +168,8 @@ class EfficientNet(Backbone):
     """x: [batch, height, width, channels] normalised -> Features (pooled [batch, head width])."""
     dtype = self.compute_dtype
     x = layers.conv(round_filters(self.stem_features, self.width), 3, stride=2, dtype=dtype, name="stem_conv")(x)
-    x = layers.make_norm(self.norm, use_running_average=not use_batch_stats, dtype=dtype, name="stem_bn")(x)
-    x = layers.get_activation(self.activation)(x)
+    x = norms.make_norm(self.norm, use_running_average=not use_batch_stats, dtype=dtype, name="stem_bn")(x)
+    x = activations.get_activation(self.activation)(x)
     repeats = self._repeats()
     total, index = sum(repeats), 0
     stages = []
@@ -194,8 +194,8 @@ class EfficientNet(Backbone):
     if not pool:
       return Features(tuple(stages), None)
     x = layers.conv(round_filters(self.head_features, self.width), 1, dtype=dtype, name="head_conv")(x)
-    x = layers.make_norm(self.norm, use_running_average=not use_batch_stats, dtype=dtype, name="head_bn")(x)
-    x = layers.get_activation(self.activation)(x)
+    x = norms.make_norm(self.norm, use_running_average=not use_batch_stats, dtype=dtype, name="head_bn")(x)
+    x = activations.get_activation(self.activation)(x)
     x = jnp.mean(x, axis=(1, 2))
     x = nn.Dropout(self.dropout, deterministic=not train)(x)
     return Features(tuple(stages), x)

@@ -86,7 +86,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from advjax.errors import ConfigError
-from advjax.models import layers
+from advjax.models import activations, layers, norms
 from advjax.models.network import Features
 
 # torchvision's FCNHead: inner width in_channels // 4, dropout 0.1.
@@ -224,7 +224,7 @@ class _Activation(nn.Module):
 
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
-    return layers.get_activation(self.activation)(x)
+    return activations.get_activation(self.activation)(x)
 
 
 def _fcn_block(x: jax.Array, *, prefix: str, num_classes: int, activation: str, norm: str, dtype: Any,
@@ -234,7 +234,7 @@ def _fcn_block(x: jax.Array, *, prefix: str, num_classes: int, activation: str, 
   if inner < 1:
     raise ConfigError(f"fcn head: {x.shape[-1]} input channels leave no inner width after // {reduction}")
   y = layers.conv(inner, 3, dtype=dtype, name=f"{prefix}conv")(x)
-  y = layers.make_norm(norm, use_running_average=not use_batch_stats, dtype=dtype, name=f"{prefix}bn")(y)
+  y = norms.make_norm(norm, use_running_average=not use_batch_stats, dtype=dtype, name=f"{prefix}bn")(y)
   y = _Activation(activation, name=f"{prefix}act")(y)
   y = nn.Dropout(dropout, deterministic=not train, name=f"{prefix}dropout")(y)
   return layers.conv(num_classes, 1, use_bias=True, dtype=dtype, name=f"{prefix}score")(y)
@@ -248,8 +248,8 @@ class FCNHead(nn.Module):
 
   Attributes:
     num_classes: number of logits per pixel.
-    activation: `layers.ACTIVATIONS` name (the model's).
-    norm: `layers.NORMS` name (the model's).
+    activation: `activations.ACTIVATIONS` name (the model's).
+    norm: `norms.NORMS` name (the model's).
     dtype: compute dtype name.
     dropout: dropout rate before the scoring convolution.
     reduction: the inner width is in_channels // reduction.
@@ -307,7 +307,7 @@ class FCN8sHead(nn.Module):
 
   Attributes:
     num_classes: number of logits per pixel.
-    activation: `layers.ACTIVATIONS` name, after fc6/fc7.
+    activation: `activations.ACTIVATIONS` name, after fc6/fc7.
     dtype: compute dtype name.
     fc_widths: widths of the convolutionalised fully connected layers before
       score_fr (fc6, fc7, ...); () for none.

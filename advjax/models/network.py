@@ -39,7 +39,8 @@ import jax
 import jax.numpy as jnp
 
 from advjax.errors import ConfigError
-from advjax.models import blocks, layers
+from advjax import registry
+from advjax.models import activations, blocks, layers, norms
 
 
 class Features(NamedTuple):
@@ -62,8 +63,8 @@ class Backbone(nn.Module):
   positions in `positions()`.
 
   Attributes:
-    activation: `layers.ACTIVATIONS` name.
-    norm: `layers.NORMS` name.
+    activation: `activations.ACTIVATIONS` name.
+    norm: `norms.NORMS` name.
     dtype: compute dtype name, 'float32' or 'bfloat16'.
     insert_block: a `blocks.BLOCKS` name (with arguments), or '' for none.
     insert_after: where to insert it: 'stages' (after every stage), 'blocks'
@@ -88,7 +89,7 @@ class Backbone(nn.Module):
     """Applies the inserted block at `position` if the model asks for one there; else returns x."""
     if not self.insert_block or not _selected(self.insert_after, position, placement):
       return x
-    base, _ = layers.parse_name(self.insert_block)
+    base, _ = registry.parse_name(self.insert_block)
     block = blocks.make_block(self.insert_block, norm=self.norm, dtype=self.compute_dtype, placement=placement,
                               name=f"{position}_{base}")
     return block(x, use_batch_stats)

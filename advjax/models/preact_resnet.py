@@ -32,7 +32,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from advjax.models import layers
+from advjax.models import activations, layers, norms
 from advjax.models.network import Backbone, Features
 
 
@@ -42,8 +42,8 @@ class PreActBlock(nn.Module):
   Attributes:
     features: output channels.
     stride: stride of the first convolution (and of the projection).
-    activation: `layers.ACTIVATIONS` name.
-    norm: `layers.NORMS` name.
+    activation: `activations.ACTIVATIONS` name.
+    norm: `norms.NORMS` name.
     dtype: jnp compute dtype.
     dropout: dropout rate between the two convolutions (wide ResNets).
   """
@@ -58,16 +58,16 @@ class PreActBlock(nn.Module):
   @nn.compact
   def __call__(self, x: jax.Array, train: bool, use_batch_stats: bool) -> jax.Array:
     """x: [batch, H, W, C] -> [batch, H / stride, W / stride, features]."""
-    norm = functools.partial(layers.make_norm, self.norm,
+    norm = functools.partial(norms.make_norm, self.norm,
                              use_running_average=not use_batch_stats, dtype=self.dtype)
-    out = layers.get_activation(self.activation)(norm(name="bn1")(x))
+    out = activations.get_activation(self.activation)(norm(name="bn1")(x))
     if self.stride != 1 or x.shape[-1] != self.features:
       shortcut = layers.conv(self.features, 1, stride=self.stride, dtype=self.dtype,
                              name="shortcut")(out)
     else:
       shortcut = x
     y = layers.conv(self.features, 3, stride=self.stride, dtype=self.dtype, name="conv1")(out)
-    y = layers.get_activation(self.activation)(norm(name="bn2")(y))
+    y = activations.get_activation(self.activation)(norm(name="bn2")(y))
     if self.dropout > 0:
       y = nn.Dropout(self.dropout, deterministic=not train)(y)
     y = layers.conv(self.features, 3, dtype=self.dtype, name="conv2")(y)
@@ -121,9 +121,9 @@ class PreActResNet(Backbone):
       stages.append(x)
     if not pool:
       return Features(tuple(stages), None)
-    x = layers.make_norm(self.norm, use_running_average=not use_batch_stats,
+    x = norms.make_norm(self.norm, use_running_average=not use_batch_stats,
                          dtype=dtype, name="bn")(x)
-    x = layers.get_activation(self.activation)(x)
+    x = activations.get_activation(self.activation)(x)
     return Features(tuple(stages), jnp.mean(x, axis=(1, 2)))
 
 

@@ -48,7 +48,7 @@ import jax
 import jax.numpy as jnp
 
 from advjax.errors import ConfigError
-from advjax.models import layers
+from advjax.models import activations, layers, norms
 from advjax.models.network import Backbone, Features
 
 
@@ -58,8 +58,8 @@ class BasicBlock(nn.Module):
   Attributes:
     features: output channels.
     stride: stride of the first convolution (and of the projection).
-    activation: `layers.ACTIVATIONS` name.
-    norm: `layers.NORMS` name.
+    activation: `activations.ACTIVATIONS` name.
+    norm: `norms.NORMS` name.
     dtype: jnp compute dtype.
   """
 
@@ -72,15 +72,15 @@ class BasicBlock(nn.Module):
   @nn.compact
   def __call__(self, x: jax.Array, use_batch_stats: bool) -> jax.Array:
     """x: [batch, H, W, C] -> [batch, H / stride, W / stride, features]."""
-    norm = functools.partial(layers.make_norm, self.norm,
+    norm = functools.partial(norms.make_norm, self.norm,
                              use_running_average=not use_batch_stats, dtype=self.dtype)
     y = layers.conv(self.features, 3, stride=self.stride, dtype=self.dtype, name="conv1")(x)
     y = norm(name="bn1")(y)
-    y = layers.get_activation(self.activation)(y)
+    y = activations.get_activation(self.activation)(y)
     y = layers.conv(self.features, 3, dtype=self.dtype, name="conv2")(y)
     y = norm(name="bn2")(y)
     shortcut = _shortcut(x, self.features, self.stride, norm, self.dtype)
-    return layers.get_activation(self.activation)(y + shortcut)
+    return activations.get_activation(self.activation)(y + shortcut)
 
 
 class Bottleneck(nn.Module):
@@ -89,8 +89,8 @@ class Bottleneck(nn.Module):
   Attributes:
     features: "planes": output channels are 4 * features.
     stride: stride of the 3x3 convolution (and of the projection).
-    activation: `layers.ACTIVATIONS` name.
-    norm: `layers.NORMS` name.
+    activation: `activations.ACTIVATIONS` name.
+    norm: `norms.NORMS` name.
     dtype: jnp compute dtype.
     width_multiplier: inner (3x3) width is features * width_multiplier.
     dilation: dilation (and padding) of the 3x3 convolution.
@@ -111,19 +111,19 @@ class Bottleneck(nn.Module):
   @nn.compact
   def __call__(self, x: jax.Array, use_batch_stats: bool) -> jax.Array:
     """x: [batch, H, W, C] -> [batch, H / stride, W / stride, 4 * features]."""
-    norm = functools.partial(layers.make_norm, self.norm,
+    norm = functools.partial(norms.make_norm, self.norm,
                              use_running_average=not use_batch_stats, dtype=self.dtype)
     width = self.features * self.width_multiplier
     out = self.features * self.expansion
     y = layers.conv(width, 1, dtype=self.dtype, name="conv1")(x)
-    y = layers.get_activation(self.activation)(norm(name="bn1")(y))
+    y = activations.get_activation(self.activation)(norm(name="bn1")(y))
     y = layers.conv(width, 3, stride=self.stride, dilation=self.dilation, groups=self.groups, dtype=self.dtype,
                     name="conv2")(y)
-    y = layers.get_activation(self.activation)(norm(name="bn2")(y))
+    y = activations.get_activation(self.activation)(norm(name="bn2")(y))
     y = layers.conv(out, 1, dtype=self.dtype, name="conv3")(y)
     y = norm(name="bn3")(y)
     shortcut = _shortcut(x, out, self.stride, norm, self.dtype)
-    return layers.get_activation(self.activation)(y + shortcut)
+    return activations.get_activation(self.activation)(y + shortcut)
 
 
 def _is_bottleneck(block_cls) -> bool:
@@ -181,9 +181,9 @@ class ResNet(Backbone):
     kernel = 7 if self.stem == "imagenet" else 3
     stride = 2 if self.stem == "imagenet" else 1
     x = layers.conv(self.widths[0], kernel, stride=stride, dtype=dtype, name="conv1")(x)
-    x = layers.make_norm(self.norm, use_running_average=not use_batch_stats,
+    x = norms.make_norm(self.norm, use_running_average=not use_batch_stats,
                          dtype=dtype, name="bn1")(x)
-    x = layers.get_activation(self.activation)(x)
+    x = activations.get_activation(self.activation)(x)
     if self.stem == "imagenet":
       x = layers.max_pool(x, 3, 2, padding=((1, 1), (1, 1)))
     stages = []

@@ -38,7 +38,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from advjax.models import layers
+from advjax.models import activations, layers, norms
 from advjax.models.network import Backbone, Features
 
 
@@ -69,9 +69,9 @@ class VGG(Backbone):
     for s, (num_convs, width) in enumerate(zip(self.stage_sizes, self.widths)):
       for i in range(num_convs):
         x = layers.conv(width, 3, use_bias=True, dtype=dtype, name=f"conv{s + 1}_{i + 1}")(x)
-        x = layers.make_norm(self.norm, use_running_average=not use_batch_stats, dtype=dtype,
+        x = norms.make_norm(self.norm, use_running_average=not use_batch_stats, dtype=dtype,
                              name=f"bn{s + 1}_{i + 1}")(x)
-        x = layers.get_activation(self.activation)(x)
+        x = activations.get_activation(self.activation)(x)
       # 'SAME' pads the odd last row/column with -inf at the end: ceil mode.
       x = layers.max_pool(x, 2, 2, padding="SAME")
       x = self.insert(f"stage{s + 1}", x, use_batch_stats)

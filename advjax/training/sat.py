@@ -3,7 +3,7 @@
 Table 5.1 keeps ReLU in every forward pass but replaces its derivative by
 parametric softplus' sigmoid(alpha x) (eq. 5.3) in the backward pass of the
 attacker (inner maximisation), of the weight update (outer minimisation), or
-of both. The activation 'relu_softplus_grad:<alpha>' (`layers.relu_softplus_grad`)
+of both. The activation 'relu_softplus_grad:<alpha>' (`activations.relu_softplus_grad`)
 is that ReLU; since it has no parameters and the same forward values as
 'relu', the network that uses it is a `clone` of the model with identical
 variables. `config.sat.softplus_grad` picks who uses the clone (per-example

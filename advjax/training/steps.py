@@ -22,7 +22,7 @@ import jax
 import jax.numpy as jnp
 from jax.sharding import Mesh
 
-from advjax import compilation
+from advjax.cpu import compilation
 from advjax import parallel
 from advjax.errors import ConfigError
 from advjax.training.train_state import TrainState

@@ -7,7 +7,8 @@ import optax
 import pytest
 
 from advjax.errors import ConfigError
-from advjax.models import MODELS, create_model, layers
+from advjax import registry
+from advjax.models import MODELS, activations, create_model
 from tests import numpy_values
 
 TINY = sorted(name for name in MODELS if name.endswith("_tiny"))
@@ -17,7 +18,7 @@ SHAPE = (2, 8, 8, 3)
 
 
 def test_every_activation_is_covered():
-  assert {layers.parse_name(a)[0] for a in ACTIVATIONS} == set(layers.ACTIVATIONS)
+  assert {registry.parse_name(a)[0] for a in ACTIVATIONS} == set(activations.ACTIVATIONS)
   assert "efficientnet_tiny" in TINY
 
 
@@ -27,7 +28,7 @@ def _x():
 
 def test_parametric_softplus_is_eq_5_2_with_derivative_eq_5_3():
   x = _x()
-  f = layers.get_activation("parametric_softplus")
+  f = activations.get_activation("parametric_softplus")
   np.testing.assert_allclose(f(x), np.log1p(np.exp(10 * np.asarray(x, np.float64))) / 10, rtol=1e-5, atol=1e-6)
   np.testing.assert_allclose(jax.vmap(jax.grad(f))(x), jax.nn.sigmoid(10 * x), rtol=1e-5, atol=1e-6)
 
@@ -35,7 +36,7 @@ def test_parametric_softplus_is_eq_5_2_with_derivative_eq_5_3():
 def test_relu_softplus_grad_is_relu_forward_and_softplus_backward():
   x = _x() + 0.0125  # Off the kink, where finite differences of softplus are smooth.
   alpha = 10.0
-  act = layers.get_activation("relu_softplus_grad:10")
+  act = activations.get_activation("relu_softplus_grad:10")
   np.testing.assert_array_equal(act(x), jax.nn.relu(x))
   grads = jax.vmap(jax.grad(act))(x)
   h = 1e-3
@@ -51,18 +52,18 @@ def test_relu_softplus_grad_is_relu_forward_and_softplus_backward():
 
 def test_elu_celu_take_alpha():
   x = jnp.array([-1.0, 2.0])
-  np.testing.assert_allclose(layers.get_activation("elu:0.5")(x), [0.5 * np.expm1(-1.0), 2.0], rtol=1e-6)
-  np.testing.assert_allclose(layers.get_activation("celu:2")(x), [2 * np.expm1(-0.5), 2.0], rtol=1e-6)
+  np.testing.assert_allclose(activations.get_activation("elu:0.5")(x), [0.5 * np.expm1(-1.0), 2.0], rtol=1e-6)
+  np.testing.assert_allclose(activations.get_activation("celu:2")(x), [2 * np.expm1(-0.5), 2.0], rtol=1e-6)
   with pytest.raises(ConfigError):
-    layers.check_activation("celu:0")
+    activations.check_activation("celu:0")
 
 
 def _smooth_relu_alpha(variables):
-  return layers.SmoothReLU.alpha_from_raw(variables["params"]["raw_alpha"])
+  return activations.SmoothReLU.alpha_from_raw(variables["params"]["raw_alpha"])
 
 
 def test_smooth_relu_is_eq_5_4_with_alpha_400():
-  act = layers.SmoothReLU()
+  act = activations.SmoothReLU()
   x = _x()
   variables = act.init(jax.random.key(0, impl="rbg"), x)
   np.testing.assert_allclose(_smooth_relu_alpha(variables), 400.0, rtol=1e-5)
@@ -74,7 +75,7 @@ def test_smooth_relu_is_eq_5_4_with_alpha_400():
 
 
 def test_smooth_relu_alpha_stays_positive_under_sgd():
-  act = layers.SmoothReLU()
+  act = activations.SmoothReLU()
   x = jnp.linspace(0.0, 3.0, 64)
   variables = act.init(jax.random.key(0, impl="rbg"), x)
   # d/dalpha of SmoothReLU is positive on x > 0, so descending its sum drives alpha down.

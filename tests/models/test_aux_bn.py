@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from advjax.errors import ConfigError
-from advjax.models import aux_bn, create_model, layers
+from advjax.models import aux_bn, create_model, norms
 
 SHAPE = (4, 8, 8, 3)
 
@@ -45,7 +45,7 @@ def _changed(before, after):
 def test_aux_batchnorm_matches_flax_batchnorm(momentum):
   x = 3.0 * jax.random.normal(jax.random.key(1, impl="rbg"), (6, 4, 4, 5)) + 1.0
   ref = nn.BatchNorm(use_running_average=False, momentum=float(momentum), epsilon=1e-5)
-  aux = layers.make_norm(f"aux_batchnorm:adv,{momentum}", use_running_average=False)
+  aux = norms.make_norm(f"aux_batchnorm:adv,{momentum}", use_running_average=False)
   ref_vars = {"params": {"scale": jnp.linspace(0.5, 2, 5), "bias": jnp.linspace(-1, 1, 5)},
               "batch_stats": {"mean": jnp.full(5, 0.3), "var": jnp.full(5, 2.0)}}
   aux_vars = {"params": {"scale_adv": ref_vars["params"]["scale"], "bias_adv": ref_vars["params"]["bias"]},
@@ -56,7 +56,7 @@ def test_aux_batchnorm_matches_flax_batchnorm(momentum):
   for k in ("mean", "var"):
     np.testing.assert_allclose(s_aux["batch_stats_adv"][k], s_ref["batch_stats"][k], rtol=1e-6)
   eval_ref = nn.BatchNorm(use_running_average=True, momentum=float(momentum), epsilon=1e-5).apply(ref_vars, x)
-  eval_aux = layers.make_norm(f"aux_batchnorm:adv,{momentum}", use_running_average=True).apply(aux_vars, x)
+  eval_aux = norms.make_norm(f"aux_batchnorm:adv,{momentum}", use_running_average=True).apply(aux_vars, x)
   np.testing.assert_allclose(eval_aux, eval_ref, rtol=1e-6, atol=1e-6)
 
 
@@ -128,4 +128,4 @@ def test_aux_sets_need_batchnorm():
     aux_bn.with_bn_set(model, "adv")
   assert aux_bn.aux_norm("batchnorm:0.99", "adv") == "aux_batchnorm:adv,0.99"
   with pytest.raises(ConfigError):
-    layers.check_norm("aux_batchnorm:main")
+    norms.check_norm("aux_batchnorm:main")

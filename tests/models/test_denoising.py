@@ -10,7 +10,7 @@ from numpy.lib.stride_tricks import sliding_window_view
 
 from advjax.errors import ConfigError
 from advjax.models import blocks, denoising as dn
-from advjax.models.layers import BN_EPSILON
+from advjax.models.norms import BN_EPSILON
 
 SHAPE = (2, 6, 6, 4)
 

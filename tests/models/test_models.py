@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from advjax.errors import ConfigError
-from advjax.models import MODELS, ClassifierHead, Network, create_model, layers
+from advjax.models import MODELS, ClassifierHead, Network, activations, create_model, norms
 
 TINY = ["convnet_tiny", "convnet_dense_tiny", "resnet20_tiny", "preact_resnet18_tiny", "wrn_tiny", "resnet50_tiny",
         "efficientnet_tiny", "resnet50_dilated_tiny", "vgg16_tiny"]
@@ -137,7 +137,7 @@ def test_every_activation_is_used(name):
   # smooth_relu has parameters of its own and relu_softplus_grad is ReLU in
   # the forward pass by design (both covered in test_activations.py); CELU
   # with its default alpha 1 is ELU, so it is taken at alpha 2.
-  for activation in sorted(set(layers.ACTIVATIONS) - {"smooth_relu", "relu_softplus_grad", "celu"}) + ["celu:2"]:
+  for activation in sorted(set(activations.ACTIVATIONS) - {"smooth_relu", "relu_softplus_grad", "celu"}) + ["celu:2"]:
     model = create_model(name, num_classes=NUM_CLASSES, activation=activation)
     logits = model.apply(variables, x)
     assert logits.shape == (2, NUM_CLASSES) and bool(jnp.all(jnp.isfinite(logits)))
@@ -269,9 +269,9 @@ def test_unknown_activation_in_a_module_built_directly_raises():
 
 
 def test_groupnorm_group_count_and_statistics():
-  assert [layers.groupnorm_groups(c) for c in (64, 48, 8, 20, 7)] == [32, 24, 8, 20, 7]
+  assert [norms.groupnorm_groups(c) for c in (64, 48, 8, 20, 7)] == [32, 24, 8, 20, 7]
   x = 3.0 + 2.0 * jax.random.normal(jax.random.key(0), (2, 4, 4, 48))
-  y, _ = layers.GroupNorm().init_with_output(jax.random.key(1), x)
+  y, _ = norms.GroupNorm().init_with_output(jax.random.key(1), x)
   groups = np.asarray(y).reshape(2, 16, 24, 2)
   np.testing.assert_allclose(groups.mean(axis=(1, 3)), 0.0, atol=1e-5)
   np.testing.assert_allclose(groups.var(axis=(1, 3)), 1.0, atol=1e-3)
@@ -287,7 +287,7 @@ class _LearnableSoftplus(nn.Module):
 
 
 def test_learnable_activation_plugs_in_without_touching_models(monkeypatch):
-  monkeypatch.setitem(layers.ACTIVATIONS, "learned_softplus", _LearnableSoftplus)
+  monkeypatch.setitem(activations.ACTIVATIONS, "learned_softplus", _LearnableSoftplus)
   model = create_model("resnet20_tiny", num_classes=NUM_CLASSES, activation="learned_softplus")
   x = _images()
   variables = _init(model, x)

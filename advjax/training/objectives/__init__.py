@@ -12,29 +12,24 @@ module with an `Objective` subclass and one `register_objective` call, and the
 trainer, eval.py and sweep.py need no change.
 """
 
-from advjax.errors import unknown_name
+from advjax.registry import Registry
 from advjax.training.objectives import adversarial, advprop, base, erm, uat
 from advjax.training.objectives.base import LossObjective, Objective, ObjectiveContext
 
-OBJECTIVES: dict[str, type[Objective]] = {
+OBJECTIVES: Registry = Registry("objective", {
     "erm": erm.ERM,
     "pgd_at": adversarial.AdversarialTraining,
     "shared_at": adversarial.SharedAdversarialTraining,
     "uat_alternating": uat.AlternatingUAT,
     "uat_simultaneous": uat.SimultaneousUAT,
     "advprop": advprop.AdvProp,
-}
-
-
-def register_objective(name: str, cls: type[Objective]) -> None:
-  """Adds an objective class to the registry (see `base` for the protocol)."""
-  OBJECTIVES[name] = cls
+})
+# Adds an objective class to the registry (see `base` for the protocol).
+register_objective = OBJECTIVES.register
 
 
 def get(name: str) -> type[Objective]:
   """The objective class registered as `name`; ConfigError if there is none."""
-  if name not in OBJECTIVES:
-    raise unknown_name("objective", name, OBJECTIVES)
   return OBJECTIVES[name]
 
 

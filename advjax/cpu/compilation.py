@@ -27,12 +27,9 @@ analyses) goes through `jit` below and gets the option on the CPU backend.
 The choice is per program: nothing is written to `XLA_FLAGS`, and the
 user's own `jax.jit` programs compile as before. To keep jaxlib's default
 for advjax's programs too (a machine whose cores are busy with other work,
-a model made of depthwise convolutions), set the environment variable
-
-    ADVJAX_CPU_CONVOLUTIONS=library      (default: all_cores)
-
-before the first advjax program compiles; a caller's own
-`compiler_options` passed to `jit` override both.
+a model made of depthwise convolutions), set `ADVJAX_CPU_TUNING=library`
+(or `off`, `advjax.cpu.tuning`) before the first advjax program compiles;
+a caller's own `compiler_options` passed to `jit` override both.
 
 The option could also be set process-wide through `XLA_FLAGS`
 (`--xla_cpu_experimental_ynn_fusion_type=individual_dot`), which changes
@@ -72,18 +69,16 @@ options.
 from __future__ import annotations
 
 import functools
-import os
 from collections.abc import Callable
 from typing import Any
 
 import jax
 import numpy as np
 
+from advjax.cpu import tuning
+
 YNN_FUSION_OPTION = "xla_cpu_experimental_ynn_fusion_type"
 INDIVIDUAL_DOT = "LIBRARY_FUSION_TYPE_INDIVIDUAL_DOT"
-# Environment variable choosing the CPU convolution path of advjax's programs.
-CONVOLUTIONS_ENV = "ADVJAX_CPU_CONVOLUTIONS"
-CONVOLUTION_PATHS = ("all_cores", "library")
 # LLVM optimisation level of XLA:CPU programs that run once (see the module docstring).
 RUN_ONCE_OPTIONS = {"xla_backend_optimization_level": 1}
 
@@ -103,18 +98,6 @@ def _cpu_accepts(name: str, value: str) -> bool:
   return True
 
 
-def cpu_convolutions() -> str:
-  """The CPU convolution path of advjax's programs: $ADVJAX_CPU_CONVOLUTIONS, default 'all_cores'.
-
-  Raises:
-    ValueError: the variable names no known path.
-  """
-  value = os.environ.get(CONVOLUTIONS_ENV, "all_cores") or "all_cores"
-  if value not in CONVOLUTION_PATHS:
-    raise ValueError(f"{CONVOLUTIONS_ENV}={value!r}: expected one of {', '.join(CONVOLUTION_PATHS)}")
-  return value
-
-
 def cpu_compiler_options(backend: str | None = None) -> dict[str, Any]:
   """Compiler options that make XLA:CPU run convolutions on all cores.
 
@@ -123,9 +106,9 @@ def cpu_compiler_options(backend: str | None = None) -> dict[str, Any]:
 
   Returns:
     {YNN_FUSION_OPTION: INDIVIDUAL_DOT} on the CPU backend of a jaxlib that
-    accepts it, unless $ADVJAX_CPU_CONVOLUTIONS is 'library'; else {}.
+    accepts it, when $ADVJAX_CPU_TUNING is 'all_cores' (the default); else {}.
   """
-  if cpu_convolutions() == "library":
+  if tuning.mode() != "all_cores":
     return {}
   backend = jax.default_backend() if backend is None else backend
   if backend != "cpu" or not _cpu_accepts(YNN_FUSION_OPTION, INDIVIDUAL_DOT):
@@ -140,10 +123,11 @@ def cpu_run_once_options(backend: str | None = None) -> dict[str, Any]:
     backend: platform name; None = `jax.default_backend()`.
 
   Returns:
-    RUN_ONCE_OPTIONS on the CPU backend of a jaxlib that accepts them, else {}.
+    RUN_ONCE_OPTIONS on the CPU backend of a jaxlib that accepts them, unless
+    $ADVJAX_CPU_TUNING is 'off'; else {}.
   """
   backend = jax.default_backend() if backend is None else backend
-  if backend != "cpu" or not all(_cpu_accepts(k, v) for k, v in RUN_ONCE_OPTIONS.items()):
+  if tuning.mode() == "off" or backend != "cpu" or not all(_cpu_accepts(k, v) for k, v in RUN_ONCE_OPTIONS.items()):
     return {}
   return dict(RUN_ONCE_OPTIONS)
 

@@ -1,4 +1,4 @@
-"""Max pooling with a mask derivative (advjax.models.pooling) against nn.max_pool and NumPy."""
+"""Max pooling with a mask derivative (advjax.cpu.pooling) against nn.max_pool and NumPy."""
 
 import flax.linen as nn
 import jax
@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from advjax.errors import ConfigError
-from advjax.models import pooling
+from advjax.cpu import pooling
 
 # (window, strides, padding): the convnet's pool, the denoising block's 'SAME'
 # pool, a gapped pool, explicit and asymmetric paddings, and the ResNet stem's

@@ -1,4 +1,4 @@
-"""Convolution with a forward-convolution input gradient (advjax.models.convolution)."""
+"""Convolution with a forward-convolution input gradient (advjax.cpu.convolution)."""
 
 import flax.linen as nn
 import jax
@@ -8,7 +8,8 @@ import pytest
 from jax import lax
 
 from advjax.errors import ConfigError
-from advjax.models import convolution, layers
+from advjax.cpu import convolution
+from advjax.models import layers
 
 DN = ("NHWC", "HWIO", "NHWC")
 SIZES = [(7, 8), (9, 9)]

@@ -1,4 +1,4 @@
-"""advjax.models.batchnorm: flax BatchNorm's arithmetic with a closed-form backward pass."""
+"""advjax.cpu.batchnorm: flax BatchNorm's arithmetic with a closed-form backward pass (models.norms.BatchNorm on CPU)."""
 
 import flax.linen as nn
 import jax
@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 from jax.sharding import NamedSharding, PartitionSpec
 
-from advjax.models import batchnorm
+from advjax.cpu import batchnorm
+from advjax.models import norms
 
 SHAPE = (6, 5, 4, 3)  # N * H * W = 120 positions, 3 channels
 
@@ -44,7 +45,7 @@ def _loss(module, mutable):
 @pytest.mark.parametrize("momentum", [0.9, 0.99])
 def test_train_mode_matches_numpy_and_flax(momentum):
   x = _x()
-  ours = batchnorm.BatchNorm(use_running_average=False, momentum=momentum)
+  ours = norms.BatchNorm(use_running_average=False, momentum=momentum)
   flax_bn = nn.BatchNorm(use_running_average=False, momentum=momentum, epsilon=1e-5)
   y, state = ours.apply(_variables(), x, mutable=["batch_stats"])
   y_flax, state_flax = flax_bn.apply(_variables(), x, mutable=["batch_stats"])
@@ -64,7 +65,7 @@ def test_train_mode_matches_numpy_and_flax(momentum):
 def test_gradients_match_autodiff_of_flax_batchnorm():
   x = _x(1)
   params = _variables()["params"]
-  ours = jax.grad(_loss(batchnorm.BatchNorm(use_running_average=False), ["batch_stats"]), (0, 1))(params, x)
+  ours = jax.grad(_loss(norms.BatchNorm(use_running_average=False), ["batch_stats"]), (0, 1))(params, x)
   ref = jax.grad(_loss(nn.BatchNorm(use_running_average=False, epsilon=1e-5), ["batch_stats"]), (0, 1))(
       params, x)
   for a, b in zip(jax.tree.leaves(ours), jax.tree.leaves(ref)):
@@ -95,7 +96,7 @@ def test_cotangents_of_the_statistics_are_exact():
 def test_eval_mode_uses_running_statistics_and_changes_nothing():
   x = _x(2)
   v = _variables()
-  y, state = batchnorm.BatchNorm(use_running_average=True).apply(v, x, mutable=["batch_stats"])
+  y, state = norms.BatchNorm(use_running_average=True).apply(v, x, mutable=["batch_stats"])
   s = v["batch_stats"]
   ref = (np.asarray(x) - s["mean"]) / np.sqrt(np.asarray(s["var"]) + 1e-5) * v["params"]["scale"] + v["params"]["bias"]
   np.testing.assert_allclose(y, ref, rtol=1e-5, atol=1e-5)
@@ -103,7 +104,7 @@ def test_eval_mode_uses_running_statistics_and_changes_nothing():
 
 
 def test_init_creates_flax_paths_without_updating():
-  module = batchnorm.BatchNorm(use_running_average=False, zero_init=True)
+  module = norms.BatchNorm(use_running_average=False, zero_init=True)
   v = module.init(jax.random.key(0), _x())
   flax_v = nn.BatchNorm(use_running_average=False).init(jax.random.key(0), _x())
   assert jax.tree.structure(v) == jax.tree.structure(flax_v)
@@ -114,7 +115,7 @@ def test_init_creates_flax_paths_without_updating():
 
 def test_bfloat16_output_and_float32_statistics():
   x = _x().astype(jnp.bfloat16)
-  y, state = batchnorm.BatchNorm(use_running_average=False, dtype=jnp.bfloat16).apply(
+  y, state = norms.BatchNorm(use_running_average=False, dtype=jnp.bfloat16).apply(
       _variables(), x, mutable=["batch_stats"])
   assert y.dtype == jnp.bfloat16 and state["batch_stats"]["mean"].dtype == jnp.float32
   v = _variables()
@@ -128,7 +129,7 @@ def test_batch_sharded_over_eight_devices_matches_one_device():
   x = jnp.asarray(np.random.default_rng(4).normal(size=(8, 4, 4, 3)), jnp.float32)
   mesh = jax.make_mesh((8,), ("data",))
   xs = jax.device_put(x, NamedSharding(mesh, PartitionSpec("data")))
-  module = batchnorm.BatchNorm(use_running_average=False)
+  module = norms.BatchNorm(use_running_average=False)
   apply = jax.jit(lambda v, x: module.apply(v, x, mutable=["batch_stats"]))
   y1, s1 = apply(_variables(), x)
   y8, s8 = apply(_variables(), xs)

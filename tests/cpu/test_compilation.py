@@ -1,4 +1,4 @@
-"""Per-program CPU compiler options (advjax.compilation)."""
+"""Per-program CPU compiler options (advjax.cpu.compilation)."""
 
 import os
 import re
@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from jax import lax
 
-from advjax import compilation
+from advjax.cpu import compilation, tuning
 
 # Wide enough (32 channels) that jaxlib 0.10 sends the convolution to YNNPACK by default.
 SHAPE = (1, 8, 8, 32)
@@ -115,16 +115,22 @@ def test_jitted_function_can_be_nested_in_traced_code():
 
 
 def test_environment_variable_keeps_the_library_path(monkeypatch):
-  monkeypatch.setenv(compilation.CONVOLUTIONS_ENV, "library")
+  monkeypatch.setenv(tuning.ENV, "library")
   assert compilation.cpu_compiler_options() == {}
   # Decided at the first call, so a wrapper built before the variable was set follows it.
   text = compilation.jit(_conv_and_matmul).lower(*_args()).compile().as_text()
   assert _ynn_lines(text, "conv_general_dilated")
-  monkeypatch.setenv(compilation.CONVOLUTIONS_ENV, "all_cores")
+  monkeypatch.setenv(tuning.ENV, "off")
+  assert compilation.cpu_compiler_options() == {} and compilation.cpu_run_once_options() == {}
+  monkeypatch.setenv(tuning.ENV, "all_cores")
   assert compilation.cpu_compiler_options() == {
       "xla_cpu_experimental_ynn_fusion_type": "LIBRARY_FUSION_TYPE_INDIVIDUAL_DOT"}
-  monkeypatch.setenv(compilation.CONVOLUTIONS_ENV, "fast")
-  with pytest.raises(ValueError, match="ADVJAX_CPU_CONVOLUTIONS='fast'"):
+  monkeypatch.setenv(tuning.ENV, "fast")
+  with pytest.raises(ValueError, match="ADVJAX_CPU_TUNING='fast'"):
+    compilation.cpu_compiler_options()
+  monkeypatch.setenv(tuning.ENV, "all_cores")
+  monkeypatch.setenv("ADVJAX_CPU_CONVOLUTIONS", "library")
+  with pytest.raises(ValueError, match="ADVJAX_CPU_CONVOLUTIONS is now ADVJAX_CPU_TUNING"):
     compilation.cpu_compiler_options()
 
 
