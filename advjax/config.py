@@ -1,160 +1,132 @@
-"""The base experiment config, its validation, and duration resolution.
+"""The base experiment config, composed from the typed blocks of the modules that own them.
 
 Every experiment in `configs/` starts from `base_config()` and changes a few
 fields. Configs hold only strings, numbers, booleans, tuples and nested
 ConfigDicts, so any field can be overridden from the command line
 (`--config.optimizer.learning_rate=0.01`) and logged. Names (`'convnet'`,
 `'relu'`, `'mnist_embedded'`, `'pgd_at'`, `'eps_adv'`) resolve through the
-registries of the modules that own them. Each field is documented once, here
-or in the block its owner contributes (`config.attack`: the fields of
-`advjax.attacks.pgd.AttackConfig`; `config.uat`, `config.advprop`: the
-objectives that read them; `config.sat`: `advjax.training.sat`).
+registries of the modules that own them.
+
+Each block is a frozen dataclass declared once, by its owner, with its
+defaults and the checks of its fields (`advjax.typed_config`):
+
+  data           `advjax.data.DataConfig`
+  model          `advjax.models.ModelConfig`
+  loss           `advjax.training.objectives.LossConfig` (every objective's)
+  adversarial    `AdversarialConfig` of the objectives `pgd_at` and `shared_at`
+  uat            `UATConfig` of `uat_alternating` and `uat_simultaneous`
+  advprop        `AdvPropConfig` of `advprop`
+  optimizer      `advjax.training.optim.OptimizerConfig`
+  schedule       `advjax.training.optim.ScheduleConfig`
+  eval           `advjax.evaluation.EvalConfig`
+  evals          entry name -> {'type': an evaluator, **its `Args`} (`eval_entry`)
+  distributed    `advjax.parallel.DistributedConfig`
+
+and the root fields are `RunConfig`'s, below. `validate(config)` runs before
+any work starts: it parses every block, whether the objective uses it or not,
+so a bad value anywhere is one `ConfigError` naming the field, and then
+checks what relates blocks to each other (the batch and the devices, the
+objective's relations to the model, the evaluation entries' names). The
+objective then receives its own block typed (`parse`), never the ConfigDict.
 
 This module sits at the top of the package's dependency graph: it composes
-the blocks of the attacks, objectives and evaluators, and nothing in the
-library imports it except the drivers (`advjax.experiment`, `advjax.runs`,
-`advjax.sweep`, `advjax.cli`).
-
-`validate(config)` runs before any work starts and turns every mistake into a
-one-line `ConfigError` naming the field: the generic fields here, the
-objective's fields by the objective (`Objective.validate`) and every
-`config.evals` entry by its evaluator.
+the blocks of the data, models, attacks, objectives and evaluators, and
+nothing in the library imports it except the drivers (`advjax.experiment`,
+`advjax.runs`, `advjax.sweep`, `advjax.cli`).
 """
 
 import dataclasses
 import math
+from collections.abc import Mapping
 from typing import Any
 
 import ml_collections
 
-from advjax import attacks, evaluation, models
-from advjax.attacks import pgd
+from advjax import data, evaluation, models, parallel, typed_config
 from advjax.errors import ConfigError
-from advjax.training import objectives, optim, sat
+from advjax.training import objectives, optim, steps
 
-DTYPES = ("float32", "bfloat16")
+# Root fields of earlier versions, and where they live now.
+RENAMED = {
+    "adv_weight": "adversarial.weight", "sharedness": "adversarial.heap_size", "attack": "adversarial.attack",
+    "attack_bn_mode": "adversarial.bn_mode", "sat": "adversarial.sat", "label_smoothing": "loss.label_smoothing",
+    "aux_loss_weight": "loss.aux_weight",
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class RunConfig:
+  """The root fields of an experiment config.
+
+  Attributes:
+    seed: one seed for init, data order, dropout, attacks and evaluation.
+    objective: training objective, a key of `objectives.OBJECTIVES`.
+    batch_size: global batch size, split over all devices and hosts.
+    num_epochs: training length in epochs (used when num_steps is 0).
+    num_steps: training length in steps; overrides num_epochs when > 0.
+    init_checkpoint: run directory whose latest checkpoint initialises the
+      model (params and batch statistics) of a fresh run, to fine-tune as the
+      shared-AT paper does; '' starts from scratch.
+    nonfinite: a step whose loss, gradient norm or new state is not finite:
+      'stop' the run with an error before anything from it is saved, or
+      'skip' it (undone in the step).
+    log_every_steps: metrics cadence (metrics.jsonl, TensorBoard, progress line).
+    checkpoint_every_steps: checkpoint cadence; one is always written at the end.
+    keep_checkpoints: most recent checkpoints kept.
+    train_evals: the entries of `config.evals` run at the end of training
+      (results in summary.json).
+  """
+  seed: int = 0
+  objective: str = "erm"
+  batch_size: int = 128
+  num_epochs: float = 10.0
+  num_steps: int = 0
+  init_checkpoint: str = ""
+  nonfinite: str = "stop"
+  log_every_steps: int = 50
+  checkpoint_every_steps: int = 500
+  keep_checkpoints: int = 2
+  train_evals: tuple = ("clean",)
+
+  def __post_init__(self):
+    for field, low, high in (("seed", 0, 2**32 - 1), ("batch_size", 1, 2**24), ("num_steps", 0, 2**31 - 1),
+                             ("log_every_steps", 1, 2**31 - 1), ("checkpoint_every_steps", 1, 2**31 - 1),
+                             ("keep_checkpoints", 1, 10_000)):
+      value = getattr(self, field)
+      if not low <= value <= high:
+        raise ConfigError(f"{field}: must be an integer in [{low}, {high}], got {value!r}")
+    if not (math.isfinite(self.num_epochs) and 0 <= self.num_epochs <= 1e6):
+      raise ConfigError(f"num_epochs: must be a finite number in [0, 1e6], got {self.num_epochs!r}")
+    if self.num_steps == 0 and self.num_epochs == 0:
+      raise ConfigError("num_epochs: num_epochs or num_steps must be positive")
+    if self.nonfinite not in steps.NONFINITE_MODES:
+      raise ConfigError(f"nonfinite: must be one of {', '.join(steps.NONFINITE_MODES)}, not {self.nonfinite!r}")
+    try:
+      objectives.get(self.objective)
+    except ConfigError as e:
+      raise ConfigError(f"objective: {e}") from None
+
+
+def _blocks() -> dict[str, Any]:
+  """Block name -> its default (a dataclass instance), in the order of the base config."""
+  out = {"data": data.DataConfig(), "model": models.ModelConfig(), "loss": objectives.LossConfig()}
+  for cls in dict.fromkeys(objectives.OBJECTIVES.values()):
+    if cls.BLOCK is not None:
+      out.setdefault(cls.BLOCK, cls.Config())
+  out.update(optimizer=optim.OptimizerConfig(), schedule=optim.ScheduleConfig(), eval=evaluation.EvalConfig(),
+             distributed=parallel.DistributedConfig())
+  return out
 
 
 def base_config() -> ml_collections.ConfigDict:
-  """Returns the config every experiment starts from, with each field documented."""
-  c = ml_collections.ConfigDict()
-  c.seed = 0  # One seed for init, data order, dropout, attacks and evaluation.
-
-  c.data = ml_collections.ConfigDict()
-  c.data.name = "mnist_embedded"  # Registry name in advjax.data.
-  c.data.data_dir = ""  # tfds data_dir; '' means the tfds default.
-  # Output size, 0 = native: the crop side for variable-size (ImageNet-like)
-  # data, the height for fixed-size data (the width keeps the aspect ratio;
-  # Cityscapes at 512 is 512x1024).
-  c.data.image_size = 0
-  c.data.class_subset = 0  # Keep only the first N classes (ImageNet subsets); 0 keeps all.
-  c.data.augment = False  # Training augmentation (crop+flip for CIFAR/ImageNet).
-
-  c.model = ml_collections.ConfigDict()
-  c.model.name = "convnet"  # Backbone registry name in advjax.models.MODELS.
-  c.model.head = "classifier"  # Head registry name in advjax.models.HEADS.
-  c.model.activation = "relu"  # Registry name of the activation.
-  c.model.norm = "batchnorm"  # 'batchnorm[:momentum]', 'groupnorm' or 'none'.
-  c.model.dtype = "float32"  # Compute dtype: 'float32' or 'bfloat16'.
-  # A block inserted into the backbone by registry name (advjax.models.blocks,
-  # e.g. 'denoise:nonlocal_gaussian'), '' for none, after 'stages', 'blocks' or
-  # the comma-separated positions of `insert_after` ('stage2,stage3').
-  c.model.insert_block = ""
-  c.model.insert_after = "stages"
-  # Run directory whose latest checkpoint initialises the backbone (every
-  # variable outside the head), e.g. a robust classifier under a segmentation
-  # head; '' for none. With freeze_backbone its weights stay fixed and it
-  # normalises with its running statistics (the robust-backbone model). The
-  # model then normalises its inputs with that run's dataset statistics (as
-  # pretrained backbones keep theirs), so fine-tunings and evaluations of it
-  # keep this field.
-  c.model.backbone_checkpoint = ""
-  c.model.freeze_backbone = False
-
-  c.objective = "erm"  # Training objective, a key of advjax.training.objectives.OBJECTIVES.
-  # sigma in sigma * L(adv) + (1 - sigma) * L(clean) for adversarial objectives.
-  c.adv_weight = 1.0
-  c.label_smoothing = 0.0  # Weight of the uniform distribution in training targets.
-  # w in L(out) + w L(aux) for heads with an auxiliary classifier ('fcn_aux'; torchvision: 0.5).
-  c.aux_loss_weight = 0.0
-  # s of shared adversarial training: examples per heap sharing one perturbation;
-  # must divide the per-device batch so heaps never straddle devices.
-  c.sharedness = 1
-
-  # The attack of adversarial training objectives: every field of
-  # advjax.attacks.pgd.AttackConfig (documented there), eps and step sizes in
-  # 0-255 pixel units. The default is PGD-7 with a random start at eps 8.
-  c.attack = as_config_dict(pgd.AttackConfig(init="uniform", num_steps=7))
-  # BatchNorm while the training attack runs: 'eval' normalises with the
-  # running statistics, 'batch' with the attacked batch's (never updated).
-  c.attack_bn_mode = "eval"
-
-  # The objectives' own blocks: config.uat (universal adversarial training) and
-  # config.advprop (AdvProp and the mixture-BN strategies), documented there.
-  for cls in dict.fromkeys(objectives.OBJECTIVES.values()):
-    block = cls.config_block()
-    if block is not None:
-      c[block[0]] = block[1]
-  # Smooth adversarial training's softplus-gradient diagnostic (advjax.training.sat).
-  c.sat = sat.config_block()
-
-  c.batch_size = 128  # Global batch size, split over all devices and hosts.
-  c.num_epochs = 10.0  # Training length in epochs (used when num_steps is 0).
-  c.num_steps = 0  # Training length in steps; overrides num_epochs when > 0.
-
-  c.optimizer = ml_collections.ConfigDict()
-  c.optimizer.name = "sgd"  # One of advjax.training.optim.OPTIMIZERS.
-  c.optimizer.learning_rate = 0.1  # Peak learning rate.
-  c.optimizer.momentum = 0.9  # SGD/RMSProp momentum.
-  c.optimizer.nesterov = False
-  c.optimizer.b1 = 0.9  # Adam betas.
-  c.optimizer.b2 = 0.999
-  c.optimizer.decay = 0.9  # RMSProp decay.
-  c.optimizer.eps = 1e-8  # Adam/RMSProp epsilon.
-  c.optimizer.weight_decay = 0.0  # L2 penalty on kernels only (biases and norm params excluded).
-
-  c.schedule = ml_collections.ConfigDict()
-  c.schedule.name = "constant"  # One of advjax.training.optim.LR_SCHEDULES.
-  c.schedule.boundaries = ()  # Piecewise: epochs at which the rate is multiplied by decay_factor.
-  c.schedule.decay_factor = 0.1
-  c.schedule.warmup_epochs = 0.0  # Linear warm-up from 0 before the schedule.
-
-  # Run directory whose latest checkpoint initialises the model (params and
-  # batch statistics) of a fresh run, to fine-tune as the shared-AT paper does; '' starts from scratch.
-  c.init_checkpoint = ""
-
-  # A step whose loss, gradient norm or new state is not finite: 'stop' the run
-  # with an error before anything from it is saved, or 'skip' it (undone in the step).
-  c.nonfinite = "stop"
-
-  c.log_every_steps = 50  # Metrics cadence (metrics.jsonl, TensorBoard, progress line).
-  c.checkpoint_every_steps = 500  # Checkpoint cadence; one is always written at the end.
-  c.keep_checkpoints = 2  # Most recent checkpoints kept.
-
-  # The held-out data every evaluation uses.
-  c.eval = ml_collections.ConfigDict()
-  c.eval.batch_size = 500  # Global evaluation batch size.
-  c.eval.split = "test"
-  c.eval.num_examples = 0  # Evaluate on the first N held-out examples; 0 means all.
-  c.eval.output_file = "eval.json"  # Name of eval.py's results file in the workdir.
-  # eval.py runs only these config.evals entries (e.g. "('synthesis',)"); () runs them all.
-  c.eval.entries = ()
-  # eval.py refuses a config whose model fields differ from the run's config.json; True allows it.
-  c.eval.cross_evaluate = False
-
-  # What eval.py measures, big_vision style: entry name -> {'type': a key of
-  # advjax.evaluation.EVALUATORS, **its arguments} (each evaluator's Args
-  # documents them: 'clean', 'pgd', 'eps_adv', 'eps_uni', 'universal', ...).
+  """Returns the config every experiment starts from: every field of every block, with its default."""
+  root = typed_config.to_dict(RunConfig())
+  c = ml_collections.ConfigDict({k: v for k, v in root.items() if k != "train_evals"})
+  for name, block in _blocks().items():
+    c[name] = typed_config.as_config_dict(block)
   c.evals = ml_collections.ConfigDict()
   c.evals.clean = eval_entry("clean")
-  # The entries of config.evals run at the end of training (results in summary.json).
-  c.train_evals = ("clean",)
-
-  # jax.distributed settings for multi-host runs; num_processes 1 means single host.
-  c.distributed = ml_collections.ConfigDict()
-  c.distributed.coordinator_address = ""
-  c.distributed.num_processes = 1
-  c.distributed.process_id = 0
+  c.train_evals = root["train_evals"]
   return c
 
 
@@ -162,89 +134,41 @@ def eval_entry(kind: str, **args) -> ml_collections.ConfigDict:
   """A `config.evals` entry of evaluator `kind`: every argument with its default, then `args`.
 
   Holding every field makes each one overridable from the command line
-  (`--config.evals.pgd.steps=100`).
+  (`--config.evals.pgd.attack.num_steps=100`). A nested block given in part
+  (`attack=dict(num_steps=100)`) changes only those fields of its default.
 
   Raises:
-    ConfigError: unknown evaluator, or an argument it does not take.
+    ConfigError: unknown evaluator, or an argument it does not take (or a
+      bad value, which the evaluator refuses).
   """
-  if kind not in evaluation.EVALUATORS:
-    raise ConfigError(f"unknown evaluator {kind!r}; known: {', '.join(sorted(evaluation.EVALUATORS))}")
-  defaults = dataclasses.asdict(evaluation.EVALUATORS[kind].Args())
-  unknown = sorted(set(args) - set(defaults))
-  if unknown:
-    raise ConfigError(f"evaluator {kind!r} takes no argument(s) {', '.join(unknown)}; known: {', '.join(defaults)}")
-  return ml_collections.ConfigDict({"type": kind, **defaults, **args})
+  cls = evaluation.EVALUATORS[kind]
+  label = f"eval_entry({kind!r})"
+  args = typed_config.to_dict(typed_config.from_mapping(cls.Args, args, label))
+  return typed_config.as_config_dict({"type": kind, **args})
 
 
-def as_config_dict(params: Any) -> ml_collections.ConfigDict:
-  """A frozen config dataclass (AttackConfig, UniversalConfig) as a ConfigDict.
+def as_config_dict(block: Any) -> ml_collections.ConfigDict:
+  """A typed block (an AttackConfig, a UniversalConfig, ...) as a ConfigDict with every field."""
+  return typed_config.as_config_dict(block)
 
-  Every field can then be overridden from the command line; a None default
-  becomes a float placeholder so that it still has a type.
+
+@dataclasses.dataclass(frozen=True)
+class Parsed:
+  """A validated config's typed blocks.
+
+  Attributes:
+    run: the root fields.
+    blocks: block name -> its dataclass instance.
+    evals: entry name -> (evaluator class, its parsed Args).
   """
-  values = dataclasses.asdict(params)
-  return ml_collections.ConfigDict(
-      {k: ml_collections.config_dict.placeholder(float) if v is None else v for k, v in values.items()})
+  run: RunConfig
+  blocks: dict[str, Any]
+  evals: dict[str, tuple[type, Any]]
 
-
-
-def _require(condition: bool, field: str, message: str) -> None:
-  if not condition:
-    raise ConfigError(f"config.{field}: {message}")
-
-
-def _number(value) -> bool:
-  return isinstance(value, (int, float)) and not isinstance(value, bool)
-
-
-# Numeric fields: (lowest, highest, whether the lowest is allowed, whether it must be an integer).
-# Every one must also be finite. Attack, universal, UAT and AdvProp blocks and
-# evaluator arguments are checked by their owners.
-_RANGES = {
-    "seed": (0, 2**32 - 1, True, True),
-    "data.image_size": (0, 16384, True, True),
-    "data.class_subset": (0, 1_000_000, True, True),
-    "batch_size": (1, 2**24, True, True),
-    "num_epochs": (0, 1e6, True, False),
-    "num_steps": (0, 2**31 - 1, True, True),
-    "adv_weight": (0.0, 1.0, True, False),
-    "label_smoothing": (0.0, 0.999, True, False),
-    "aux_loss_weight": (0.0, 100.0, True, False),
-    "sharedness": (1, 2**24, True, True),
-    "optimizer.learning_rate": (0.0, 1e3, True, False),
-    "optimizer.momentum": (0.0, 0.9999, True, False),
-    "optimizer.b1": (0.0, 0.9999, True, False),
-    "optimizer.b2": (0.0, 0.999999, True, False),
-    "optimizer.decay": (0.0, 0.9999, True, False),
-    "optimizer.eps": (0.0, 1.0, False, False),
-    "optimizer.weight_decay": (0.0, 1.0, True, False),
-    "schedule.decay_factor": (0.0, 1e3, False, False),
-    "schedule.warmup_epochs": (0.0, 1e6, True, False),
-    "log_every_steps": (1, 2**31 - 1, True, True),
-    "checkpoint_every_steps": (1, 2**31 - 1, True, True),
-    "keep_checkpoints": (1, 10_000, True, True),
-    "eval.batch_size": (1, 2**24, True, True),
-    "eval.num_examples": (0, 2**31 - 1, True, True),
-    "sat.softplus_alpha": (0.0, 1e6, False, False),
-}
-
-
-def _check_ranges(config: ml_collections.ConfigDict) -> None:
-  """Every numeric field is a finite number of the right kind inside its range."""
-  for field, (low, high, low_ok, integer) in _RANGES.items():
-    node = config
-    for key in field.split("."):
-      node = node[key]
-    ok = _number(node) and math.isfinite(node) and (not integer or float(node) == int(node))
-    ok = ok and (low <= node if low_ok else low < node) and node <= high
-    if not ok:
-      kind = "an integer" if integer else "a finite number"
-      bound = "[" if low_ok else "("
-      _require(False, field, f"must be {kind} in {bound}{low}, {high}], got {node!r}")
-  boundaries = config.schedule.boundaries
-  _require(all(_number(b) and math.isfinite(b) and b >= 0 for b in boundaries), "schedule.boundaries",
-           f"must be finite, non-negative epochs, got {tuple(boundaries)!r}")
-  _require(config.nonfinite in ("stop", "skip"), "nonfinite", f"must be 'stop' or 'skip', not {config.nonfinite!r}")
+  def objective_block(self) -> Any:
+    """The typed block of the config's objective, or None if it has none."""
+    cls = objectives.get(self.run.objective)
+    return None if cls.BLOCK is None else self.blocks[cls.BLOCK]
 
 
 def _check_fields(config: ml_collections.ConfigDict, reference: ml_collections.ConfigDict, prefix: str = "") -> None:
@@ -255,6 +179,8 @@ def _check_fields(config: ml_collections.ConfigDict, reference: ml_collections.C
   for key, value in config.items():
     name = f"{prefix}{key}"
     if key not in reference:
+      if name in RENAMED:
+        raise ConfigError(f"config.{name} is now config.{RENAMED[name]}")
       raise ConfigError(f"config.{name}: no such field")
     if name == "evals":
       continue
@@ -262,12 +188,27 @@ def _check_fields(config: ml_collections.ConfigDict, reference: ml_collections.C
       _check_fields(value, reference[key], prefix=f"{name}.")
 
 
-def validate(config: ml_collections.ConfigDict, *, num_devices: int = 1) -> None:
-  """Checks a config before any work starts.
+def parse(config: ml_collections.ConfigDict | Mapping[str, Any]) -> Parsed:
+  """Every block of `config` as its dataclass, each checked by its owner (one ConfigError naming the field).
 
-  The generic fields are checked here; the objective checks the fields it
-  reads and every `config.evals` entry is parsed by its evaluator. Registry
-  names of models, activations and datasets are checked when they are built.
+  Raises:
+    ConfigError: naming the first bad field.
+  """
+  root_fields = {f.name for f in dataclasses.fields(RunConfig)}
+  run = typed_config.from_mapping(RunConfig, {k: v for k, v in config.items() if k in root_fields}, "config")
+  blocks = {name: typed_config.from_mapping(default, config[name], f"config.{name}")
+            for name, default in _blocks().items() if name in config}
+  return Parsed(run, blocks, evaluation.parse(config["evals"]))
+
+
+def validate(config: ml_collections.ConfigDict, *, num_devices: int = 1) -> Parsed:
+  """Checks a config before any work starts; returns its typed blocks.
+
+  Every block is parsed by its owner, used by the objective or not; then the
+  relations between blocks: the batch and the devices, the evaluation
+  entries' names, the objective's own relations (`Objective.validate`).
+  Registry names of models, activations and datasets are checked when they
+  are built, before the first step.
 
   Args:
     config: an experiment config derived from `base_config()`.
@@ -277,52 +218,30 @@ def validate(config: ml_collections.ConfigDict, *, num_devices: int = 1) -> None
     ConfigError: naming the first bad field.
   """
   _check_fields(config, base_config())
-  _check_ranges(config)
-  try:
-    objective = objectives.get(config.objective)
-  except ConfigError as e:
-    raise ConfigError(f"config.objective: {e}") from None
-  _require(config.batch_size > 0, "batch_size", "must be positive")
-  _require(config.batch_size % num_devices == 0, "batch_size",
-           f"{config.batch_size} is not divisible by the {num_devices} devices")
-  _require(config.num_steps > 0 or config.num_epochs > 0, "num_epochs", "num_epochs or num_steps must be positive")
-  _require(math.isfinite(config.num_epochs), "num_epochs", "must be finite")
-  _require(0.0 <= config.adv_weight <= 1.0, "adv_weight", "sigma must be in [0, 1]")
-  _require(0.0 <= config.label_smoothing < 1.0, "label_smoothing", "must be in [0, 1)")
-  _require(config.aux_loss_weight == 0.0 or objective.supports_aux_loss, "aux_loss_weight",
-           f"the {config.objective!r} objective does not train an auxiliary classifier; keep it 0")
-  _require(config.optimizer.name in optim.OPTIMIZERS, "optimizer.name",
-           f"unknown optimizer {config.optimizer.name!r}; known: {', '.join(optim.OPTIMIZERS)}")
-  _require(config.schedule.name in optim.LR_SCHEDULES, "schedule.name",
-           f"unknown schedule {config.schedule.name!r}; known: {', '.join(optim.LR_SCHEDULES)}")
-  _require(list(config.schedule.boundaries) == sorted(config.schedule.boundaries), "schedule.boundaries",
-           "must be increasing")
-  _require(config.log_every_steps > 0, "log_every_steps", "must be positive")
-  _require(config.checkpoint_every_steps > 0, "checkpoint_every_steps", "must be positive")
-  _require(config.keep_checkpoints > 0, "keep_checkpoints", "must be positive")
-  _require(config.eval.batch_size > 0 and config.eval.batch_size % num_devices == 0, "eval.batch_size",
-           f"{config.eval.batch_size} must be positive and divisible by the {num_devices} devices")
-  _require(config.model.dtype in DTYPES, "model.dtype", f"must be one of {', '.join(DTYPES)}")
-  _require(config.attack_bn_mode in attacks.BN_MODES, "attack_bn_mode",
-           f"unknown mode {config.attack_bn_mode!r}; known: {', '.join(attacks.BN_MODES)}")
-  _require(not config.model.freeze_backbone or bool(config.model.backbone_checkpoint), "model.freeze_backbone",
-           "freezes a pretrained backbone, so model.backbone_checkpoint must name a run")
-  _require(config.eval.output_file.endswith(".json") and "/" not in config.eval.output_file, "eval.output_file",
-           "must be a file name ending in .json")
-  per_device = config.batch_size // num_devices
-  _require(config.sharedness > 0 and per_device % config.sharedness == 0, "sharedness",
-           f"s={config.sharedness} must divide the per-device batch {per_device} "
-           f"(batch_size {config.batch_size} over {num_devices} devices) so heaps never straddle devices")
+  parsed = parse(config)
+  run, blocks = parsed.run, parsed.blocks
+
+  def require(ok, field, message):
+    if not ok:
+      raise ConfigError(f"config.{field}: {message}")
+
+  objective = objectives.get(run.objective)
+  require(run.batch_size % num_devices == 0, "batch_size",
+          f"{run.batch_size} is not divisible by the {num_devices} devices")
+  require(blocks["eval"].batch_size % num_devices == 0, "eval.batch_size",
+          f"{blocks['eval'].batch_size} must be divisible by the {num_devices} devices")
+  require(blocks["loss"].aux_weight == 0.0 or objective.supports_aux_loss, "loss.aux_weight",
+          f"the {run.objective!r} objective does not train an auxiliary classifier; keep it 0")
   for name, entry in config.evals.items():
     size = entry.get("batch_size", 0) if hasattr(entry, "get") else 0
-    _require(not size or size % num_devices == 0, f"evals.{name}.batch_size",
-             f"{size} must be divisible by the {num_devices} devices")
-  evaluation.parse(config.evals)
-  evaluation.parse(config.evals, tuple(config.train_evals))  # The names must be entries.
-  evaluation.parse(config.evals, tuple(config.eval.entries))
-  objective.validate(config)
-  if config.model.insert_block:
-    models.blocks.check_block(config.model.insert_block)
+    require(not size or size % num_devices == 0, f"evals.{name}.batch_size",
+            f"{size} must be divisible by the {num_devices} devices")
+  evaluation.parse(config.evals, tuple(run.train_evals))  # The names must be entries.
+  evaluation.parse(config.evals, tuple(blocks["eval"].entries))
+  objective.validate(config, num_devices)
+  if blocks["model"].insert_block:
+    models.blocks.check_block(blocks["model"].insert_block)
+  return parsed
 
 
 def resolve_steps(config: ml_collections.ConfigDict, steps_per_epoch: int) -> int:

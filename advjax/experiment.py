@@ -43,15 +43,16 @@ class Experiment:
   def __init__(self, config: ml_collections.ConfigDict, devices=None):
     self.config = config
     self.mesh = parallel.make_mesh(devices)
-    config_lib.validate(config, num_devices=self.mesh.size)
+    self.parsed = config_lib.validate(config, num_devices=self.mesh.size)
     # Every field's default: a resumed run's config.json may predate some of them.
     self.defaults = config_lib.base_config().to_dict()
     self.process_index, self.process_count = jax.process_index(), jax.process_count()
     objective_cls = objectives.get(config.objective)
+    block = self.parsed.objective_block()
     self.train_source = data.make_train_source(
         config.data, global_batch_size=config.batch_size, seed=config.seed,
         process_index=self.process_index, process_count=self.process_count,
-        augmented_view="image_aug" in objective_cls.views(config))
+        augmented_view="image_aug" in objective_cls.views(block))
     self.info = self.train_source.info
     self.task = tasks.for_dataset(self.info)
     m = config.model
@@ -67,9 +68,8 @@ class Experiment:
     self.total_steps = config_lib.resolve_steps(config, self.steps_per_epoch)
     trainable = (lambda key: self.model.head_owns(key)) if m.freeze_backbone else None
     self.tx, self.schedule = optim.make_optimizer(config, self.steps_per_epoch, self.total_steps, trainable)
-    self.objective = objective_cls(objectives.ObjectiveContext(
-        model=self.model, config=config, task=self.task, schedule=self.schedule,
-        total_steps=self.total_steps, steps_per_epoch=self.steps_per_epoch))
+    self.objective = objectives.build(config, model=self.model, task=self.task, schedule=self.schedule,
+                                      total_steps=self.total_steps, steps_per_epoch=self.steps_per_epoch)
     # One builder per experiment: evaluators jit over it (static) and take the variables traced.
     self.model_fn = functools.partial(attacks.make_logits_fn, self.objective.eval_model())
 

@@ -12,13 +12,37 @@ Each host feeds only its own rows of a global batch; `shard_batch` assembles
 the process-local numpy arrays into global `jax.Array`s.
 """
 
+import dataclasses
 from typing import Any
 
 import jax
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
+from advjax.errors import ConfigError
+
 DATA_AXIS = "data"
+
+
+@dataclasses.dataclass(frozen=True)
+class DistributedConfig:
+  """`config.distributed`: jax.distributed's settings for a multi-host run.
+
+  Attributes:
+    coordinator_address: 'host:port' of process 0's coordinator.
+    num_processes: processes (hosts) in the run; 1 is a single host.
+    process_id: this process's index in [0, num_processes).
+  """
+  coordinator_address: str = ""
+  num_processes: int = 1
+  process_id: int = 0
+
+  def __post_init__(self):
+    if not (1 <= self.num_processes <= 1_000_000 and 0 <= self.process_id < self.num_processes):
+      raise ConfigError(f"num_processes={self.num_processes!r} must be >= 1 and process_id={self.process_id!r} "
+                        "in [0, num_processes)")
+    if self.num_processes > 1 and not self.coordinator_address:
+      raise ConfigError("coordinator_address: a multi-host run needs the coordinator's 'host:port'")
 
 
 def initialize_distributed(coordinator_address: str, num_processes: int, process_id: int) -> None:

@@ -43,10 +43,10 @@ def point_config(sweep: ml_collections.ConfigDict, sharedness: int, eps: float, 
   """The experiment config of one grid point: fine-tune the ERM model with shared AT."""
   config = sweep.experiment.copy_and_resolve_references()
   config.objective = "shared_at"
-  config.sharedness = int(sharedness)
-  config.adv_weight = float(sigma)
-  config.attack.eps = float(eps)
-  config.attack.step_size = float(sweep.step_ratio * eps)
+  config.adversarial.heap_size = int(sharedness)
+  config.adversarial.weight = float(sigma)
+  config.adversarial.attack.eps = float(eps)
+  config.adversarial.attack.step_size = float(sweep.step_ratio * eps)
   config.init_checkpoint = erm_dir
   return config
 
@@ -80,9 +80,9 @@ def _row(name: str, config: ml_collections.ConfigDict, report: dict, adversarial
 
   return {
       "name": name,
-      "sharedness": config.sharedness if adversarial else "",
-      "eps": config.attack.eps if adversarial else "",
-      "adv_weight": config.adv_weight if adversarial else "",
+      "sharedness": config.adversarial.heap_size if adversarial else "",
+      "eps": config.adversarial.attack.eps if adversarial else "",
+      "adv_weight": config.adversarial.weight if adversarial else "",
       "clean_accuracy": value("clean", "accuracy"),
       "eps_adv": value("eps_adv", "eps"),
       "eps_uni": value("eps_uni", "eps"),

@@ -112,7 +112,7 @@ def build(spec: harness.Spec) -> harness.Workload:
 
   def configure(c):
     c.advprop.adv_bn = BN_SET
-    c.attack_bn_mode = "eval"
+    c.advprop.bn_mode = "eval"
 
   step, fresh_state, _, _ = bench_pgd_at.jax_train_step(m, spec, OBJECTIVE, configure=configure,
                                                         variables=variables)

@@ -55,14 +55,14 @@ def variant_config(variant: str, model_name: str, batch: int, num_steps: int, sh
   c.optimizer.learning_rate = 0.01
   c.objective = "erm" if variant == "natural" else variant
   eps = 8.0
-  c.attack.eps = eps
-  c.attack.step_size = 2.0
-  c.attack.num_steps = num_steps
-  c.sharedness = sharedness if variant == "shared_at" else 1
+  block = c.advprop if variant == "advprop" else c.adversarial
   if variant == "advprop":
     advprop.configure_attacker(c, eps, "pgd")
-    c.attack.num_steps = num_steps
-  c.attack_bn_mode = bn_mode
+  block.attack.eps = eps
+  block.attack.step_size = 2.0
+  block.attack.num_steps = num_steps
+  c.adversarial.heap_size = sharedness if variant == "shared_at" else 1
+  block.bn_mode = bn_mode
   c.uat.eps = eps
   return c
 
@@ -71,9 +71,8 @@ def build_step(config, image_shape, num_classes, mesh):
   """(compiled step, fresh-state factory) for one config."""
   model = models.from_config(config.model, num_classes=num_classes, mean=(0.5,), std=(0.5,))
   tx, schedule = optim.make_optimizer(config, steps_per_epoch=100, total_steps=1000)
-  objective = objectives.get(config.objective)(objectives.ObjectiveContext(
-      model=model, config=config, task=tasks.Classification(num_classes), schedule=schedule,
-      total_steps=1000, steps_per_epoch=100))
+  objective = objectives.build(config, model=model, task=tasks.Classification(num_classes), schedule=schedule,
+                               total_steps=1000, steps_per_epoch=100)
 
   def init(rng):
     return create_train_state(model, tx, rng, image_shape, objective.init_extras(image_shape),

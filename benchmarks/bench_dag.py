@@ -3,7 +3,7 @@
 The model and its PyTorch twin are `bench_seg`'s (the briefly trained
 'convnet_dense' + FCN-8s), in eval mode (running BatchNorm statistics), on
 the first test canvases. DAG runs with the thesis' gamma = 0.5 (0-255 units)
-and every labelled pixel a target (`BACKGROUND`); M0 (`max_iter`) is the row's `steps`, far below
+and every labelled pixel a target (`BACKGROUND`); M0 (`num_steps`) is the row's `steps`, far below
 the thesis' 200 so that a timed call takes seconds. Both sides get the same
 adversarial labels (the library's derangements, drawn once).
 
@@ -101,7 +101,7 @@ def build(spec: harness.Spec) -> harness.Workload:
   x, y = bench_seg.canvases("test", spec.batch)
   xj, yj = jnp.asarray(x), jnp.asarray(y)
   classes = spec.shape[2]
-  cfg = dag_lib.DAGConfig(gamma=GAMMA, max_iter=spec.steps, background_class=BACKGROUND)
+  cfg = dag_lib.DAGConfig(gamma=GAMMA, num_steps=spec.steps, background_class=BACKGROUND)
   logits_fn = attacks.make_logits_fn(m.model, m.variables, "eval")
   rng = jax.random.key(spec.seed)
   targets = np.asarray(dag_lib.adversarial_labels(yj, dag_lib.random_derangements(rng, spec.batch, classes)))

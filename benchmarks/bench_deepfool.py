@@ -2,7 +2,7 @@
 
 The JAX side is `advjax.attacks.deepfool`: one jitted program whose
 linearisation steps run in a `lax.while_loop` that ends as soon as every
-example is misclassified (or after `max_iter` steps); each step is one
+example is misclassified (or after `num_steps` steps); each step is one
 forward pass and the candidates' input gradients as one batched VJP. The
 PyTorch side is foolbox 3.3.4's `L2DeepFoolAttack`, the library most
 DeepFool evaluations call, on the PyTorch twin (`foolbox.PyTorchModel`,
@@ -11,7 +11,7 @@ Its loop also stops as soon as every example is misclassified; each step
 runs one forward and backward pass per candidate class (foolbox cannot
 share the forward pass between them, see its source).
 
-The settings match: `steps=max_iter=50`, `candidates=num_candidates=10`
+The settings match: `steps=num_steps=50`, `candidates=num_candidates=10`
 (the label and the top other classes of the clean logits; with 10 classes,
 all of them), `overshoot=0.02` on the total perturbation, clipping to [0, 1]
 after every step, the `logits` loss (differences of logits, as in the
@@ -117,7 +117,7 @@ def build(spec: harness.Spec) -> harness.Workload:
   xj, yj = jnp.asarray(x), jnp.asarray(y)
   classes = spec.shape[2]
   candidates = min(CANDIDATES, classes)
-  cfg = deepfool.DeepFoolConfig(max_iter=MAX_ITER, overshoot=OVERSHOOT, num_candidates=candidates, norm="l2")
+  cfg = deepfool.DeepFoolConfig(num_steps=MAX_ITER, overshoot=OVERSHOOT, num_candidates=candidates, norm="l2")
   logits_fn = attacks.make_logits_fn(m.model, m.variables, "eval")
   rng = jax.random.key(0)
   tm = m.torch_model.eval()

@@ -46,10 +46,11 @@ def train_config(spec: harness.Spec, objective: str):
   c.optimizer.name = "sgd"
   c.optimizer.learning_rate = LEARNING_RATE
   c.optimizer.momentum = MOMENTUM
-  c.attack.eps = bench_pgd.EPS
-  c.attack.step_size = bench_pgd.STEP_SIZE
-  c.attack.num_steps = spec.steps
-  c.attack.init = "zero"
+  for block in (c.adversarial, c.advprop):  # The attack of whichever objective the row trains.
+    block.attack.eps = bench_pgd.EPS
+    block.attack.step_size = bench_pgd.STEP_SIZE
+    block.attack.num_steps = spec.steps
+    block.attack.init = "zero"
   return c
 
 
@@ -77,9 +78,8 @@ def jax_train_step(m: harness.Matched, spec: harness.Spec, objective: str, confi
   tx = optax.sgd(schedule, momentum=MOMENTUM)
   mesh = parallel.make_mesh(jax.devices()[:1])
   size, channels, classes = spec.shape
-  built = objectives.get(objective)(objectives.ObjectiveContext(
-      model=m.model, config=config, task=task or tasks.Classification(classes), schedule=schedule, total_steps=1,
-      steps_per_epoch=1))
+  built = objectives.build(config, model=m.model, task=task or tasks.Classification(classes), schedule=schedule,
+                           total_steps=1, steps_per_epoch=1)
 
   def fresh_state():
     # Copies, because every call of the compiled step donates (frees) its input state.

@@ -190,8 +190,8 @@ def build(spec: harness.Spec) -> harness.Workload:
 
   def configure(config):
     config.model.head = SEG_HEADS[spec.model]
-    config.attack.eps = eps
-    config.attack.step_size = step_size
+    config.adversarial.attack.eps = eps
+    config.adversarial.attack.step_size = step_size
 
   step, fresh_state, _, _ = bench_pgd_at.jax_train_step(m, spec, "pgd_at", configure=configure,
                                                          task=tasks.Segmentation(spec.shape[2]))

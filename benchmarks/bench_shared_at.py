@@ -77,7 +77,7 @@ def build(spec: harness.Spec) -> harness.Workload:
   s = sharedness_for(spec.batch)
 
   def configure(c):
-    c.sharedness = s
+    c.adversarial.heap_size = s
 
   step, fresh_state, _, _ = bench_pgd_at.jax_train_step(m, spec, OBJECTIVE, configure=configure)
   notes = [f"sharedness s = {s} ({spec.batch // s} heaps), attack from zero"]

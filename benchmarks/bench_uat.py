@@ -58,7 +58,7 @@ def build(spec: harness.Spec) -> harness.Workload:
   step, fresh_state, _, _ = bench_pgd_at.jax_train_step(m, spec, OBJECTIVE)
   eps = threat.to_unit(float(config.uat.eps))
   tol = 10 * harness.TOLERANCE[spec.dtype]
-  notes = [f"delta rule '{config.uat.delta_rule}', eps {config.uat.eps}/255"]
+  notes = [f"delta rule '{config.uat.step_rule}', eps {config.uat.eps}/255"]
 
   def new_delta(channels_last=False):
     d = torch.zeros(1, channels, size, size, device=harness.torch_device())

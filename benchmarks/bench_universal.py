@@ -87,7 +87,7 @@ def mini_batch_size(batch: int) -> int:
 
 
 def universal_config() -> universal.UniversalConfig:
-  return universal.shared_at_eval_config(eps=EPS, num_iterations=EPOCHS * BATCHES_PER_EPOCH)
+  return universal.shared_at_eval_config(eps=EPS, num_steps=EPOCHS * BATCHES_PER_EPOCH)
 
 
 def torch_universal(tm, xs, ys, *, eps: float, steps: int, beta: float, gamma: float, kappa: float,
@@ -137,8 +137,8 @@ def build(spec: harness.Spec) -> harness.Workload:
   logits_fn = attacks.make_logits_fn(m.model, m.variables, "eval")
   rng = jax.random.key(0)  # Unused by the zero init; both sides start at delta = 0.
   eps = threat.to_unit(EPS)
-  twin_args = dict(eps=eps, steps=cfg.num_iterations, beta=cfg.beta, gamma=cfg.gamma, kappa=cfg.kappa)
-  notes = [f"eps {EPS}/255, K = {cfg.num_iterations} iterations = {EPOCHS} epochs over {len(x)} training "
+  twin_args = dict(eps=eps, steps=cfg.num_steps, beta=cfg.beta, gamma=cfg.gamma, kappa=cfg.kappa)
+  notes = [f"eps {EPS}/255, K = {cfg.num_steps} iterations = {EPOCHS} epochs over {len(x)} training "
            f"digits in mini-batches of {size}; sign rule, annealed steps (beta {cfg.beta}, "
            f"gamma {cfg.gamma}), loss min(CE, {cfg.kappa:.3f}); per-call time is the whole fit "
            "(img/s divides only spec.batch by it)"]
@@ -209,9 +209,9 @@ def build(spec: harness.Spec) -> harness.Workload:
   def flops():
     # One iteration is one forward and input gradient on a mini-batch; XLA sees one iteration.
     step = lambda d: universal.batch_gradient(logits_fn, d, batches[0], cfg)  # noqa: E731
-    return cfg.num_iterations * harness.step_flops(step, jnp.zeros(image_shape, jnp.float32))
+    return cfg.num_steps * harness.step_flops(step, jnp.zeros(image_shape, jnp.float32))
 
-  return harness.Workload(f"universal{cfg.num_iterations}", spec, check, timers, flops, notes)
+  return harness.Workload(f"universal{cfg.num_steps}", spec, check, timers, flops, notes)
 
 
 if __name__ == "__main__":

@@ -21,7 +21,7 @@ Settings, matched as far as ART allows (from ART's source):
   predictions, not the labels, on both sides (ART's default with `y=None`).
 * Inner DeepFool: at most 10 steps, overshoot 0.02 on the total
   perturbation, all 10 classes as candidates (advjax
-  `DeepFoolConfig(max_iter=10, overshoot=0.02, num_candidates=10)`, ART
+  `DeepFoolConfig(num_steps=10, overshoot=0.02, num_candidates=10)`, ART
   `DeepFool(max_iter=10, epsilon=0.02, nb_grads=10, batch_size=1)`); r is
   added only when DeepFool fooled the point, on both sides.
 * The same visiting order: the stored order of the digits, every pass. The
@@ -163,7 +163,7 @@ def build(spec: harness.Spec) -> harness.Workload:
   n = spec.batch
   x, _ = harness.digits("train", n)
   classes = spec.shape[2]
-  df_cfg = deepfool.DeepFoolConfig(max_iter=DEEPFOOL_MAX_ITER, overshoot=OVERSHOOT,
+  df_cfg = deepfool.DeepFoolConfig(num_steps=DEEPFOOL_MAX_ITER, overshoot=OVERSHOOT,
                                    num_candidates=min(CANDIDATES, classes))
   cfg = udf.UniversalDeepFoolConfig(eps=EPS, norm="linf", xi=XI, max_passes=PASSES, batch_size=1, shuffle=False,
                                     deepfool=df_cfg)

@@ -4,7 +4,7 @@ Targeted PGD at eps 16, step 1, 30 iterations, starting from the clean image
 with probability 0.2 and uniformly in the eps cube otherwise (init 'mixed');
 110 epochs, learning rate divided by 10 at epochs 35, 70 and 95; evaluation
 against targeted PGD (2000 iterations in the thesis; 200 here, override
-`--config.eval.pgd_steps`). The strategy is `get_config(arg)`:
+`--config.evals.pgd.attack.num_steps=2000`). The strategy is `get_config(arg)`:
 
   'adv'        100% adv + 0% clean (Madry et al.), the default
   'mixture'    100% adv + 100% clean through one BN (eq. 6.1, alpha = 0.5)
@@ -34,9 +34,9 @@ def get_config(arg=None):
   c.model.name = "resnet152"
   c.objective = "advprop"
   # The attack normalises with the batch statistics of the BN set it attacks through, as AdvProp's does.
-  c.attack = as_config_dict(pgd.AttackConfig(
+  c.advprop.attack = as_config_dict(pgd.AttackConfig(
       eps=16.0, step_size=1.0, num_steps=30, init="mixed", clean_init_fraction=0.2, targeted=True))
-  c.attack_bn_mode = "batch"
+  c.advprop.bn_mode = "batch"
   c.advprop.adv_bn = "adv" if strategy.startswith("mbn") else "main"
   c.advprop.clean_ratio = 0.0 if strategy == "adv" else 1.0
   c.advprop.logit_pairing = 0.5 if strategy.endswith("alp") else 0.0
@@ -53,5 +53,5 @@ def get_config(arg=None):
   c.schedule.decay_factor = 0.1
   c.eval.batch_size = 1000
   c.eval.split = "validation"
-  c.evals.pgd = eval_entry("pgd", eps=(16.0,), steps=200, step_size=1.0, targeted=True)
+  c.evals.pgd = eval_entry("pgd", eps=(16.0,), attack=dict(num_steps=200, step_size=1.0, targeted=True))
   return c

@@ -27,7 +27,7 @@ def get_config(arg=None):
   c.experiment.eval.batch_size = 250
   c.experiment.evals.eps_adv.search_steps = 6
   c.experiment.evals.eps_uni.search_steps = 6
-  c.experiment.evals.eps_uni.universal.num_iterations = 60
+  c.experiment.evals.eps_uni.universal.num_steps = 60
   # Same evaluation for all models.
   c.erm.eval = c.experiment.eval.copy_and_resolve_references()
   c.erm.evals = c.experiment.evals.copy_and_resolve_references()

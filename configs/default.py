@@ -23,6 +23,6 @@ def get_config(arg=None):
   # eval.py: robustness of the ERM model under the same attacks as configs/pgd_at_digits.py,
   # PGD-40 at eps 0.1/0.2/0.3 and eps_adv(0.5), on the first 500 held-out digits.
   c.eval.num_examples = 500
-  c.evals.pgd = eval_entry("pgd", eps=(25.5, 51.0, 76.5), steps=40)
-  c.evals.eps_adv = eval_entry("eps_adv", rate=0.5, search_steps=8, attack_steps=20)
+  c.evals.pgd = eval_entry("pgd", eps=(25.5, 51.0, 76.5), attack=dict(num_steps=40))
+  c.evals.eps_adv = eval_entry("eps_adv", rate=0.5, search_steps=8, attack=dict(num_steps=20))
   return c

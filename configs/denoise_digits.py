@@ -47,15 +47,15 @@ def get_config(arg=None):
   c.model.insert_block = VARIANTS[variant]
   c.model.insert_after = "stages"
   c.objective = "pgd_at"
-  c.adv_weight = 1.0
-  c.label_smoothing = 0.1
-  c.attack.eps = EPS
-  c.attack.step_size = 0.2 * EPS
-  c.attack.num_steps = 10
-  c.attack.targeted = True
-  c.attack.init = "mixed"
-  c.attack.clean_init_fraction = 0.2
-  c.attack_bn_mode = "eval"
+  c.adversarial.weight = 1.0
+  c.loss.label_smoothing = 0.1
+  c.adversarial.attack.eps = EPS
+  c.adversarial.attack.step_size = 0.2 * EPS
+  c.adversarial.attack.num_steps = 10
+  c.adversarial.attack.targeted = True
+  c.adversarial.attack.init = "mixed"
+  c.adversarial.attack.clean_init_fraction = 0.2
+  c.adversarial.bn_mode = "eval"
   c.batch_size = 64
   c.num_epochs = 8
   c.optimizer.name = "sgd"
@@ -68,15 +68,17 @@ def get_config(arg=None):
   c.checkpoint_every_steps = 250
   c.eval.batch_size = 200
   step = EPS / 16
-  c.evals.pgd10 = eval_entry("pgd", eps=(EPS,), steps=10, step_size=1.6 * step, targeted=True)
-  c.evals.pgd100 = eval_entry("pgd", eps=(EPS,), steps=100, step_size=step, targeted=True)
-  c.evals.pgd1000 = eval_entry("pgd", eps=(EPS,), steps=1000, step_size=step, targeted=True, max_examples=200)
+  c.evals.pgd10 = eval_entry("pgd", eps=(EPS,), attack=dict(num_steps=10, step_size=1.6 * step, targeted=True))
+  c.evals.pgd100 = eval_entry("pgd", eps=(EPS,), attack=dict(num_steps=100, step_size=step, targeted=True))
+  c.evals.pgd1000 = eval_entry("pgd", eps=(EPS,), attack=dict(num_steps=1000, step_size=step, targeted=True),
+                               max_examples=200)
   # Untargeted PGD too: a targeted attack only has to miss the true class through one
   # drawn target, so it leaves the digits' models near their clean accuracy.
-  c.evals.pgd10_untargeted = eval_entry("pgd", eps=(EPS,), steps=10, step_size=1.6 * step)
-  c.evals.pgd100_untargeted = eval_entry("pgd", eps=(EPS,), steps=100, step_size=step)
+  c.evals.pgd10_untargeted = eval_entry("pgd", eps=(EPS,), attack=dict(num_steps=10, step_size=1.6 * step))
+  c.evals.pgd100_untargeted = eval_entry("pgd", eps=(EPS,), attack=dict(num_steps=100, step_size=step))
   if c.model.insert_block:
     # Figures 4.1 and 4.8: the features around the second stage's block, clean and attacked.
-    c.evals.figure = eval_entry("denoise_figure", block="stage2_denoise", eps=EPS, steps=10, step_size=0.2 * EPS)
+    c.evals.figure = eval_entry("denoise_figure", block="stage2_denoise",
+                                attack=dict(eps=EPS, num_steps=10, step_size=0.2 * EPS))
   c.train_evals = tuple(c.evals.keys())  # All of them at the end of training (summary.json), for seeds.py.
   return c

@@ -33,15 +33,15 @@ def get_config(arg=None):
   c.model.insert_block = "denoise:nonlocal_gaussian"
   c.model.insert_after = placement or "stages"
   c.objective = "pgd_at"
-  c.adv_weight = 1.0
-  c.label_smoothing = 0.1
-  c.attack.eps = 16.0
-  c.attack.step_size = 1.0
-  c.attack.num_steps = 30
-  c.attack.targeted = True
-  c.attack.init = "mixed"
-  c.attack.clean_init_fraction = 0.2
-  c.attack_bn_mode = "eval"
+  c.adversarial.weight = 1.0
+  c.loss.label_smoothing = 0.1
+  c.adversarial.attack.eps = 16.0
+  c.adversarial.attack.step_size = 1.0
+  c.adversarial.attack.num_steps = 30
+  c.adversarial.attack.targeted = True
+  c.adversarial.attack.init = "mixed"
+  c.adversarial.attack.clean_init_fraction = 0.2
+  c.adversarial.bn_mode = "eval"
   c.batch_size = 4096
   c.num_epochs = 110
   c.optimizer.name = "sgd"
@@ -57,6 +57,6 @@ def get_config(arg=None):
   c.eval.batch_size = 1000
   c.eval.split = "validation"
   for steps in (10, 100, 1000, 2000):
-    c.evals[f"pgd{steps}"] = eval_entry("pgd", eps=(16.0,), steps=steps, step_size=1.6 if steps == 10 else 1.0,
-                                        targeted=True)
+    c.evals[f"pgd{steps}"] = eval_entry("pgd", eps=(16.0,), attack=dict(
+        num_steps=steps, step_size=1.6 if steps == 10 else 1.0, targeted=True))
   return c

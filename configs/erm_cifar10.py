@@ -12,8 +12,8 @@ def get_config(arg=None):
   del arg
   c = shared_at_cifar10.get_config()
   c.objective = "erm"
-  c.sharedness = 1
-  c.adv_weight = 1.0
+  c.adversarial.heap_size = 1
+  c.adversarial.weight = 1.0
   c.init_checkpoint = ""
   c.num_epochs = 200
   c.optimizer.learning_rate = 0.1

@@ -20,5 +20,5 @@ def get_config(arg=None):
   c.num_epochs = 2
   c.optimizer.learning_rate = 5e-4
   eps = 0.3 * 255
-  c.attack = as_config_dict(pgd.AttackConfig(eps=eps, step_size=2.5 * eps / 7, num_steps=7, init="uniform"))
+  c.adversarial.attack = as_config_dict(pgd.AttackConfig(eps=eps, step_size=2.5 * eps / 7, num_steps=7, init="uniform"))
   return c

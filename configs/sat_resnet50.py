@@ -4,7 +4,7 @@ Trained with PGD-1 at eps 4 (FGSM with a random start, step 4) and evaluated
 with PGD-200 at eps 4. `get_config('<activation>')` picks the activation:
 'silu' (default, the strongest in fig. 5.3), 'parametric_softplus',
 'smooth_relu', 'gelu', 'elu', 'celu:<alpha>', or 'relu' for the baseline;
-`--config.sat.softplus_grad=attacker|weights|both` runs table 5.1's
+`--config.adversarial.sat.softplus_grad=attacker|weights|both` runs table 5.1's
 diagnostic on the ReLU baseline.
 """
 
@@ -20,8 +20,8 @@ def get_config(arg=None):
   c.model.name = "resnet50"
   c.model.activation = arg or "silu"
   c.objective = "pgd_at"
-  c.adv_weight = 1.0
-  c.attack = as_config_dict(pgd.AttackConfig(eps=4.0, step_size=4.0, num_steps=1, init="uniform"))
+  c.adversarial.weight = 1.0
+  c.adversarial.attack = as_config_dict(pgd.AttackConfig(eps=4.0, step_size=4.0, num_steps=1, init="uniform"))
   c.batch_size = 4096
   c.num_epochs = 100
   c.optimizer.name = "sgd"
@@ -32,5 +32,5 @@ def get_config(arg=None):
   c.schedule.warmup_epochs = 5.0
   c.eval.batch_size = 1000
   c.eval.split = "validation"
-  c.evals.pgd = eval_entry("pgd", eps=(4.0,), steps=200, step_size=1.0)
+  c.evals.pgd = eval_entry("pgd", eps=(4.0,), attack=dict(num_steps=200, step_size=1.0))
   return c

@@ -50,7 +50,7 @@ from advjax.config import as_config_dict, base_config, eval_entry
 
 DELTA = 0.95
 # Sec. 6.3's universal adversary: K = 200, gamma = 0.99, beta = 2, no loss thresholding.
-UNIVERSAL = universal.shared_at_eval_config(num_iterations=200, beta=2.0, gamma=0.99, loss="cross_entropy")
+UNIVERSAL = universal.shared_at_eval_config(num_steps=200, beta=2.0, gamma=0.99, loss="cross_entropy")
 
 # (objective, sharedness, eps, sigma) of each row of sec. 6.3.
 VARIANTS = {
@@ -69,10 +69,10 @@ def get_config(arg=None):
   c.model.norm = "none"  # The paper's VGG-16, as in Long et al.'s FCN.
   c.model.head = "fcn8s_fc"
   c.objective = objective
-  c.sharedness = sharedness
-  c.adv_weight = sigma
-  c.label_smoothing = 0.1
-  c.attack = as_config_dict(pgd.AttackConfig(
+  c.adversarial.heap_size = sharedness
+  c.adversarial.weight = sigma
+  c.loss.label_smoothing = 0.1
+  c.adversarial.attack = as_config_dict(pgd.AttackConfig(
       eps=eps, step_size=0.4 * eps, num_steps=5, init="uniform", loss="clipped_cross_entropy",
       kappa=-math.log(0.2)))
   c.init_checkpoint = "" if objective == "erm" else "runs/seg_cityscapes_fcn8_erm"
@@ -86,11 +86,11 @@ def get_config(arg=None):
   c.log_every_steps = 50
   c.checkpoint_every_steps = 595  # One epoch of 2,975 images.
   c.eval.batch_size = 5
-  c.evals.pgd = eval_entry("pgd", eps=(8.0, 30.0), steps=10)
+  c.evals.pgd = eval_entry("pgd", eps=(8.0, 30.0), attack=dict(num_steps=10))
   c.evals.eps_adv = eval_entry("eps_adv", rate=DELTA, search_steps=10, max_examples=16)
   targeted = dataclasses.replace(UNIVERSAL, targeted=True, target_class=-1)
   for name, cfg in (("eps_uni_targeted", targeted), ("eps_uni_untargeted", UNIVERSAL)):
     c.evals[name] = eval_entry("eps_uni", rate=DELTA, search_steps=10, batch_size=5, max_examples=16,
-                               universal=dataclasses.asdict(cfg), target_scene=cfg.targeted, figure_images=4)
+                               universal=cfg, target_scene=cfg.targeted, figure_images=4)
   c.train_evals = ("clean", "pgd")
   return c

@@ -64,12 +64,13 @@ def get_config(arg=None):
   c.log_every_steps = 25
   c.checkpoint_every_steps = 125
   c.eval.batch_size = 128
-  c.evals.pgd = eval_entry("pgd", eps=(AT_EPS,), steps=AT_STEPS, step_size=AT_STEP_SIZE, max_examples=500)
-  c.evals.pgd10 = eval_entry("pgd", eps=(AT_EPS,), steps=10, max_examples=500)
+  c.evals.pgd = eval_entry("pgd", eps=(AT_EPS,), attack=dict(num_steps=AT_STEPS, step_size=AT_STEP_SIZE),
+                           max_examples=500)
+  c.evals.pgd10 = eval_entry("pgd", eps=(AT_EPS,), attack=dict(num_steps=10), max_examples=500)
   # Table 2.1: DAG with gamma = 0.5, at most 200 iterations, the background spared.
   c.evals.dag = eval_entry("dag", max_examples=100)
-  c.evals.figure = eval_entry("seg_figure", num_images=6, attack="pgd", eps=AT_EPS, steps=AT_STEPS,
-                              step_size=AT_STEP_SIZE)
+  c.evals.figure = eval_entry("seg_figure", num_images=6, adversary="pgd",
+                              attack=dict(eps=AT_EPS, num_steps=AT_STEPS, step_size=AT_STEP_SIZE))
   # Inpainting and generation (robust-segmentation paper, eqs. 6-7) on 100 canvases, judged by the ERM
   # digit classifier of `make train`; run alone with --config.eval.entries="('synthesis',)".
   c.evals.synthesis = eval_entry("synthesis", num_images=100, png_images=8,

@@ -23,9 +23,9 @@ def get_config(arg=None):
   c = seg_digits.get_config(arg)
   c.objective = "pgd_at"
   c.init_checkpoint = "" if arg == "tiny" else "runs/seg_digits"
-  c.adv_weight = 0.5
+  c.adversarial.weight = 0.5
   c.num_epochs = 2
   c.optimizer.learning_rate = 5e-4
-  c.attack = as_config_dict(pgd.AttackConfig(
+  c.adversarial.attack = as_config_dict(pgd.AttackConfig(
       eps=seg_digits.AT_EPS, step_size=seg_digits.AT_STEP_SIZE, num_steps=seg_digits.AT_STEPS, init="uniform"))
   return c

@@ -59,7 +59,7 @@ DELTA_TARGETED = 0.25
 DELTA_UNTARGETED = 0.75
 BACKGROUND = 0
 # The universal adversary of sec. 6.3: m_k = 5, gamma = 0.99, beta = 2, plain CE; K = 100 here.
-UNIVERSAL = universal.shared_at_eval_config(num_iterations=100, beta=2.0, gamma=0.99, loss="cross_entropy")
+UNIVERSAL = universal.shared_at_eval_config(num_steps=100, beta=2.0, gamma=0.99, loss="cross_entropy")
 
 
 def get_config(arg=None):
@@ -67,23 +67,23 @@ def get_config(arg=None):
   c = seg_digits.get_config()
   c.objective = "shared_at"
   c.init_checkpoint = "runs/seg_digits"
-  c.sharedness = int(sharedness)
-  c.adv_weight = float(sigma)
-  c.label_smoothing = 0.1
+  c.adversarial.heap_size = int(sharedness)
+  c.adversarial.weight = float(sigma)
+  c.loss.label_smoothing = 0.1
   c.num_epochs = 2
   c.optimizer.learning_rate = 5e-4
   eps = float(eps)
-  c.attack = as_config_dict(pgd.AttackConfig(
+  c.adversarial.attack = as_config_dict(pgd.AttackConfig(
       eps=eps, step_size=2.5 * eps / 3, num_steps=3, init="uniform", loss="clipped_cross_entropy",
       kappa=-math.log(0.2)))
   c.eval.batch_size = 16
-  c.evals.eps_adv = eval_entry("eps_adv", rate=DELTA, search_steps=8, attack_steps=20, max_examples=32,
+  c.evals.eps_adv = eval_entry("eps_adv", rate=DELTA, search_steps=8, attack=dict(num_steps=20), max_examples=32,
                                ignore_class=BACKGROUND)
   targeted = dataclasses.replace(UNIVERSAL, targeted=True, target_class=-1)
   for name, cfg, scene, rate in (("eps_uni_targeted", targeted, True, DELTA_TARGETED),
                                  ("eps_uni_untargeted", UNIVERSAL, False, DELTA_UNTARGETED)):
     c.evals[name] = eval_entry("eps_uni", rate=rate, search_steps=8, batch_size=5, max_examples=128,
-                               universal=dataclasses.asdict(cfg), target_scene=scene, figure_images=4,
+                               universal=cfg, target_scene=scene, figure_images=4,
                                ignore_class=BACKGROUND)
   c.train_evals = ("clean",)
   return c

@@ -44,7 +44,7 @@ extracted text or never stated), with the documented values chosen:
   fit 'resnet50_dilated'). RB's head is fine-tuned with plain ERM.
 
 As torchvision does, the auxiliary classifier on the third stage adds its
-loss with weight 0.5 (`aux_loss_weight`), on the adversarial examples for
+loss with weight 0.5 (`loss.aux_weight`), on the adversarial examples for
 AT; evaluation reads the main output only.
 
 Evaluation: global pixel accuracy and mIoU clean and under the training
@@ -70,12 +70,12 @@ def get_config(arg=None):
   c.data.image_size = 512
   c.model.name = backbone
   c.model.head = "fcn_aux"
-  c.aux_loss_weight = 0.5
+  c.loss.aux_weight = 0.5
   c.model.backbone_checkpoint = backbone_run
   c.model.freeze_backbone = frozen
   c.objective = objective
-  c.adv_weight = 1.0
-  c.attack = as_config_dict(ATTACK)
+  c.adversarial.weight = 1.0
+  c.adversarial.attack = as_config_dict(ATTACK)
   c.batch_size = 32
   c.num_epochs = epochs
   c.optimizer.name = "sgd"
@@ -86,6 +86,6 @@ def get_config(arg=None):
   c.log_every_steps = 20
   c.checkpoint_every_steps = 200
   c.eval.batch_size = 16
-  c.evals.pgd = eval_entry("pgd", eps=(ATTACK.eps,), steps=ATTACK.num_steps, step_size=ATTACK.step_size)
+  c.evals.pgd = eval_entry("pgd", eps=(ATTACK.eps,), attack=dict(num_steps=ATTACK.num_steps, step_size=ATTACK.step_size))
   c.train_evals = ("clean", "pgd")
   return c

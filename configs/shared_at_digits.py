@@ -11,10 +11,9 @@ held-out digits, with fewer search and attack iterations than the paper's
 b = 10 / K = 200 so that a model is evaluated in about a minute on a CPU.
 """
 
-import dataclasses
 import math
 
-from advjax.attacks import pgd, universal
+from advjax.attacks import pgd
 from advjax.config import as_config_dict, eval_entry
 from configs import default
 
@@ -24,17 +23,17 @@ def get_config(arg=None):
   c = default.get_config()
   c.objective = "shared_at"
   c.init_checkpoint = "runs/default"
-  c.sharedness = int(sharedness)
-  c.adv_weight = float(sigma)
+  c.adversarial.heap_size = int(sharedness)
+  c.adversarial.weight = float(sigma)
   c.num_epochs = 2
   c.optimizer.learning_rate = 5e-4
   eps = float(eps)
-  c.attack = as_config_dict(pgd.AttackConfig(
+  c.adversarial.attack = as_config_dict(pgd.AttackConfig(
       eps=eps, step_size=0.5 * eps, num_steps=4, init="uniform", loss="clipped_cross_entropy",
       kappa=-math.log(0.2)))
   c.eval.num_examples = 500
   del c.evals["pgd"]
-  c.evals.eps_adv = eval_entry("eps_adv", rate=0.5, search_steps=8, attack_steps=10)
+  c.evals.eps_adv = eval_entry("eps_adv", rate=0.5, search_steps=8, attack=dict(num_steps=10))
   c.evals.eps_uni = eval_entry("eps_uni", rate=0.75, search_steps=8, batch_size=16,
-                               universal=dataclasses.asdict(universal.shared_at_eval_config(num_iterations=100)))
+                               universal=dict(num_steps=100))
   return c

@@ -28,10 +28,10 @@ def get_config(arg=None):
   c.optimizer.weight_decay = 5e-5
   c.schedule.boundaries = (20.0,)
   eps = float(eps)
-  c.attack = as_config_dict(pgd.AttackConfig(
+  c.adversarial.attack = as_config_dict(pgd.AttackConfig(
       eps=eps, step_size=0.4 * eps, num_steps=5, init="uniform", loss="clipped_cross_entropy"))
   c.eval.batch_size = 256
   c.eval.num_examples = 0
   c.evals.eps_uni.batch_size = 10_000
-  c.evals.eps_uni.universal.num_iterations = 20
+  c.evals.eps_uni.universal.num_steps = 20
   return c

@@ -12,7 +12,7 @@ def get_config(arg=None):
   c.erm = shared_at_imagenet.get_config()
   # ERM pre-training: 100 epochs of SGD, lr 0.1 divided by 10 every 30 epochs.
   c.erm.objective = "erm"
-  c.erm.sharedness = 1
+  c.erm.adversarial.heap_size = 1
   c.erm.init_checkpoint = ""
   c.erm.num_epochs = 100
   c.erm.optimizer.learning_rate = 0.1

@@ -7,8 +7,6 @@ paper's 40k and 60k of 80k steps), and delta ascending by the FGSM rule of
 eq. 6 inside the usual MNIST L-inf ball, eps = 0.3 (76.5 in 0-255 units).
 """
 
-import dataclasses
-
 from advjax.attacks import universal
 from advjax.config import base_config, eval_entry
 
@@ -19,7 +17,7 @@ def get_config(arg=None):
   c.data.name = "mnist_embedded"
   c.model.name = "convnet"
   c.objective = "uat_alternating"
-  c.uat.delta_rule = "fgsm"
+  c.uat.step_rule = "sign"
   c.uat.eps = 0.3 * 255
   c.batch_size = 64
   c.num_epochs = 6
@@ -39,5 +37,5 @@ def get_config(arg=None):
   c.eval.output_file = "eval_universal.json"
   c.evals.universal = eval_entry(
       "universal", eps=(0.3 * 255,), batch_size=32,
-      universal=dataclasses.asdict(universal.uat_config(eps=0.3 * 255, step_size=4.0, num_iterations=250)))
+      universal=universal.uat_config(eps=0.3 * 255, step_size=4.0, num_steps=250))
   return c

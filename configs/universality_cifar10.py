@@ -5,7 +5,7 @@ perturbations under adversarial training": a pre-activation ResNet-18
 (64-128-256-512) trained for 200 epochs without adversaries (94.1% test
 accuracy in the paper), then adversarially with the basic iterative
 adversary (xi_0 = 0, eps = 4, alpha = 1, 10 iterations, 0-255 units) on the
-adversarial loss only (the paper's sigma = 0; `adv_weight` = 1 in advjax's
+adversarial loss only (the paper's sigma = 0; `adversarial.weight` = 1 in advjax's
 convention) with the model's predicted labels (label leaking), one
 checkpoint per epoch, all kept. Two stages (arg `clean` or `adversarial`):
 
@@ -63,31 +63,29 @@ def clean_config():
 def analyses(c, bi=(BI_EPS, BI_STEP, BI_STEPS)) -> None:
   """Sets `c.evals` to the six analyses at the paper's settings."""
   eps, step, steps = bi
-  attack = dict(eps=eps, step_size=step, steps=steps, batch_size=256)
+  attack = dict(attack=dict(eps=eps, step_size=step, num_steps=steps), batch_size=256)
   c.evals.stability = eval_entry("stability", max_examples=256, **attack)
   c.evals.transfer = eval_entry("transfer", max_examples=256, epochs=(0, 5, 15, 51, 251), **attack)
   c.evals.sharedness = eval_entry("sharedness", max_examples=1024, num_other=5000, num_train=1024,
                                   epochs=(0, 1, 15, 251), **attack)
-  c.evals.universal_epochs = eval_entry("universal_epochs", max_examples=10_000, eps=10.0, step_size=2.5,
-                                        universal_batch=128, grad_batches=10, iterations=200, amplify=10.0,
-                                        batch_size=512)
+  c.evals.universal_epochs = eval_entry("universal_epochs", max_examples=10_000, universal_batch=128,
+                                        amplify=10.0, batch_size=512)
   c.evals.destruction = eval_entry("destruction", max_examples=1000, epochs=FIGURE_EPOCHS, **attack)
   c.evals.detection = eval_entry("detection", max_examples=1000, num_train=10_000, epochs=FIGURE_EPOCHS,
-                                 universal_eps=10.0, universal_step=2.5, universal_batch=128, grad_batches=10,
-                                 iterations=200, **attack)
+                                 universal_batch=128, **attack)
 
 
 def adversarial_config():
   """Adversarial training from the clean model with BI on predicted labels, sigma = 0, every epoch kept."""
   c = clean_config()
   c.objective = "pgd_at"
-  c.adv_weight = 1.0  # The paper's sigma = 0: the adversarial loss only.
+  c.adversarial.weight = 1.0  # The paper's sigma = 0: the adversarial loss only.
   c.init_checkpoint = CLEAN_RUN
   c.num_epochs = 251
   c.optimizer.learning_rate = 0.01
   c.schedule.name = "constant"
   c.schedule.boundaries = ()
-  c.attack = as_config_dict(pgd.bim(eps=BI_EPS, step_size=BI_STEP, num_steps=BI_STEPS, labels="predicted"))
+  c.adversarial.attack = as_config_dict(pgd.bim(eps=BI_EPS, step_size=BI_STEP, num_steps=BI_STEPS, labels="predicted"))
   c.checkpoint_every_steps = NUM_TRAIN // c.batch_size  # One checkpoint per epoch (390 steps)...
   c.keep_checkpoints = 10_000  # ... and all of them kept.
   c.eval.num_examples = 10_000

@@ -16,7 +16,7 @@ epochs of Adam 1e-3 with a cosine schedule on the 4,000 training digits.
 `adversarial`: fine-tunes that model (`init_checkpoint`, which must exist:
 training stops with one error naming it otherwise) for 6 epochs of
 adversarial training with sigma = 0 in the paper's notation, i.e. the
-adversarial loss only (`adv_weight` = 1 here, since advjax's sigma weighs the
+adversarial loss only (`adversarial.weight` = 1 here, since advjax's sigma weighs the
 adversarial term), Adam 5e-4 constant. The adversary is the basic iterative
 method from xi_0 = 0 on the model's own predicted labels (`attack.labels =
 'predicted'`, the paper's guard against label leaking; the training loss
@@ -69,12 +69,12 @@ def adversarial_config():
   """Adversarial fine-tuning with BI on predicted labels, sigma = 0, every epoch kept."""
   c = clean_config()
   c.objective = "pgd_at"
-  c.adv_weight = 1.0  # The paper's sigma = 0: no clean term.
+  c.adversarial.weight = 1.0  # The paper's sigma = 0: no clean term.
   c.init_checkpoint = CLEAN_RUN
   c.num_epochs = 6  # 40 steps each; about 9 minutes on 2 CPU cores.
   c.optimizer.learning_rate = 5e-4
   c.schedule.name = "constant"
-  c.attack = as_config_dict(pgd.bim(eps=BI_EPS, step_size=BI_STEP, num_steps=BI_STEPS, labels="predicted"))
+  c.adversarial.attack = as_config_dict(pgd.bim(eps=BI_EPS, step_size=BI_STEP, num_steps=BI_STEPS, labels="predicted"))
   c.checkpoint_every_steps = 4000 // c.batch_size  # One checkpoint per epoch...
   c.keep_checkpoints = 1000  # ... and all of them kept.
   c.eval.num_examples = 1000
@@ -85,19 +85,18 @@ def adversarial_config():
 
 def analyses(c) -> None:
   """Sets `c.evals` to the six analyses at digits-scaled, CPU-sized settings (module docstring)."""
-  attack = dict(eps=BI_EPS, step_size=BI_STEP, steps=BI_STEPS, batch_size=256)
+  attack = dict(attack=dict(eps=BI_EPS, step_size=BI_STEP, num_steps=BI_STEPS), batch_size=256)
   c.evals.stability = eval_entry("stability", max_examples=256, **attack)
   c.evals.transfer = eval_entry("transfer", max_examples=256, **attack)
   c.evals.sharedness = eval_entry("sharedness", max_examples=64, num_other=500, num_train=500, **attack)
-  c.evals.universal_epochs = eval_entry("universal_epochs", max_examples=1000, eps=UNIVERSAL_EPS,
-                                        step_size=UNIVERSAL_STEP, universal_batch=64, grad_batches=4,
-                                        iterations=40, batch_size=250)
+  universal = dict(eps=UNIVERSAL_EPS, step_size=UNIVERSAL_STEP, grad_batches=4, num_steps=40)
+  c.evals.universal_epochs = eval_entry("universal_epochs", max_examples=1000, universal=universal,
+                                        universal_batch=64, batch_size=250)
   c.evals.destruction = eval_entry("destruction", max_examples=200, grids=dict(
       brightness=(-64.0, -32.0, -16.0, 16.0, 32.0, 64.0), contrast=(0.6, 0.8, 1.2, 1.4),
       blur=(0.5, 1.0, 1.5), noise=(8.0, 16.0, 32.0, 64.0)), **attack)
   c.evals.detection = eval_entry("detection", max_examples=256, num_train=500, detector_features=(32, 64, 64),
-                                 train_passes=4, universal_eps=UNIVERSAL_EPS, universal_step=UNIVERSAL_STEP,
-                                 universal_batch=64, grad_batches=4, iterations=40, **attack)
+                                 train_passes=4, universal=universal, universal_batch=64, **attack)
 
 
 def get_config(arg=None):

@@ -32,29 +32,29 @@ def test_default_and_tiny_validate_on_eight_devices():
     ("optimizer.name", "lbfgs", "config.optimizer.name"),
     ("schedule.name", "linear", "config.schedule.name"),
     ("schedule.boundaries", (5.0, 2.0), "config.schedule.boundaries"),
-    ("adv_weight", 1.5, "config.adv_weight"),
+    ("adversarial.weight", 1.5, "config.adversarial.weight"),
     ("model.dtype", "float16", "config.model.dtype"),
-    ("attack_bn_mode", "train", "config.attack_bn_mode"),
-    ("attack.norm", "l3", "config.attack"),
+    ("adversarial.bn_mode", "train", "config.adversarial.bn_mode"),
+    ("adversarial.attack.norm", "l3", "config.adversarial.attack.norm"),
     ("evals.pgd.eps", (0.0, 300.0), "pgd evaluator: eps values"),
-    ("sharedness", 3, "config.sharedness: s=3 must divide the per-device batch 4"),
+    ("adversarial.heap_size", 3, "config.adversarial.heap_size: s=3 must divide the per-device batch 4"),
     ("evals.eps_uni.rate", 2.0, "eps_uni evaluator: rate"),
     ("evals.pgd.stepz", 3, "config.evals.pgd: unknown field"),
     ("train_evals", ("clean", "robust"), "no evaluation entry named robust"),
     ("eval.entries", ("clean", "pgd10"), "no evaluation entry named pgd10"),
-    ("uat.delta_rule", "rmsprop", "config.uat.delta_rule"),
+    ("uat.step_rule", "rmsprop2", "config.uat: unknown ascent rule"),
+    ("uat.step_rule", "fgsm", "ascent rule 'fgsm' is now called 'sign'"),
     ("advprop.eval_bn", "aux", "config.advprop.eval_bn"),
-    ("model.freeze_backbone", True, "config.model.freeze_backbone"),
+    ("model.freeze_backbone", True, "config.model: freeze_backbone"),
 ])
 def test_bad_values_name_the_field(field, value, expected):
   config = tiny.get_config()
-  config.objective = field.split(".")[0] if field.split(".")[0] in ("uat", "advprop") else "pgd_at"
-  if config.objective == "uat":
-    config.objective = "uat_alternating"
+  config.objective = "shared_at"
   config.evals.pgd = config_lib.eval_entry("pgd", eps=(8.0,))
   config.evals.eps_uni = config_lib.eval_entry("eps_uni")
   parent, _, leaf = field.rpartition(".")
-  target = config if not parent else config[parent]
+  target = config if not parent else config[parent] if "." not in parent else config[parent.split(".")[0]][
+      parent.split(".")[1]]
   target[leaf] = value
   with pytest.raises(ConfigError, match=expected.replace(".", r"\.")):
     config_lib.validate(config, num_devices=8)
@@ -65,7 +65,7 @@ def test_bad_values_name_the_field(field, value, expected):
     ("optimizer.momentum", 4.8e13), ("optimizer.b2", -0.5), ("optimizer.b1", 1.0),
     ("optimizer.learning_rate", float("inf")), ("optimizer.eps", 0.0), ("data.image_size", 10**9),
     ("batch_size", 0), ("keep_checkpoints", 0), ("schedule.boundaries", (float("inf"),)),
-    ("nonfinite", "ignore"), ("label_smoothing", 1.0),
+    ("nonfinite", "ignore"), ("loss.label_smoothing", 1.0),
 ])
 def test_out_of_range_values_are_refused(field, value):
   config = tiny.get_config()
@@ -76,25 +76,59 @@ def test_out_of_range_values_are_refused(field, value):
 
 
 @pytest.mark.parametrize("field,value,expected", [
-    ("attack.eps", 1e7, "eps"), ("attack.step_size", float("inf"), "step_size"),
-    ("attack.momentum", float("nan"), "momentum"), ("uat.eps", 1e7, "uat.eps"),
+    ("adversarial.attack.eps", 1e7, "eps"), ("adversarial.attack.step_size", float("inf"), "step_size"),
+    ("adversarial.attack.momentum", float("nan"), "momentum"), ("uat.eps", 1e7, "uat.eps"),
 ])
 def test_attack_sizes_are_bounded(field, value, expected):
   config = tiny.get_config()
-  config.objective = "uat_alternating" if field.startswith("uat") else "pgd_at"
-  parent, _, leaf = field.rpartition(".")
-  config[parent][leaf] = value
+  block, _, leaf = field.rpartition(".")
+  node = config
+  for key in block.split("."):
+    node = node[key]
+  node[leaf] = value
   with pytest.raises(ConfigError, match=expected):
     config_lib.validate(config)
 
 
+def test_every_block_is_checked_whatever_the_objective():
+  """A block the objective does not read is still validated (an ERM run with a bad attack is refused)."""
+  for field, value in (("eps", -8.0), ("init", "bogus"), ("loss", "")):
+    config = tiny.get_config()
+    assert config.objective == "erm"
+    config.adversarial.attack[field] = value
+    with pytest.raises(ConfigError, match=f"config.adversarial.attack.{field}"):
+      config_lib.validate(config)
+
+
+def test_renamed_fields_say_where_they_went():
+  config = tiny.get_config()
+  config.sharedness = 8  # An experiment file written for the old layout.
+  with pytest.raises(ConfigError, match=r"config\.sharedness is now config\.adversarial\.heap_size"):
+    config_lib.validate(config)
+  with pytest.raises(ConfigError, match=r"'steps' is now 'attack\.num_steps'"):
+    config_lib.eval_entry("pgd", eps=(8.0,), steps=10)
+
+
+def test_a_partial_nested_block_merges_into_its_default():
+  """eval_entry(..., universal=dict(num_steps=40)) changes that field only, as the command line does."""
+  entry = config_lib.eval_entry("eps_uni", universal=dict(num_steps=40))
+  assert entry.universal.num_steps == 40
+  assert entry.universal.step_schedule == "annealed" and entry.universal.beta == 4.0  # The rest: the default.
+  config = tiny.get_config()
+  config.evals.eps_uni = config_lib.eval_entry("eps_uni")
+  config.evals.eps_uni.universal.num_steps = 40  # --config.evals.eps_uni.universal.num_steps=40
+  assert config.evals.eps_uni.to_dict() == entry.to_dict()
+
+
 def test_evaluator_arguments_are_typed():
   config = tiny.get_config()
-  config.evals.pgd = config_lib.eval_entry("pgd", eps=("eight",))
   with pytest.raises(ConfigError, match="pgd"):
-    config_lib.validate(config)
-  config.evals.pgd = config_lib.eval_entry("pgd", eps=(8.0,), steps=float("inf"))
-  with pytest.raises(ConfigError, match="steps"):
+    config.evals.pgd = config_lib.eval_entry("pgd", eps=("eight",))
+  with pytest.raises(ConfigError, match=r"eval_entry\('pgd'\)\.attack\.num_steps"):
+    config_lib.eval_entry("pgd", eps=(8.0,), attack=dict(num_steps=float("inf")))
+  config.evals.pgd = config_lib.eval_entry("pgd", eps=(8.0,))
+  config.evals.pgd.attack.num_steps = -3
+  with pytest.raises(ConfigError, match=r"config\.evals\.pgd\.attack\.num_steps"):
     config_lib.validate(config)
 
 

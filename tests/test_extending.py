@@ -18,6 +18,7 @@ import pytest
 
 from advjax import config as config_lib
 from advjax import data, evaluation, models, runs
+from advjax.errors import ConfigError
 from advjax.experiment import Experiment
 from advjax.models import blocks, layers
 from advjax.training import objectives
@@ -42,13 +43,26 @@ class MeanConfidence(evaluation.Evaluator):
     yield "confidence", total / count
 
 
+@dataclasses.dataclass(frozen=True)
+class NoiseConfig:
+  """`config.noise`, the block of 'noisy_erm'."""
+  amplitude: float = 0.0
+
+  def __post_init__(self):
+    if not 0.0 <= self.amplitude <= 1.0:
+      raise ConfigError(f"amplitude={self.amplitude!r} must be in [0, 1]")
+
+
 class NoisyERM(base.LossObjective):
-  """'noisy_erm': cross-entropy on images with uniform noise of +-`adv_weight` added."""
+  """'noisy_erm': cross-entropy on images with uniform noise of +-`config.noise.amplitude` added."""
+
+  BLOCK = "noise"
+  Config = NoiseConfig
 
   def loss(self, params, model_state, batch, rng):
     noise_rng, dropout_rng = jax.random.split(rng)
     noise = jax.random.uniform(noise_rng, batch["image"].shape, minval=-1.0, maxval=1.0)
-    images = jnp.clip(batch["image"] + self.config.adv_weight * noise, 0.0, 1.0)
+    images = jnp.clip(batch["image"] + self.block.amplitude * noise, 0.0, 1.0)
     logits, model_state = base.apply_train(self.model, params, model_state, images, dropout_rng)
     return jnp.mean(self.task.loss(logits, batch["label"])), (model_state, {"noisy_accuracy": jnp.mean(
         self.task.correct(logits, batch["label"]))})
@@ -90,7 +104,7 @@ def test_registered_parts_train_and_evaluate_through_the_usual_path(registered, 
   config = tiny.get_config()
   config.num_steps = 3
   config.objective = "noisy_erm"
-  config.adv_weight = 0.1
+  config.noise.amplitude = 0.1  # The objective's own block, in the base config once it is registered.
   config.model.head = "mlp"
   config.model.insert_block = "scale"
   config.model.insert_after = "stage2"

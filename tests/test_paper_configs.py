@@ -72,7 +72,7 @@ def test_denoising_imagenet_resnext101_config_trains_one_step_on_mock_data():
   config = denoise_imagenet.get_config("resnext101")
   config.data.image_size = 32
   config.num_steps, config.batch_size = 1, 2
-  config.attack.num_steps = 1
+  config.adversarial.attack.num_steps = 1
   with tfds.testing.mock_data(num_examples=4):
     experiment = Experiment(config, jax.devices()[:1])
     batch = experiment.train_source.batch(0)
@@ -112,24 +112,24 @@ def test_universality_cifar10_config_has_the_papers_settings_and_trains_one_step
 
   config = universality_cifar10.get_config()
   config_lib.validate(config, num_devices=8)
-  a, e = config.attack, config.evals
-  # Sec. 2: BI from xi_0 = 0, eps 4, alpha 1, 10 iterations, predicted labels, sigma = 0 (adv_weight 1).
+  a, e = config.adversarial.attack, config.evals
+  # Sec. 2: BI from xi_0 = 0, eps 4, alpha 1, 10 iterations, predicted labels, sigma = 0 (weight 1).
   assert (a.eps, a.step_size, a.num_steps, a.init, a.labels) == (4.0, 1.0, 10, "zero", "predicted")
-  assert (config.model.name, config.objective, config.adv_weight) == ("preact_resnet18", "pgd_at", 1.0)
+  assert (config.model.name, config.objective, config.adversarial.weight) == ("preact_resnet18", "pgd_at", 1.0)
   assert config.checkpoint_every_steps == 50_000 // config.batch_size and config.keep_checkpoints >= 252
   assert universality_cifar10.clean_config().num_epochs == 200
   # Appendix D: eps 10, alpha 2.5, m 128, K 10, 200 iterations (the classifier's and the detector's).
-  u, d = e.universal_epochs, e.detection
-  assert (u.eps, u.step_size, u.universal_batch, u.grad_batches, u.iterations) == (10.0, 2.5, 128, 10, 200)
-  assert (d.universal_eps, d.universal_step, d.universal_batch, d.grad_batches, d.iterations) == (
-      10.0, 2.5, 128, 10, 200)
+  for entry in (e.universal_epochs, e.detection):
+    u = entry.universal
+    assert (u.eps, u.step_size, entry.universal_batch, u.grad_batches, u.num_steps) == (10.0, 2.5, 128, 10, 200)
+  d = e.detection
   assert d.universal_target == "adversarial" and tuple(d.detector_features) == (96, 192, 192)
   # Appendices A-C: 256 inputs; 1024 perturbations on 5000 other inputs at epochs 0, 1, 15, 251.
   assert e.stability.max_examples == e.transfer.max_examples == 256
   assert tuple(e.transfer.epochs) == (0, 5, 15, 51, 251)
   assert (e.sharedness.max_examples, e.sharedness.num_other, tuple(e.sharedness.epochs)) == (1024, 5000, (0, 1, 15, 251))
   for entry in (e.stability, e.transfer, e.sharedness, e.destruction, e.detection):
-    assert (entry.eps, entry.step_size, entry.steps) == (4.0, 1.0, 10)
+    assert (entry.attack.eps, entry.attack.step_size, entry.attack.num_steps) == (4.0, 1.0, 10)
   # One step of the full-size network on mock CIFAR-10, from scratch (no clean run to start from).
   config.init_checkpoint = ""
   config.num_steps, config.batch_size, config.eval.batch_size, config.eval.num_examples = 1, 4, 4, 4
@@ -162,8 +162,8 @@ def _shrink_for_one_step(config, image_size):
   config.init_checkpoint = ""
   config.num_steps, config.batch_size = 1, 2
   config.eval.batch_size, config.eval.num_examples = 2, 2
-  config.attack.num_steps = 1
-  config.evals.pgd.eps, config.evals.pgd.steps = config.evals.pgd.eps[:1], 1
+  config.adversarial.attack.num_steps = 1
+  config.evals.pgd.eps, config.evals.pgd.attack.num_steps = config.evals.pgd.eps[:1], 1
 
 
 def _check_evals(results):
@@ -183,10 +183,10 @@ def test_cityscapes_fcn8_config_has_the_papers_settings_and_full_size_model(arg)
   from configs import seg_cityscapes_fcn8
 
   config = seg_cityscapes_fcn8.get_config(arg)
-  a = config.attack
+  a = config.adversarial.attack
   # Sec. 6.3: the rows, (objective, s, eps, sigma): AT eps 8, sigma 0.5; shared AT s 5, eps 30, sigma 0.7.
   rows = {"shared": ("shared_at", 5, 30.0, 0.7), "at": ("pgd_at", 1, 8.0, 0.5), "erm": ("erm", 1, 8.0, 0.0)}
-  assert (config.objective, config.sharedness, a.eps, config.adv_weight) == rows[arg]
+  assert (config.objective, config.adversarial.heap_size, a.eps, config.adversarial.weight) == rows[arg]
   # Sec. 6.3: Cityscapes (19 classes) downsampled to 1024x512.
   assert (config.data.name, config.data.image_size) == ("cityscapes", 512)
   # Sec. 6.3: FCN-8 [Long et al.] on VGG-16 (no normalisation, fc6/fc7 of 4096).
@@ -209,7 +209,7 @@ def test_cityscapes_fcn8_config_has_the_papers_settings_and_full_size_model(arg)
     e = config.evals[name]
     u = e.universal
     assert (e.rate, e.max_examples, e.batch_size, e.search_steps, e.target_scene) == (0.95, 16, 5, 10, targeted)
-    assert (u.num_iterations, u.gamma, u.beta, u.loss, u.targeted) == (200, 0.99, 2.0, "cross_entropy", targeted)
+    assert (u.num_steps, u.gamma, u.beta, u.loss, u.targeted) == (200, 0.99, 2.0, "cross_entropy", targeted)
   # The paper's batch of 5 (one heap of s = 5) runs on one device; on 8, 8 times the batch.
   config_lib.validate(config, num_devices=1)
   with pytest.raises(errors.ConfigError, match="batch_size"):
@@ -247,7 +247,7 @@ def test_cityscapes_fcn8_config_trains_one_step_on_mock_data(arg):
   with tfds.testing.mock_data(num_examples=4):
     assert pipeline.get_info(config.data).image_shape == (512, 1024, 3)
     _shrink_for_one_step(config, 64)
-    config.sharedness = min(config.sharedness, 2)
+    config.adversarial.heap_size = min(config.adversarial.heap_size, 2)
     experiment = Experiment(config, jax.devices()[:1])
     batch = experiment.train_source.batch(0)
     assert batch["image"].shape == (2, 64, 128, 3) and batch["label"].shape == (2, 64, 128)
@@ -287,7 +287,7 @@ def test_voc_fcn_resnet_config_has_the_papers_settings_and_full_size_model(arg, 
   from configs import seg_voc_fcn_resnet
 
   config = seg_voc_fcn_resnet.get_config(arg)
-  a, e = config.attack, config.evals.pgd
+  a, e = config.adversarial.attack, config.evals.pgd
   # Sec. 5.1: FCN-ResNet50 (AT-50, RB) / FCN-ResNet101 (AT-101), torchvision's, with its aux classifier.
   backbone = "resnet101_dilated" if arg == "resnet101" else "resnet50_dilated"
   assert (config.model.name, config.model.head) == (backbone, "fcn_aux")
@@ -300,8 +300,8 @@ def test_voc_fcn_resnet_config_has_the_papers_settings_and_full_size_model(arg, 
   assert config.model.backbone_checkpoint == {"rb": "runs/robust_resnet50_imagenet"}.get(
       arg, f"runs/erm_{arg}_imagenet")
   # Sec. 5.1: robust accuracy under the same PGD adversary as training.
-  assert (a.norm, a.init, a.targeted, e.targeted, e.restarts) == ("linf", "uniform", False, False, 1)
-  assert (e.eps, e.steps, e.step_size) == ((a.eps,), a.num_steps, a.step_size)
+  assert (a.norm, a.init, a.targeted, e.attack.targeted, e.attack.restarts) == ("linf", "uniform", False, False, 1)
+  assert (e.eps, e.attack.num_steps, e.attack.step_size) == ((a.eps,), a.num_steps, a.step_size)
   assert config.train_evals == ("clean", "pgd")
   config_lib.validate(config, num_devices=8)
   model, variables, out = _abstract_model(config, 21, (512, 512, 3))

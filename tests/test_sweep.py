@@ -16,13 +16,13 @@ from configs import tiny
 def _tiny_sweep():
   experiment = tiny.get_config()
   experiment.num_steps = 4
-  experiment.attack.num_steps = 2
-  experiment.attack.loss = "clipped_cross_entropy"
+  experiment.adversarial.attack.num_steps = 2
+  experiment.adversarial.attack.loss = "clipped_cross_entropy"
   experiment.eval.num_examples = 64
   experiment.eval.batch_size = 64
-  experiment.evals.eps_adv = config_lib.eval_entry("eps_adv", rate=0.5, search_steps=2, attack_steps=2)
+  experiment.evals.eps_adv = config_lib.eval_entry("eps_adv", rate=0.5, search_steps=2, attack=dict(num_steps=2))
   experiment.evals.eps_uni = config_lib.eval_entry("eps_uni", rate=0.75, search_steps=2)
-  experiment.evals.eps_uni.universal.num_iterations = 3
+  experiment.evals.eps_uni.universal.num_steps = 3
   c = ml_collections.ConfigDict()
   c.experiment = experiment
   c.erm = experiment.copy_and_resolve_references()
@@ -53,7 +53,7 @@ def test_sweep_writes_tables_and_figures_and_resumes(tmp_path):
   # The fine-tuned runs started from the ERM model and trained with heaps of s.
   with open(os.path.join(out, "s4_eps64_sigma0.5", "config.json")) as f:
     text = f.read()
-  assert '"sharedness": 4' in text and '"objective": "shared_at"' in text
+  assert '"heap_size": 4' in text and '"objective": "shared_at"' in text
   # A second call reads finished points back instead of retraining them.
   mtime = os.path.getmtime(os.path.join(out, "s4_eps64_sigma0.5", "eval.json"))
   assert sweep.run_sweep(_tiny_sweep(), out) == rows
@@ -63,6 +63,6 @@ def test_sweep_writes_tables_and_figures_and_resumes(tmp_path):
 def test_sweep_checks_every_point_before_training(tmp_path):
   config = _tiny_sweep()
   config.grid.sharedness = (1, 3)  # 3 does not divide the per-device batch of 4.
-  with pytest.raises(ConfigError, match="sharedness"):
+  with pytest.raises(ConfigError, match="heap_size"):
     sweep.run_sweep(config, str(tmp_path))
   assert not os.path.exists(os.path.join(str(tmp_path), "erm"))

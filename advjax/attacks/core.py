@@ -20,18 +20,118 @@ Restarts: an attack run r times from random starts keeps, per example (or per
 heap), the strongest result. `keep_stronger` is that selection: by the
 attack loss ('loss'), or preferring the run with the larger fraction of
 fooled positions and breaking ties by the loss ('misclassified').
+
+`AscentConfig` holds the knobs every iterative adversary shares (threat
+model, start, rule, step sizes and count, loss), with one name each: the
+per-example `pgd.AttackConfig` and the `universal.UniversalConfig` extend it
+with their own fields and defaults.
 """
 
+import dataclasses
+import math
 from collections.abc import Callable
-from typing import Any, NamedTuple
+from typing import Any, ClassVar, NamedTuple
 
 import jax
 import jax.numpy as jnp
 import optax
 from jax import lax
 
+from advjax.attacks import losses, rules, threat
+from advjax.errors import ConfigError
+
 STEP_SCHEDULES = ("constant", "annealed")
 RESTART_SELECTIONS = ("loss", "misclassified")
+
+
+@dataclasses.dataclass(frozen=True)
+class AscentConfig:
+  """What every iterative adversary is configured by; frozen and hashable, a valid jit static arg.
+
+  Sizes are in 0-255 pixel units, as the papers state them (eps = 8 means
+  8/255 on images in [0, 1]); the attacks convert them once.
+
+  Attributes:
+    norm: threat model, 'linf' or 'l2'.
+    eps: radius of the ball in 0-255 pixel units.
+    step_size: alpha in 0-255 pixel units (constant schedule).
+    num_steps: number of gradient steps K (0 returns the start).
+    init: the start: 'zero', 'uniform' in the ball (PGD's random start), or
+      'mixed' (per-example attacks only: a random fraction starts at zero).
+    step_rule: one of `rules.RULES`: 'sign', 'l2', 'momentum' (MI-FGSM),
+      'sgd', 'sgd_momentum', 'adam', 'rmsprop'.
+    momentum: mu of the 'momentum' and 'sgd_momentum' rules.
+    step_schedule: 'constant' (alpha_k = step_size) or 'annealed'
+      (alpha_k = beta eps gamma^k / sum_{j<K} gamma^j, shared AT sec. 5.2).
+    beta: total step length of the annealed schedule, in multiples of eps.
+    gamma: decay of the annealed schedule.
+    loss: a name of `losses.LOSS_NAMES` (larger = stronger attack).
+    targeted: attack towards targets with the loss' targeted variant.
+    label_smoothing: smoothing of cross-entropy targets.
+    kappa: threshold of 'clipped_cross_entropy' (default -log 0.2).
+  """
+  norm: str = "linf"
+  eps: float = 8.0
+  step_size: float = 2.0
+  num_steps: int = 10
+  init: str = "zero"
+  step_rule: str = "sign"
+  momentum: float = 1.0
+  step_schedule: str = "constant"
+  beta: float = 4.0
+  gamma: float = 0.975
+  loss: str = "cross_entropy"
+  targeted: bool = False
+  label_smoothing: float = 0.0
+  kappa: float = -math.log(0.2)
+
+  # Names earlier versions used for these fields.
+  RENAMED: ClassVar[dict[str, str]] = {"num_iterations": "num_steps", "steps": "num_steps",
+                                       "max_iter": "num_steps", "iterations": "num_steps"}
+
+  def __post_init__(self):
+    self.check(self.norm in threat.NORMS, "norm", f"must be one of {', '.join(threat.NORMS)}")
+    # An L-inf radius above 255 is the whole box; an L2 radius is a norm over every pixel.
+    self.check(math.isfinite(self.eps) and self.eps >= 0 and (self.norm != "linf" or self.eps <= 255), "eps",
+               "must be finite, >= 0 and at most 255 for linf (0-255 pixel units)")
+    self.check(math.isfinite(self.step_size) and self.step_size >= 0, "step_size",
+               "must be finite and >= 0 (0-255 pixel units)")
+    self.check(isinstance(self.num_steps, int) and self.num_steps >= 0, "num_steps", "must be an int >= 0")
+    self.check(self.init in threat.INITS, "init", f"must be one of {', '.join(threat.INITS)}")
+    try:
+      rules.check(self.step_rule)
+    except ConfigError as e:
+      self.check(False, "step_rule", str(e))
+    self.check(math.isfinite(self.momentum) and self.momentum >= 0, "momentum", "must be finite and >= 0")
+    self.check(self.step_schedule in STEP_SCHEDULES, "step_schedule",
+               f"must be one of {', '.join(STEP_SCHEDULES)}")
+    self.check(math.isfinite(self.beta) and self.beta > 0, "beta", "must be finite and > 0")
+    self.check(math.isfinite(self.gamma) and self.gamma > 0, "gamma", "must be finite and > 0")
+    self.check(self.loss in losses.LOSS_NAMES, "loss", f"must be one of {', '.join(losses.LOSS_NAMES)}")
+    try:
+      losses.get_loss(self.loss, self.targeted)
+    except ConfigError as e:
+      self.check(False, "targeted", str(e))
+    self.check(0.0 <= self.label_smoothing < 1.0, "label_smoothing", "must be in [0, 1)")
+    self.check(math.isfinite(self.kappa) and self.kappa > 0, "kappa", "must be finite and > 0")
+
+  def check(self, ok: bool, field: str, why: str) -> None:
+    """Raises ConfigError naming `field` and its value unless `ok`."""
+    if not ok:
+      raise ConfigError(f"{field}={getattr(self, field)!r}: {why}")
+
+  def rule(self) -> optax.GradientTransformation:
+    """The ascent rule (`rules.get`)."""
+    return rules.get(self.step_rule, norm=self.norm, momentum=self.momentum)
+
+  def loss_fn(self) -> Callable[[jax.Array, jax.Array], jax.Array]:
+    """The per-example `(logits, labels) -> [batch]` loss that the config names."""
+    return losses.get_loss(self.loss, self.targeted, label_smoothing=self.label_smoothing, kappa=self.kappa)
+
+  def step_sizes(self, eps_unit) -> Callable[[Any], Any]:
+    """alpha_k on the [0, 1] scale, for a radius `eps_unit` on that scale (may be traced)."""
+    return step_sizes(self.step_schedule, step_size=threat.to_unit(self.step_size), eps=eps_unit,
+                      num_steps=self.num_steps, beta=self.beta, gamma=self.gamma)
 
 
 def bind(model_fn: Callable, variables: Any) -> Callable:

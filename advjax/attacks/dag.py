@@ -82,7 +82,7 @@ cfg) -> x_adv` form of the other adversaries.
 import dataclasses
 import functools
 import math
-from typing import Callable, NamedTuple
+from typing import Callable, ClassVar, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -100,23 +100,25 @@ class DAGConfig:
 
   Attributes:
     gamma: step length ||r'_m||_inf in 0-255 pixel units (thesis: 0.5, i.e. 0.5/255).
-    max_iter: M0, the most updates per image (thesis: 200 for segmentation).
+    num_steps: M0, the most updates per image (thesis: 200 for segmentation).
     background_class: label whose pixels are not attacked (not targets);
       -1 attacks every valid pixel.
   """
   gamma: float = 0.5
-  max_iter: int = 200
+  num_steps: int = 200
   background_class: int = 0
+
+  RENAMED: ClassVar[dict[str, str]] = {"max_iter": "num_steps"}
 
   def __post_init__(self):
     def check(ok, field, why):
       if not ok:
-        raise ConfigError(f"DAG config field {field!r}={getattr(self, field)!r}: {why}")
+        raise ConfigError(f"{field}={getattr(self, field)!r}: {why}")
 
     check(isinstance(self.gamma, (int, float)) and math.isfinite(self.gamma) and self.gamma > 0, "gamma",
           "must be a finite number > 0 (0-255 pixel units)")
-    check(isinstance(self.max_iter, int) and not isinstance(self.max_iter, bool) and self.max_iter >= 0,
-          "max_iter", "must be an int >= 0")
+    check(isinstance(self.num_steps, int) and not isinstance(self.num_steps, bool) and self.num_steps >= 0,
+          "num_steps", "must be an int >= 0")
     check(isinstance(self.background_class, int) and not isinstance(self.background_class, bool)
           and self.background_class >= -1, "background_class", "must be a class index, or -1 for none")
 
@@ -132,7 +134,7 @@ class DAGResult(NamedTuple):
   Attributes:
     x_adv: [batch, H, W, C] adversarial images X + r in [0, 1].
     perturbation: [batch, H, W, C] r = x_adv - x on the [0, 1] scale.
-    iterations: [batch] int32 updates made (0 .. max_iter).
+    iterations: [batch] int32 updates made (0 .. num_steps).
     remaining: [batch] int32 size of the active set on x_adv (0 = every
       target fooled).
     perceptibility: [batch] float32 p = sqrt(mean over pixels of the squared
@@ -305,7 +307,7 @@ def dag(logits_fn: Callable[[jax.Array], jax.Array], x: jax.Array, y: jax.Array,
 
   def keep_going(carry):
     m, _, _, done = carry
-    return (m < cfg.max_iter) & ~jnp.all(done)
+    return (m < cfg.num_steps) & ~jnp.all(done)
 
   def update(carry):
     m, x_m, iterations, done = carry

@@ -16,7 +16,7 @@ included), as in the reference code's `num_classes`.
 The universality paper uses DeepFool as a third adversary beside FGSM and BI.
 Here every example runs in one batch under a `lax.while_loop`: an example
 stops changing once it is misclassified (by masking), and the loop ends as
-soon as no example is still classified as its label, or after `max_iter`
+soon as no example is still classified as its label, or after `num_steps`
 iterations, as the reference implementations stop. `deepfool_with_info` also
 returns each example's iteration count and whether it was fooled, which the
 iterative-DeepFool universal perturbation needs. torchattacks applies the
@@ -26,7 +26,7 @@ factor close to 1.
 
 import dataclasses
 import functools
-from typing import NamedTuple
+from typing import ClassVar, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -44,26 +44,28 @@ class DeepFoolConfig:
   """DeepFool hyper-parameters (hashable; a jit static argument).
 
   Attributes:
-    max_iter: number of linearisation steps (reference default 50).
+    num_steps: number of linearisation steps (reference default 50).
     overshoot: factor (1 + overshoot) on the total perturbation (default 0.02).
     num_candidates: classes considered, the label plus the top others.
     norm: 'l2' or 'linf'.
   """
-  max_iter: int = 50
+  num_steps: int = 50
   overshoot: float = 0.02
   num_candidates: int = 10
   norm: str = "l2"
 
+  RENAMED: ClassVar[dict[str, str]] = {"max_iter": "num_steps"}
+
   def __post_init__(self):
-    if not (isinstance(self.max_iter, int) and self.max_iter >= 0):
-      raise ConfigError(f"deepfool field 'max_iter'={self.max_iter!r}: must be an int >= 0")
+    if not (isinstance(self.num_steps, int) and self.num_steps >= 0):
+      raise ConfigError(f"num_steps={self.num_steps!r}: must be an int >= 0")
     if self.overshoot < 0:
-      raise ConfigError(f"deepfool field 'overshoot'={self.overshoot!r}: must be >= 0")
+      raise ConfigError(f"overshoot={self.overshoot!r}: must be >= 0")
     if not (isinstance(self.num_candidates, int) and self.num_candidates >= 2):
       raise ConfigError(
-          f"deepfool field 'num_candidates'={self.num_candidates!r}: must be an int >= 2")
+          f"num_candidates={self.num_candidates!r}: must be an int >= 2")
     if self.norm not in threat.NORMS:
-      raise ConfigError(f"deepfool field 'norm'={self.norm!r}: must be one of linf, l2")
+      raise ConfigError(f"norm={self.norm!r}: must be one of linf, l2")
 
 
 class DeepFoolResult(NamedTuple):
@@ -104,7 +106,7 @@ def deepfool_with_info(logits_fn, x: jax.Array, y: jax.Array, rng: jax.Array,
 
   def cond(carry):
     i, _, active, _ = carry
-    return (i < cfg.max_iter) & jnp.any(active)
+    return (i < cfg.num_steps) & jnp.any(active)
 
   def body(carry):
     i, r_tot, active, iterations = carry

@@ -44,7 +44,7 @@ is our L-inf projection followed by the box.
 import dataclasses
 import functools
 import math
-from typing import Any, Callable, NamedTuple
+from typing import Any, Callable, ClassVar, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -52,43 +52,23 @@ import jax.numpy as jnp
 from advjax.cpu import compilation
 from advjax import tasks as tasks_lib
 from advjax import typed_config
-from advjax.attacks import core, diversity, losses, rules, threat
-from advjax.errors import ConfigError
+from advjax.attacks import core, diversity, losses, threat
 
-# The ascent rules of per-example attacks (the others of `rules.RULES` need no eps ball).
-STEP_RULES = ("sign", "l2", "momentum", "optax:adam", "optax:rmsprop")
 LABEL_SOURCES = ("true", "predicted")
 
 
 @dataclasses.dataclass(frozen=True)
-class AttackConfig:
-  """Hyper-parameters of a gradient attack; frozen and hashable, a valid jit static arg.
+class AttackConfig(core.AscentConfig):
+  """Hyper-parameters of a per-example gradient attack: `core.AscentConfig` and these.
 
   Attributes:
-    norm: threat model, 'linf' or 'l2'.
-    eps: radius of the ball in 0-255 pixel units (8.0 means 8/255).
-    step_size: alpha in 0-255 pixel units (constant schedule only).
-    num_steps: number of gradient steps K (0 returns the initial point).
-    init: 'zero' (BIM, MI/DI2-FGSM), 'uniform' in the ball (PGD random start),
-      or 'mixed': a random `clean_init_fraction` of the perturbations starts at
-      zero and the rest uniform (feature-denoising training, Xie thesis ch. 4).
-    clean_init_fraction: fraction started at zero under init='mixed'.
-    step_rule: 'sign', 'l2' (gradient / ||gradient||_2), 'momentum' (MI-FGSM,
-      eq. 3.4; sign step for linf, L2-normalised for l2), or 'optax:adam',
-      'optax:rmsprop' (optimiser direction at unit learning rate, times alpha_k).
-    momentum: decay mu of the 'momentum' rule; 0 gives I-FGSM exactly.
-    step_schedule: 'constant' (alpha_k = step_size) or 'annealed'
-      (alpha_k = beta eps gamma^k / sum_{j<K} gamma^j).
-    beta: total step length of the annealed schedule, in multiples of eps.
-    gamma: decay of the annealed schedule.
+    clean_init_fraction: under init='mixed', the random fraction of the
+      perturbations that starts at zero, the rest uniform in the ball
+      (feature-denoising training, Xie thesis sec. 4.5).
     diversity_prob: p of DI2-FGSM's input diversity (eq. 3.6).
     diversity_ratio: canvas / input size of the input diversity (330 / 299).
-    loss: name in `losses.LOSS_NAMES`.
-    targeted: attack towards target classes with the loss' targeted variant.
     labels: 'true' or 'predicted' (argmax of the clean logits, computed once;
       avoids label leaking) for untargeted attacks.
-    label_smoothing: smoothing of cross-entropy targets.
-    kappa: threshold of 'clipped_cross_entropy' (default -log 0.2).
     confidence: cap of the 'margin' losses, or None.
     restarts: number of random restarts; per example the strongest is kept.
     restart_select: 'loss' keeps the highest final loss; 'misclassified' prefers
@@ -102,31 +82,32 @@ class AttackConfig:
       the vmap buys nothing there for 4x the memory; it can pay where one
       run leaves an accelerator idle (small batches).
   """
-  norm: str = "linf"
-  eps: float = 8.0
-  step_size: float = 2.0
-  num_steps: int = 10
-  init: str = "zero"
   clean_init_fraction: float = 0.2
-  step_rule: str = "sign"
-  momentum: float = 1.0
-  step_schedule: str = "constant"
-  beta: float = 4.0
-  gamma: float = 0.975
   diversity_prob: float = 0.0
   diversity_ratio: float = 330.0 / 299.0
-  loss: str = "cross_entropy"
-  targeted: bool = False
   labels: str = "true"
-  label_smoothing: float = 0.0
-  kappa: float = -math.log(0.2)
   confidence: float | None = None
   restarts: int = 1
   restart_select: str = "loss"
   parallel_restarts: bool = False
 
   def __post_init__(self):
-    _validate(self)
+    super().__post_init__()
+    self.check(0.0 <= self.clean_init_fraction <= 1.0, "clean_init_fraction", "must be in [0, 1]")
+    self.check(0.0 <= self.diversity_prob <= 1.0, "diversity_prob", "must be in [0, 1]")
+    self.check(math.isfinite(self.diversity_ratio) and self.diversity_ratio > 1.0, "diversity_ratio",
+               "must be finite and > 1")
+    self.check(self.labels in LABEL_SOURCES, "labels", f"must be one of {', '.join(LABEL_SOURCES)}")
+    self.check(self.confidence is None or self.confidence >= 0, "confidence", "must be None or >= 0")
+    self.check(isinstance(self.restarts, int) and self.restarts >= 1, "restarts", "must be an int >= 1")
+    self.check(self.restart_select in core.RESTART_SELECTIONS, "restart_select",
+               f"must be one of {', '.join(core.RESTART_SELECTIONS)}")
+    self.check(isinstance(self.parallel_restarts, bool), "parallel_restarts", "must be a bool")
+
+  def loss_fn(self):
+    """The per-example `(logits, labels) -> [batch]` loss, with the margin losses' `confidence`."""
+    return losses.get_loss(self.loss, self.targeted, label_smoothing=self.label_smoothing, kappa=self.kappa,
+                           confidence=self.confidence)
 
   @classmethod
   def from_config(cls, config) -> "AttackConfig":
@@ -143,45 +124,6 @@ class AttackConfig:
       ConfigError: an unknown field, or a field with a bad type or value.
     """
     return typed_config.from_mapping(cls, config, "attack config")
-
-
-def _validate(cfg: AttackConfig) -> None:
-  def check(ok, field, why):
-    if not ok:
-      raise ConfigError(f"attack config field {field!r}={getattr(cfg, field)!r}: {why}")
-
-  def one_of(field, options):
-    check(getattr(cfg, field) in options, field, f"must be one of {', '.join(options)}")
-
-  one_of("norm", threat.NORMS)
-  # An L-inf radius above 255 is the whole box; an L2 radius is a norm over every pixel.
-  check(math.isfinite(cfg.eps) and (cfg.norm != "linf" or cfg.eps <= 255), "eps",
-        "must be finite, and at most 255 for linf (0-255 pixel units)")
-  check(math.isfinite(cfg.step_size), "step_size", "must be finite (0-255 pixel units)")
-  check(cfg.eps >= 0, "eps", "must be >= 0 (0-255 pixel units)")
-  check(cfg.step_size >= 0, "step_size", "must be >= 0 (0-255 pixel units)")
-  check(isinstance(cfg.num_steps, int) and cfg.num_steps >= 0, "num_steps", "must be an int >= 0")
-  one_of("init", threat.INITS)
-  check(0.0 <= cfg.clean_init_fraction <= 1.0, "clean_init_fraction", "must be in [0, 1]")
-  one_of("step_rule", STEP_RULES)
-  check(cfg.momentum >= 0, "momentum", "must be >= 0")
-  one_of("step_schedule", core.STEP_SCHEDULES)
-  check(cfg.beta > 0, "beta", "must be > 0")
-  check(cfg.gamma > 0, "gamma", "must be > 0")
-  check(0.0 <= cfg.diversity_prob <= 1.0, "diversity_prob", "must be in [0, 1]")
-  check(cfg.diversity_ratio > 1.0, "diversity_ratio", "must be > 1")
-  one_of("loss", losses.LOSS_NAMES)
-  try:
-    losses.get_loss(cfg.loss, cfg.targeted)
-  except ConfigError as e:
-    check(False, "targeted", str(e))
-  one_of("labels", LABEL_SOURCES)
-  check(0.0 <= cfg.label_smoothing < 1.0, "label_smoothing", "must be in [0, 1)")
-  check(cfg.kappa > 0, "kappa", "must be > 0")
-  check(cfg.confidence is None or cfg.confidence >= 0, "confidence", "must be None or >= 0")
-  check(isinstance(cfg.restarts, int) and cfg.restarts >= 1, "restarts", "must be an int >= 1")
-  one_of("restart_select", core.RESTART_SELECTIONS)
-  check(isinstance(cfg.parallel_restarts, bool), "parallel_restarts", "must be a bool")
 
 
 def _kurakin_steps(eps: float) -> int:
@@ -258,19 +200,8 @@ def threat_model(cfg: AttackConfig, sizes: Sizes, mask: jax.Array | None = None)
   return threat.ThreatModel(cfg.norm, sizes.eps, mask)
 
 
-def step_sizes(cfg: AttackConfig, sizes: Sizes):
-  """alpha_k of `cfg`: constant, or the annealed schedule of sec. 5.2."""
-  return core.step_sizes(cfg.step_schedule, step_size=sizes.step_size, eps=sizes.eps,
-                         num_steps=cfg.num_steps, beta=cfg.beta, gamma=cfg.gamma)
-
-
-def ascent_rule(cfg: AttackConfig):
-  """The ascent rule of `cfg` (`advjax.attacks.rules`)."""
-  return rules.get(cfg.step_rule, norm=cfg.norm, momentum=cfg.momentum)
-
-
 def optimize_perturbation(objective: Callable[[jax.Array, jax.Array], jax.Array],
-                          delta: jax.Array, rng: jax.Array, cfg: AttackConfig, sizes: Sizes,
+                          delta: jax.Array, rng: jax.Array, cfg: core.AscentConfig, sizes: Sizes,
                           project: Callable[[jax.Array], jax.Array]) -> jax.Array:
   """Runs `cfg.num_steps` projected ascent steps of `cfg`'s rule and schedule (`core.optimize`).
 
@@ -285,7 +216,7 @@ def optimize_perturbation(objective: Callable[[jax.Array, jax.Array], jax.Array]
   Returns:
     The final perturbation, same shape as `delta`.
   """
-  return core.optimize(objective, delta, rng, rule=ascent_rule(cfg), step_size=step_sizes(cfg, sizes),
+  return core.optimize(objective, delta, rng, rule=cfg.rule(), step_size=cfg.step_sizes(sizes.eps),
                        project=project, num_steps=cfg.num_steps)
 
 
@@ -317,10 +248,73 @@ def attack_labels(logits_fn, x: jax.Array, y: jax.Array, rng: jax.Array, cfg: At
   return y
 
 
-def attack_loss(cfg: AttackConfig):
-  """The per-example `(logits, labels) -> [batch]` loss that `cfg` names."""
-  return losses.get_loss(cfg.loss, cfg.targeted, label_smoothing=cfg.label_smoothing,
-                         kappa=cfg.kappa, confidence=cfg.confidence)
+def projected_ascent(logits_fn: Callable[[jax.Array], jax.Array], x: jax.Array, y: jax.Array, labels: jax.Array,
+                     rng: jax.Array, cfg: AttackConfig, task: tasks_lib.Task, *, heap_size: int = 1, eps=None,
+                     mask: jax.Array | None = None) -> jax.Array:
+  """The restarts of projected gradient ascent that `attack` (heaps of 1) and `heap.heap_attack` share.
+
+  The batch is viewed as heaps of `heap_size` consecutive examples, each
+  heap with one perturbation [heaps, H, W, C] broadcast over its members;
+  the objective is the sum over heaps of the heap's mean loss, so with heaps
+  of 1 every example follows its own gradient. A perturbation of one example
+  folds the box into itself after every step (`threat.clip_to_box`); a
+  shared one is projected onto the ball only and clipped where it is added,
+  so a member whose pixel is clipped passes no gradient to it there.
+
+  Args:
+    logits_fn: `x -> logits`.
+    x: [batch, H, W, C] clean images in [0, 1]; batch a multiple of `heap_size`.
+    y: [batch] or [batch, H, W] true labels (scored by `task`).
+    labels: the labels the loss is evaluated on (targets, predictions or y).
+    rng: PRNG key; restart r uses `fold_in(rng, r)`.
+    cfg: attack config.
+    task: scores success for the restart selection.
+    heap_size: s, examples per perturbation.
+    eps: optional traced radius in 0-255 units (a scalar, or [batch] with heaps of 1).
+    mask: optional region where pixels may change (heaps of 1).
+
+  Returns:
+    [batch, H, W, C] adversarial images in [0, 1].
+  """
+  s = heap_size
+  num_heaps = x.shape[0] // s
+  if eps is not None and jnp.ndim(eps) == 1:
+    eps = jnp.reshape(eps, (-1,) + (1,) * (x.ndim - 1))  # One radius per example.
+  sizes = resolve_sizes(cfg, eps)
+  ball = threat_model(cfg, sizes, mask)
+  loss_fn = cfg.loss_fn()
+  x_heaps = x.reshape((num_heaps, s) + x.shape[1:])
+  delta_shape = (num_heaps,) + x.shape[1:]
+
+  def perturbed(delta):
+    if s == 1:
+      return x + delta  # delta already holds the box (see `project`).
+    # The model must see the clipped image it will be attacked with.
+    return threat.apply(x_heaps, delta[:, None]).reshape(x.shape)
+
+  def objective(delta, key):
+    x_in = diversity.input_diversity(key, perturbed(delta), cfg.diversity_prob, cfg.diversity_ratio)
+    # Sum over heaps of the heap's mean loss; each heap's delta only sees its own.
+    return jnp.sum(loss_fn(logits_fn(x_in), labels)) / s
+
+  def project(delta):
+    # Folding the box into delta is only possible when delta belongs to one example.
+    return ball.project(delta, x if s == 1 else None)
+
+  def heap_mean(v):
+    return v if s == 1 else jnp.mean(v.reshape(num_heaps, s).astype(jnp.float32), axis=1)
+
+  def run(r):
+    k_init, k_steps = jax.random.split(jax.random.fold_in(rng, r))
+    delta = project(ball.init(k_init, delta_shape, cfg.init, cfg.clean_init_fraction, x.dtype))
+    delta = optimize_perturbation(objective, delta, k_steps, cfg, sizes, project)
+    x_adv = threat.apply(x, delta) if s == 1 else threat.apply(x_heaps, delta[:, None]).reshape(x.shape)
+    logits = logits_fn(x_adv)
+    return core.Candidate(x_adv, heap_mean(loss_fn(logits, labels)),
+                          heap_mean(task.success(logits, y, labels, cfg.targeted)))
+
+  return core.best_of_restarts(run, cfg.restarts, cfg.restart_select, unit_size=s,
+                               parallel=cfg.parallel_restarts)
 
 
 @functools.partial(compilation.jit, static_argnames=("logits_fn", "cfg", "task"))
@@ -351,27 +345,6 @@ def attack(logits_fn: Callable[[jax.Array], jax.Array], x: jax.Array, y: jax.Arr
     [batch, height, width, channels] adversarial images in [0, 1].
   """
   task = tasks_lib.for_labels(y) if task is None else task
-  if eps is not None and jnp.ndim(eps) == 1:
-    eps = jnp.reshape(eps, (-1,) + (1,) * (x.ndim - 1))  # One radius per example.
-  sizes = resolve_sizes(cfg, eps)
-  ball = threat_model(cfg, sizes, mask)
   k_labels, k_restarts = jax.random.split(rng)
   labels = attack_labels(logits_fn, x, y, k_labels, cfg, task, targets)
-  loss_fn = attack_loss(cfg)
-
-  def objective(delta, key):
-    x_in = diversity.input_diversity(key, x + delta, cfg.diversity_prob, cfg.diversity_ratio)
-    return jnp.sum(loss_fn(logits_fn(x_in), labels))
-
-  def project(delta):
-    return ball.project(delta, x)
-
-  def run(r):
-    k_init, k_steps = jax.random.split(jax.random.fold_in(k_restarts, r))
-    delta = project(ball.init(k_init, x.shape, cfg.init, cfg.clean_init_fraction, x.dtype))
-    delta = optimize_perturbation(objective, delta, k_steps, cfg, sizes, project)
-    x_adv = threat.apply(x, delta)
-    logits = logits_fn(x_adv)
-    return core.Candidate(x_adv, loss_fn(logits, labels), task.success(logits, y, labels, cfg.targeted))
-
-  return core.best_of_restarts(run, cfg.restarts, cfg.restart_select, parallel=cfg.parallel_restarts)
+  return projected_ascent(logits_fn, x, y, labels, k_restarts, cfg, task, eps=eps, mask=mask)

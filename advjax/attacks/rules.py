@@ -22,10 +22,14 @@ and a universal one [1, H, W, C] alike.
                 the steepest direction of acc (sign for L-inf, L2-normalised for L2)
   sgd           g itself (UAT eq. 7, the universal adversary's SGD)
   sgd_momentum  heavy ball: v = mu v + g (momentum SGD of UAT's algorithm 2)
-  adam          Adam's direction at unit learning rate (UAT's Adam rule)
-  optax:adam, optax:rmsprop
-                optax's optimiser at unit learning rate, fed -g so that its
-                descent step ascends
+  adam          optax's Adam direction at unit learning rate (UAT's Adam rule)
+  rmsprop       optax's RMSProp direction at unit learning rate
+
+These names are the one vocabulary of every adversary, evaluator and
+objective (`step_rule` fields): a per-example attack, a universal one and the
+perturbation player of universal adversarial training all take them. Names
+used by earlier versions or by the papers ('fgsm' and 'linf' for the sign,
+'optax:adam') are refused with a message naming the rule they mean.
 
 Because optax optimisers descend, `ascent(tx)` feeds them the negated
 gradient; the `sign`, `l2` and `sgd` rules are stateless.
@@ -36,9 +40,11 @@ import jax.numpy as jnp
 import optax
 
 from advjax.attacks.threat import per_perturbation_norm
-from advjax.errors import unknown_name
+from advjax.errors import ConfigError, unknown_name
 
-RULES = ("sign", "l2", "momentum", "sgd", "sgd_momentum", "adam", "optax:adam", "optax:rmsprop")
+RULES = ("sign", "l2", "momentum", "sgd", "sgd_momentum", "adam", "rmsprop")
+# Earlier or paper names -> the rule they mean.
+RENAMED = {"fgsm": "sign", "linf": "sign", "optax:adam": "adam", "optax:rmsprop": "rmsprop"}
 _TINY = 1e-12
 
 
@@ -71,6 +77,14 @@ def ascent(tx: optax.GradientTransformation) -> optax.GradientTransformation:
   return optax.GradientTransformation(tx.init, update)
 
 
+def check(name: str) -> None:
+  """Raises ConfigError unless `name` is a rule of `RULES` (an old name is told its new one)."""
+  if name in RENAMED:
+    raise ConfigError(f"ascent rule {name!r} is now called {RENAMED[name]!r}")
+  if name not in RULES:
+    raise unknown_name("ascent rule", name, RULES)
+
+
 def get(name: str, *, norm: str = "linf", momentum: float = 1.0) -> optax.GradientTransformation:
   """Resolves a rule name from a config.
 
@@ -85,6 +99,7 @@ def get(name: str, *, norm: str = "linf", momentum: float = 1.0) -> optax.Gradie
   Raises:
     ConfigError: unknown name.
   """
+  check(name)
   if name == "sign":
     return sign()
   if name == "l2":
@@ -96,14 +111,6 @@ def get(name: str, *, norm: str = "linf", momentum: float = 1.0) -> optax.Gradie
     return optax.identity()
   if name == "sgd_momentum":
     return optax.trace(decay=momentum)
-  if name in ("adam", "optax:adam"):
+  if name == "adam":
     return ascent(optax.adam(learning_rate=1.0))
-  if name == "optax:rmsprop":
-    return ascent(optax.rmsprop(learning_rate=1.0))
-  raise unknown_name("ascent rule", name, RULES)
-
-
-def is_stateless(name: str) -> bool:
-  """Whether a rule is an elementwise map with no state (sign, l2, sgd)."""
-  return name in ("sign", "l2", "sgd")
-
+  return ascent(optax.rmsprop(learning_rate=1.0))

@@ -69,7 +69,7 @@ from advjax import typed_config
 from advjax.attacks import core, losses, rules, threat
 from advjax.errors import ConfigError
 
-STEP_RULES = ("l2", "linf")
+STEP_RULES = ("l2", "sign")
 CONSTRAINTS = ("soft", "hard")
 FILLS = ("image", "visible")
 # An L-inf radius of 1 on the [0, 1] scale holds the whole box: no eps ball.
@@ -95,8 +95,8 @@ class SynthesisConfig:
   Attributes:
     num_steps: PGD steps K (0 returns the start).
     step_size: alpha in 0-255 pixel units: the L2 length of a step ('l2')
-      or the change of every pixel ('linf').
-    step_rule: 'l2' (g / ||g||_2 per image) or 'linf' (sign(g)).
+      or the change of every pixel ('sign').
+    step_rule: 'l2' (g / ||g||_2 per image) or 'sign' (sign(g)).
     penalty: lambda of eq. 6, weight of the squared L2 norm of the change
       outside the mask against the pixel-mean cross-entropy ('soft' only).
     constraint: 'soft' (eq. 6's penalty, every pixel free) or 'hard' (only
@@ -114,11 +114,15 @@ class SynthesisConfig:
   def __post_init__(self):
     def check(ok, field, why):
       if not ok:
-        raise ConfigError(f"synthesis config field {field!r}={getattr(self, field)!r}: {why}")
+        raise ConfigError(f"{field}={getattr(self, field)!r}: {why}")
 
     check(isinstance(self.num_steps, int) and self.num_steps >= 0, "num_steps", "must be an int >= 0")
     check(math.isfinite(self.step_size) and self.step_size >= 0, "step_size",
           "must be finite and >= 0 (0-255 pixel units)")
+    try:
+      rules.check(self.step_rule)
+    except ConfigError as e:
+      check(False, "step_rule", str(e))
     check(self.step_rule in STEP_RULES, "step_rule", f"must be one of {', '.join(STEP_RULES)}")
     check(math.isfinite(self.penalty) and self.penalty >= 0, "penalty", "must be finite and >= 0")
     check(self.constraint in CONSTRAINTS, "constraint", f"must be one of {', '.join(CONSTRAINTS)}")
@@ -194,10 +198,6 @@ def synthesis_loss(logits: jax.Array, x_syn: jax.Array, x: jax.Array, mask: jax.
   return losses.cross_entropy(logits, y) + penalty * jnp.sum(jnp.square(outside), axis=(1, 2, 3))
 
 
-def _rule(step_rule: str):
-  return rules.get("sign" if step_rule == "linf" else "l2")
-
-
 @functools.partial(compilation.jit, static_argnames=("logits_fn", "cfg"))
 def inpaint(logits_fn: Callable[[jax.Array], jax.Array], x: jax.Array, mask: jax.Array, y: jax.Array,
             rng: jax.Array, cfg: SynthesisConfig) -> jax.Array:
@@ -233,7 +233,7 @@ def inpaint(logits_fn: Callable[[jax.Array], jax.Array], x: jax.Array, mask: jax
     return region.project(delta, x)
 
   delta = start_image(x, m, cfg.fill) - x
-  delta = core.optimize(objective, delta, rng, rule=_rule(cfg.step_rule),
+  delta = core.optimize(objective, delta, rng, rule=rules.get(cfg.step_rule),
                         step_size=lambda k: threat.to_unit(cfg.step_size), project=project,
                         num_steps=cfg.num_steps)
   return threat.apply(x, delta)

@@ -62,8 +62,7 @@ are traced and a new checkpoint does not recompile).
 
 import dataclasses
 import functools
-import math
-from typing import Any, Callable, Iterable
+from typing import Any, Callable, ClassVar, Iterable
 
 import jax
 import jax.numpy as jnp
@@ -71,60 +70,46 @@ from jax import lax
 
 from advjax.cpu import compilation
 from advjax import typed_config
-from advjax.attacks import core, losses, rules, threat
+from advjax.attacks import core, threat
 from advjax.data import streams
 from advjax.errors import ConfigError
 
-STEP_RULES = ("sign", "sgd", "sgd_momentum", "adam")
 INITS = ("zero", "uniform")
 
 
 @dataclasses.dataclass(frozen=True)
-class UniversalConfig:
-  """Hyper-parameters of a universal attack; frozen and hashable, a valid jit static arg.
+class UniversalConfig(core.AscentConfig):
+  """Hyper-parameters of a universal attack: `core.AscentConfig` with these defaults and fields.
+
+  The shared fields mean what they mean for every adversary; here
+  `num_steps` is the number of updates K (each consumes `grad_batches`
+  batches), `init` is 'zero' (all three papers) or 'uniform' in the ball,
+  `kappa` the cap of 'clipped_cross_entropy' (shared AT's kappa, UAT's beta),
+  and the 'sign' rule is the L-inf one (S-PGD, the FGSM rule), taken per
+  batch (see the module docstring).
 
   Attributes:
-    norm: 'linf' or 'l2' ball of the perturbation.
-    eps: radius in 0-255 pixel units (8.0 means 8/255).
-    num_iterations: number of updates K; each consumes `grad_batches` batches.
-    step_rule: 'sign' (S-PGD / FGSM rule, linf only), 'sgd', 'sgd_momentum'
-      (heavy-ball momentum SGD) or 'adam' (Adam's direction at unit learning rate).
-    step_size: constant alpha in 0-255 pixel units.
-    momentum: mu of the 'sgd_momentum' rule.
-    step_schedule: 'constant' or 'annealed'
-      (alpha_k = beta eps gamma^k / sum_{j<K} gamma^j, sec. 5.2).
-    beta: total step length of the annealed schedule in multiples of eps.
-    gamma: decay of the annealed schedule.
-    loss: per-example loss name in `losses.LOSS_NAMES`.
-    kappa: cap of 'clipped_cross_entropy' (shared AT's kappa, UAT's beta).
-    label_smoothing: smoothing of the cross-entropy targets.
-    targeted: push every input towards one target with the targeted loss:
-      `target_class`, or a target label map passed to the functions below.
     target_class: the target class of a targeted universal attack without a
       target map (-1 when a map is given).
     grad_batches: mini-batches per update whose gradients are combined
       (appendix D averages their signs); 1 is plain stochastic ascent.
-    init: 'zero' (all three papers) or 'uniform' in the ball.
   """
-  norm: str = "linf"
   eps: float = 10.0
-  num_iterations: int = 200
-  step_rule: str = "sign"
   step_size: float = 1.0
+  num_steps: int = 200
   momentum: float = 0.9
-  step_schedule: str = "constant"
-  beta: float = 4.0
-  gamma: float = 0.975
   loss: str = "clipped_cross_entropy"
-  kappa: float = -math.log(0.2)
-  label_smoothing: float = 0.0
-  targeted: bool = False
   target_class: int = -1
   grad_batches: int = 1
-  init: str = "zero"
 
   def __post_init__(self):
-    _validate(self)
+    super().__post_init__()
+    self.check(self.init in INITS, "init", f"must be one of {', '.join(INITS)}")
+    self.check(self.step_rule != "sign" or self.norm == "linf", "step_rule",
+               "'sign' is the linf steepest ascent; use sgd, sgd_momentum or adam with norm='l2'")
+    self.check(self.target_class >= -1, "target_class", "must be a class >= 0, or -1 when a target map is given")
+    self.check(isinstance(self.grad_batches, int) and self.grad_batches >= 1, "grad_batches",
+               "must be an int >= 1")
 
   @classmethod
   def from_config(cls, config) -> "UniversalConfig":
@@ -143,41 +128,6 @@ class UniversalConfig:
     return typed_config.from_mapping(cls, config, "universal config")
 
 
-def _validate(cfg: UniversalConfig) -> None:
-  def check(ok, field, why):
-    if not ok:
-      raise ConfigError(f"universal config field {field!r}={getattr(cfg, field)!r}: {why}")
-
-  def one_of(field, options):
-    check(getattr(cfg, field) in options, field, f"must be one of {', '.join(options)}")
-
-  one_of("norm", threat.NORMS)
-  check(math.isfinite(cfg.eps) and cfg.eps >= 0 and (cfg.norm != "linf" or cfg.eps <= 255), "eps",
-        "must be finite, >= 0 and at most 255 for linf (0-255 pixel units)")
-  check(isinstance(cfg.num_iterations, int) and cfg.num_iterations >= 0, "num_iterations",
-        "must be an int >= 0")
-  one_of("step_rule", STEP_RULES)
-  check(cfg.step_rule != "sign" or cfg.norm == "linf", "step_rule",
-        "'sign' is the linf steepest ascent; use sgd, sgd_momentum or adam with norm='l2'")
-  check(math.isfinite(cfg.step_size) and cfg.step_size >= 0, "step_size",
-        "must be finite and >= 0 (0-255 pixel units)")
-  check(cfg.momentum >= 0, "momentum", "must be >= 0")
-  one_of("step_schedule", core.STEP_SCHEDULES)
-  check(cfg.beta > 0, "beta", "must be > 0")
-  check(cfg.gamma > 0, "gamma", "must be > 0")
-  one_of("loss", losses.LOSS_NAMES)
-  try:
-    losses.get_loss(cfg.loss, cfg.targeted)
-  except ConfigError as e:
-    check(False, "targeted", str(e))
-  check(cfg.kappa > 0, "kappa", "must be > 0")
-  check(0.0 <= cfg.label_smoothing < 1.0, "label_smoothing", "must be in [0, 1)")
-  check(cfg.target_class >= -1, "target_class", "must be a class >= 0, or -1 when a target map is given")
-  check(isinstance(cfg.grad_batches, int) and cfg.grad_batches >= 1, "grad_batches",
-        "must be an int >= 1")
-  one_of("init", INITS)
-
-
 def shared_at_eval_config(**overrides) -> UniversalConfig:
   """The S-PGD universal adversary of shared adversarial training's evaluation (sec. 5.2).
 
@@ -186,7 +136,7 @@ def shared_at_eval_config(**overrides) -> UniversalConfig:
   examples. eps is set by `eps_uni_search`.
   """
   return UniversalConfig(**{**dict(
-      norm="linf", eps=255.0, num_iterations=200, step_rule="sign", step_schedule="annealed",
+      norm="linf", eps=255.0, num_steps=200, step_rule="sign", step_schedule="annealed",
       beta=4.0, gamma=0.975, loss="clipped_cross_entropy"), **overrides})
 
 
@@ -196,7 +146,7 @@ def uat_config(eps: float = 8.0, step_rule: str = "sign", step_size: float = 1.0
 
   Defaults: eps = 8 and step size 1 (fig. 2, CIFAR-10), the sign ("PGD") rule
   the paper uses unless stated otherwise, the clipped loss min(l, beta) with
-  beta = 9 (fig. 5, Inception-V3). `num_iterations` = epochs x batches per epoch.
+  beta = 9 (fig. 5, Inception-V3). `num_steps` = epochs x batches per epoch.
   """
   return UniversalConfig(**{**dict(
       eps=eps, step_rule=step_rule, step_size=step_size, loss="clipped_cross_entropy",
@@ -210,22 +160,17 @@ def appendix_d_config(**overrides) -> UniversalConfig:
   updates, cross-entropy on the true labels.
   """
   return UniversalConfig(**{**dict(
-      norm="linf", eps=10.0, step_size=2.5, grad_batches=10, num_iterations=200,
+      norm="linf", eps=10.0, step_size=2.5, grad_batches=10, num_steps=200,
       step_rule="sign", loss="cross_entropy"), **overrides})
 
 
 def _rule(cfg: UniversalConfig):
   """The ascent rule applied to the combined gradient (the sign is taken per batch, see `universal_step`)."""
-  return rules.get("sgd" if cfg.step_rule == "sign" else cfg.step_rule, momentum=cfg.momentum)
+  return (dataclasses.replace(cfg, step_rule="sgd") if cfg.step_rule == "sign" else cfg).rule()
 
 
 def _eps_unit(cfg: UniversalConfig, eps):
   return threat.to_unit(jnp.asarray(cfg.eps if eps is None else eps, jnp.float32))
-
-
-def _step_size(cfg: UniversalConfig, eps_unit):
-  return core.step_sizes(cfg.step_schedule, step_size=threat.to_unit(cfg.step_size), eps=eps_unit,
-                         num_steps=cfg.num_iterations, beta=cfg.beta, gamma=cfg.gamma)
 
 
 def batch_mask(batch: dict) -> jax.Array:
@@ -296,8 +241,7 @@ def batch_gradient(fn: Callable, delta: jax.Array, batch: dict, cfg: UniversalCo
   Returns:
     [H, W, C] grad_delta 1/sum(mask) sum_i mask_i L_adv(clip(x_i + delta, 0, 1), y_i).
   """
-  loss_fn = losses.get_loss(cfg.loss, cfg.targeted, label_smoothing=cfg.label_smoothing,
-                            kappa=cfg.kappa)
+  loss_fn = cfg.loss_fn()
   labels = attack_labels(batch["label"], cfg, batch.get("target", target))
   mask = batch_mask(batch)
 
@@ -358,7 +302,7 @@ def universal_step(logits_fn: Callable, delta: jax.Array, opt_state: Any, batch:
     # ThreatModel.project takes a leading perturbation axis; delta is a single one.
     return ball.project(d[None])[0]
 
-  return core.ascend(delta, combined, opt_state, _rule(cfg), _step_size(cfg, eps_unit)(k), project)
+  return core.ascend(delta, combined, opt_state, _rule(cfg), cfg.step_sizes(eps_unit)(k), project)
 
 
 def universal_perturbation(logits_fn: Callable,
@@ -390,10 +334,10 @@ def universal_perturbation(logits_fn: Callable,
   """
   eps = jnp.asarray(cfg.eps if eps is None else eps, jnp.float32)
   delta, opt_state = init_universal(rng, cfg, image_shape, eps)
-  if cfg.num_iterations == 0:
+  if cfg.num_steps == 0:
     return delta
   stream = streams.cycle(batches, "universal attack")
-  for k in range(cfg.num_iterations):
+  for k in range(cfg.num_steps):
     group = [next(stream) for _ in range(cfg.grad_batches)]
     batch = group[0] if cfg.grad_batches == 1 else jax.tree.map(
         lambda *v: jnp.stack(v), *group)

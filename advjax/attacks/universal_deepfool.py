@@ -79,19 +79,19 @@ class UniversalDeepFoolConfig:
   max_passes: int = 10
   batch_size: int = 32
   shuffle: bool = True
-  deepfool: deepfool_lib.DeepFoolConfig = deepfool_lib.DeepFoolConfig(max_iter=10)
+  deepfool: deepfool_lib.DeepFoolConfig = deepfool_lib.DeepFoolConfig(num_steps=10)
 
   def __post_init__(self):
     if not self.eps > 0:
-      raise ConfigError(f"universal_deepfool field 'eps'={self.eps!r}: must be positive")
+      raise ConfigError(f"eps={self.eps!r}: must be positive")
     if self.norm not in threat.NORMS:
-      raise ConfigError(f"universal_deepfool field 'norm'={self.norm!r}: must be one of linf, l2")
+      raise ConfigError(f"norm={self.norm!r}: must be one of linf, l2")
     if not 0 <= self.xi < 1:
-      raise ConfigError(f"universal_deepfool field 'xi'={self.xi!r}: must be in [0, 1)")
+      raise ConfigError(f"xi={self.xi!r}: must be in [0, 1)")
     for name in ("max_passes", "batch_size"):
       value = getattr(self, name)
       if not (isinstance(value, int) and value >= 1):
-        raise ConfigError(f"universal_deepfool field {name!r}={value!r}: must be an int >= 1")
+        raise ConfigError(f"{name}={value!r}: must be an int >= 1")
 
 
 class UniversalDeepFoolResult(NamedTuple):

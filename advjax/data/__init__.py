@@ -15,7 +15,7 @@ budgets stay in pixel units.
   the VOC folder reader).
 """
 
-from advjax.data.datasets import DATASETS, lookup
+from advjax.data.datasets import DATASETS, DataConfig, lookup
 from advjax.data.embedded import digits_arrays, mnist_arrays, mnist_seg_arrays, photos, voc_photo
 from advjax.data.info import DatasetInfo
 from advjax.data.pipeline import TrainSource, get_info, make_eval_batches, make_train_source
@@ -23,6 +23,7 @@ from advjax.data.segmentation import colorize, voc_palette
 
 __all__ = [
     "DATASETS",
+    "DataConfig",
     "DatasetInfo",
     "TrainSource",
     "colorize",

@@ -59,8 +59,35 @@ IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
-def field(cfg, name: str, default: Any = None) -> Any:
-  """Reads an optional data-config field, defaulting when it is absent."""
+@dataclasses.dataclass(frozen=True)
+class DataConfig:
+  """`config.data`: which dataset, and how it is read.
+
+  Attributes:
+    name: a key of `DATASETS`.
+    data_dir: tfds data_dir (or the VOC folder's parent); '' means the tfds default.
+    image_size: output size, 0 = native: the crop side for variable-size
+      (ImageNet-like) data, the height for fixed-size data (the width keeps
+      the aspect ratio; Cityscapes at 512 is 512x1024).
+    class_subset: keep only the first N classes (ImageNet subsets); 0 keeps all.
+    augment: training augmentation (crop + flip for CIFAR and ImageNet).
+  """
+  name: str = "mnist_embedded"
+  data_dir: str = ""
+  image_size: int = 0
+  class_subset: int = 0
+  augment: bool = False
+
+  def __post_init__(self):
+    if not 0 <= self.image_size <= 16384:
+      raise errors.ConfigError(f"image_size={self.image_size!r} must be in [0, 16384] (0 = native)")
+    if not 0 <= self.class_subset <= 1_000_000:
+      raise errors.ConfigError(f"class_subset={self.class_subset!r} must be in [0, 1000000] (0 = all)")
+
+
+def field(cfg, name: str) -> Any:
+  """A data-config field of `cfg` (a ConfigDict, dict or DataConfig); `DataConfig`'s default when absent."""
+  default = getattr(DataConfig(), name)
   return cfg.get(name, default) if hasattr(cfg, "get") else getattr(cfg, name, default)
 
 
@@ -94,7 +121,7 @@ class ArraySource:
 
 def _class_subset(cfg, num_classes: int, dense_labels: bool) -> int:
   """Number of classes kept: `cfg.class_subset`, or all when it is 0."""
-  subset = int(field(cfg, "class_subset", 0) or 0)
+  subset = int(field(cfg, "class_subset") or 0)
   if subset == 0:
     return num_classes
   if dense_labels:
@@ -107,14 +134,14 @@ def _class_subset(cfg, num_classes: int, dense_labels: bool) -> int:
 
 
 def _refuse_dense_augment(cfg, name: str) -> None:
-  if field(cfg, "augment", False):
+  if field(cfg, "augment"):
     raise errors.ConfigError(
         f"data.augment is not supported for dense-label dataset {name!r} (no joint image/label augmentation)")
 
 
 def _output_size(cfg, native: tuple[int, int, int] | None, default_size: int) -> tuple[int, int, int]:
   """(height, width, channels) the pipeline yields; see the module docstring for image_size."""
-  size = int(field(cfg, "image_size", 0) or 0)
+  size = int(field(cfg, "image_size") or 0)
   if size < 0:
     raise errors.ConfigError(f"data.image_size={size} must be >= 0 (0 = native)")
   channels = native[2] if native else 3
@@ -133,7 +160,7 @@ def _output_size(cfg, native: tuple[int, int, int] | None, default_size: int) ->
 def _transform(image: np.ndarray, style: str, out_shape, cfg, rng: np.random.Generator | None) -> np.ndarray:
   """Applies the eval or train transform of `style` to one image."""
   height, width = out_shape[:2]
-  augment = rng is not None and bool(field(cfg, "augment", False))
+  augment = rng is not None and bool(field(cfg, "augment"))
   if style == "imagenet":
     if augment:
       return preprocess.random_resized_crop(image, height, rng)
@@ -349,7 +376,7 @@ class TfdsDataset:
     return {"train": "train", "test": self.test_split}.get(split, split)
 
   def split(self, cfg, split: str) -> Sequence[dict[str, Any]]:
-    data_dir = str(field(cfg, "data_dir", "") or "")
+    data_dir = str(field(cfg, "data_dir") or "")
     tfds_split = self._tfds_split(split)
     keep = _class_subset(cfg, self.num_classes, self.dense_labels)
     source = _open_tfds(self.name, self.tfds_name, tfds_split, data_dir)
@@ -418,7 +445,7 @@ class VocSegmentationDataset:
   default_size: int = 512
 
   def _root(self, cfg) -> str:
-    data_dir = str(field(cfg, "data_dir", "") or "")
+    data_dir = str(field(cfg, "data_dir") or "")
     candidates = [os.path.join(data_dir, "VOCdevkit", "VOC2012"), data_dir]
     for root in candidates:
       if data_dir and os.path.isdir(os.path.join(root, "ImageSets", "Segmentation")):

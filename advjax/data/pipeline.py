@@ -85,7 +85,7 @@ class TrainSource:
                augmented_view: bool = False):
     self._dataset = datasets.lookup(data_cfg)
     self._augmented_view = augmented_view
-    if augmented_view and not datasets.field(data_cfg, "augment", False):
+    if augmented_view and not datasets.field(data_cfg, "augment"):
       raise errors.ConfigError("an augmented view ('image_aug', fine-grained AdvProp) needs data.augment = True")
     self._cfg = data_cfg
     self.info = self._dataset.info(data_cfg)
@@ -109,7 +109,7 @@ class TrainSource:
     ds = ds[: self.steps_per_epoch * self.global_batch_size]
     if self._augmented_view:
       ds = ds.random_map(self._with_augmented_view, seed=seed)
-    elif datasets.field(self._cfg, "augment", False):
+    elif datasets.field(self._cfg, "augment"):
       ds = ds.random_map(lambda item, rng: self._preprocess(item, rng), seed=seed)
     else:
       ds = ds.map(lambda item: self._preprocess(item, None))

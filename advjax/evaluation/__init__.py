@@ -29,7 +29,7 @@ from typing import Any
 from advjax.errors import ConfigError
 from advjax.evaluation import (base, context, denoising, perturbation_analyses, robustness, search, segmentation,
                                synthesis, universal)
-from advjax.evaluation.base import Evaluator, clean_metrics
+from advjax.evaluation.base import EvalConfig, Evaluator, clean_metrics
 from advjax.evaluation.context import EvalContext
 from advjax.evaluation.robustness import attacked_metrics, eps_adv_config, eps_adv_search
 from advjax.evaluation.universal import eps_uni_search, evaluate_universal
@@ -123,6 +123,6 @@ def scalars(results: Mapping[str, Any], prefix: str = "") -> dict[str, float]:
   return out
 
 
-__all__ = ["EVALUATORS", "EvalContext", "Evaluator", "attacked_metrics", "base", "clean_metrics", "context",
+__all__ = ["EVALUATORS", "EvalConfig", "EvalContext", "Evaluator", "attacked_metrics", "base", "clean_metrics", "context",
            "eps_adv_config", "eps_adv_search", "eps_uni_search", "evaluate_universal", "parse", "perturbation_analyses",
            "register_evaluator", "robustness", "run", "scalars", "search", "segmentation", "synthesis", "universal"]

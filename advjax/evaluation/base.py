@@ -35,7 +35,38 @@ from advjax.cpu import compilation
 from advjax import tasks as tasks_lib
 from advjax import typed_config
 from advjax.attacks import core
+from advjax.errors import ConfigError
 from advjax.evaluation.context import EvalContext
+
+
+@dataclasses.dataclass(frozen=True)
+class EvalConfig:
+  """`config.eval`: the held-out data every evaluation uses, and eval.py's output.
+
+  Attributes:
+    batch_size: global evaluation batch size.
+    split: the held-out split.
+    num_examples: evaluate on the first N held-out examples; 0 means all.
+    output_file: name of eval.py's results file in the workdir.
+    entries: eval.py runs only these `config.evals` entries (e.g.
+      "('synthesis',)"); () runs them all.
+    cross_evaluate: eval.py refuses a config whose model fields differ from
+      the run's config.json; True allows it.
+  """
+  batch_size: int = 500
+  split: str = "test"
+  num_examples: int = 0
+  output_file: str = "eval.json"
+  entries: tuple = ()
+  cross_evaluate: bool = False
+
+  def __post_init__(self):
+    if not 1 <= self.batch_size <= 2**24:
+      raise ConfigError(f"batch_size={self.batch_size!r} must be in [1, 2**24]")
+    if not 0 <= self.num_examples <= 2**31 - 1:
+      raise ConfigError(f"num_examples={self.num_examples!r} must be >= 0 (0 = all)")
+    if not (self.output_file.endswith(".json") and "/" not in self.output_file):
+      raise ConfigError(f"output_file={self.output_file!r} must be a file name ending in .json")
 
 
 class Evaluator(abc.ABC):

@@ -21,7 +21,7 @@ from __future__ import annotations
 import dataclasses
 import os
 from collections.abc import Iterator
-from typing import Any
+from typing import Any, ClassVar
 
 import jax
 import jax.numpy as jnp
@@ -68,17 +68,15 @@ class DenoiseFigure(base.Evaluator):
     """Attributes:
       num_images: rows of the figure.
       block: the block's position name ('' = the first denoising block).
-      eps: L-inf radius of the attack, 0-255 units.
-      steps: PGD iterations.
-      step_size: 0-255 units.
-      targeted: attack toward a random wrong class.
+      attack: the attack (`pgd.AttackConfig`); default the thesis' kind,
+        targeted L-inf PGD-10 at eps 16 with step 2 and a random start.
     """
     num_images: int = 4
     block: str = ""
-    eps: float = 16.0
-    steps: int = 10
-    step_size: float = 2.0
-    targeted: bool = True
+    attack: pgd_lib.AttackConfig = pgd_lib.pgd(16.0, step_size=2.0, num_steps=10, targeted=True)
+
+    RENAMED: ClassVar[dict[str, str]] = {"eps": "attack.eps", "steps": "attack.num_steps",
+                                         "step_size": "attack.step_size", "targeted": "attack.targeted"}
 
   def __init__(self, name, args, ctx):
     super().__init__(name, args, ctx)
@@ -89,9 +87,8 @@ class DenoiseFigure(base.Evaluator):
     a = self.args
     batch = self.ctx.held_out()[0]
     x, y = jax.device_get((batch["image"][:a.num_images], batch["label"][:a.num_images]))
-    cfg = pgd_lib.pgd(a.eps, step_size=a.step_size, num_steps=a.steps, targeted=a.targeted)
     x_adv = np.asarray(pgd_lib.attack(self.ctx.model_fn(variables), jnp.asarray(x), jnp.asarray(y),
-                                      self.ctx.key(self.name), cfg, task=self.ctx.task))
+                                      self.ctx.key(self.name), a.attack, task=self.ctx.task))
     clean = _features(self.ctx.model, variables, jnp.asarray(x))
     adv = _features(self.ctx.model, variables, jnp.asarray(x_adv))
     if not clean:

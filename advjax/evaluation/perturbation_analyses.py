@@ -57,7 +57,7 @@ import dataclasses
 import functools
 import os
 from collections.abc import Iterator
-from typing import Any
+from typing import Any, ClassVar
 
 import jax
 import numpy as np
@@ -83,22 +83,23 @@ class EpochArgs:
     epochs: history positions to analyse (0 = the starting model); () for all.
     max_examples: held-out inputs analysed (the first ones).
     batch_size: examples per jitted call.
-    eps: L-inf radius of the basic iterative adversary, 0-255 units (paper: 4).
-    step_size: its alpha (paper: 1).
-    steps: its iterations (paper: 10).
+    attack: the basic iterative (BI) adversary (`pgd.AttackConfig`); the
+      paper's L-inf eps 4, alpha 1 and 10 iterations from a zero start.
   """
   epochs: tuple = ()
   max_examples: int = 256
   batch_size: int = 256
-  eps: float = 4.0
-  step_size: float = 1.0
-  steps: int = 10
+  attack: pgd_lib.AttackConfig = pgd_lib.bim(eps=4.0, step_size=1.0, num_steps=10)
+
+  RENAMED: ClassVar[dict[str, str]] = {"eps": "attack.eps", "step_size": "attack.step_size",
+                                       "steps": "attack.num_steps"}
 
   def __post_init__(self):
-    if self.max_examples < 1 or self.batch_size < 1 or self.steps < 1:
-      raise ConfigError("max_examples, batch_size and steps must be >= 1")
-    if not 0 < self.eps <= 255 or self.step_size <= 0:
-      raise ConfigError(f"eps={self.eps!r} must be in (0, 255] and step_size={self.step_size!r} > 0")
+    if self.max_examples < 1 or self.batch_size < 1 or self.attack.num_steps < 1:
+      raise ConfigError("max_examples, batch_size and attack.num_steps must be >= 1")
+    if not 0 < self.attack.eps <= 255 or self.attack.step_size <= 0:
+      raise ConfigError(f"attack.eps={self.attack.eps!r} must be in (0, 255] and "
+                        f"attack.step_size={self.attack.step_size!r} > 0")
     if not all(isinstance(e, int) and e >= 0 for e in self.epochs):
       raise ConfigError(f"epochs={self.epochs!r}: history positions, ints >= 0")
 
@@ -144,9 +145,8 @@ class EpochEvaluator(base.Evaluator):
     return np.asarray(jax.device_get(batch["image"])), np.asarray(jax.device_get(batch["label"]))
 
   def bi(self) -> pgd_lib.AttackConfig:
-    """The basic iterative adversary of the arguments (xi_0 = 0, true labels)."""
-    a = self.args
-    return pgd_lib.bim(eps=float(a.eps), step_size=float(a.step_size), num_steps=int(a.steps))
+    """The basic iterative adversary of the arguments."""
+    return self.args.attack
 
   def path(self, suffix: str = "") -> str | None:
     """`<out_dir>/<entry><suffix>.png` on process 0, else None (nothing is written)."""
@@ -298,32 +298,29 @@ class UniversalEpochs(EpochEvaluator):
 
   @dataclasses.dataclass(frozen=True)
   class Args(EpochArgs):
-    """Attributes (`eps`, `step_size` are the universal adversary's here; `steps` is unused):
+    """Attributes (besides `EpochArgs'`, whose `attack` is unused here):
       max_examples: held-out inputs the accuracy is measured on.
+      universal: the adversary (`UniversalConfig`); default appendix D's,
+        eps 10, alpha 2.5, the signs of K = 10 mini-batch gradients averaged,
+        200 updates.
       universal_batch: m, training examples per mini-batch.
-      grad_batches: K, mini-batches whose gradient signs are averaged per update.
-      iterations: updates.
       amplify: display factor of the PNG (the paper's 10); 0 scales each
         perturbation to the full grey range.
     """
-    eps: float = 10.0
-    step_size: float = 2.5
+    universal: universal_lib.UniversalConfig = universal_lib.appendix_d_config()
     universal_batch: int = 128
-    grad_batches: int = 10
-    iterations: int = 200
     amplify: float = 0.0
 
-  def universal_config(self) -> universal_lib.UniversalConfig:
-    a = self.args
-    return universal_lib.appendix_d_config(eps=float(a.eps), step_size=float(a.step_size),
-                                           grad_batches=int(a.grad_batches), num_iterations=int(a.iterations))
+    RENAMED: ClassVar[dict[str, str]] = {"eps": "universal.eps", "step_size": "universal.step_size",
+                                         "grad_batches": "universal.grad_batches",
+                                         "iterations": "universal.num_steps", "steps": "attack.num_steps"}
 
   def run(self, variables) -> Iterator[tuple[str, Any]]:
     del variables
     a = self.args
     chosen, steps, epoch_vars, fns = self.epochs()
     x, y = self.held_out(a.max_examples)
-    cfg = self.universal_config()
+    cfg = a.universal
     stream = self.ctx.train_stream(a.universal_batch, self.name)
     # The builder with traced variables: one compilation serves every epoch.
     deltas = np.stack([np.asarray(universal_lib.universal_perturbation(
@@ -351,16 +348,18 @@ class Destruction(EpochEvaluator):
   class Args(EpochArgs):
     """Attributes (besides `EpochArgs'`, whose BI settings 'bi' uses):
       adversaries: some of 'bi', 'fgsm', 'deepfool'.
-      fgsm_eps: FGSM's eps, 0-255 units; 0 = `eps`.
-      deepfool_iterations: DeepFool's maximum iterations (L2, overshoot 0.02).
+      fgsm_eps: FGSM's eps, 0-255 units; 0 = `attack.eps`.
+      deepfool: DeepFool (`DeepFoolConfig`: L2, at most 50 steps, overshoot 0.02).
       grids: {transform: strengths}; default `analysis.destruction.DEFAULT_GRIDS`.
       contrast_center: 'zero' (c x, Kurakin et al.) or 'mean'.
     """
     adversaries: tuple = epochs_lib.ADVERSARIES
     fgsm_eps: float = 0.0
-    deepfool_iterations: int = 50
+    deepfool: deepfool_lib.DeepFoolConfig = deepfool_lib.DeepFoolConfig()
     grids: dict = dataclasses.field(default_factory=lambda: dict(destruction.DEFAULT_GRIDS))
     contrast_center: str = "zero"
+
+    RENAMED: ClassVar[dict[str, str]] = {**EpochArgs.RENAMED, "deepfool_iterations": "deepfool.num_steps"}
 
     def __post_init__(self):
       super().__post_init__()
@@ -378,8 +377,8 @@ class Destruction(EpochEvaluator):
     if name == "bi":
       return self.bi()
     if name == "fgsm":
-      return pgd_lib.fgsm(eps=float(a.fgsm_eps or a.eps))
-    return deepfool_lib.DeepFoolConfig(max_iter=int(a.deepfool_iterations))
+      return pgd_lib.fgsm(eps=float(a.fgsm_eps or a.attack.eps))
+    return a.deepfool
 
   def run(self, variables) -> Iterator[tuple[str, Any]]:
     del variables
@@ -426,12 +425,12 @@ class Detection(EpochEvaluator):
       train_batch: pairs per detector step.
       learning_rate: Adam's rate.
       universal_target: 'adversarial' (figure 7: maximise p_det(adversarial))
-        or 'clean' (maximise p_det(clean)).
-      universal_eps: radius of that perturbation, 0-255 units (paper: 10).
-      universal_step: its alpha (2.5).
+        or 'clean' (maximise p_det(clean)); it sets the targeted universal
+        adversary's target class.
+      universal: that adversary (`UniversalConfig`, its `targeted` and
+        `target_class` set by `universal_target`); default appendix D's, eps
+        10, alpha 2.5, K = 10 mini-batches, 200 updates.
       universal_batch: m (128).
-      grad_batches: K (10).
-      iterations: updates (200).
     """
     num_train: int = 1024
     detector_features: tuple = (96, 192, 192)
@@ -440,11 +439,12 @@ class Detection(EpochEvaluator):
     train_batch: int = 64
     learning_rate: float = 1e-3
     universal_target: str = "adversarial"
-    universal_eps: float = 10.0
-    universal_step: float = 2.5
+    universal: universal_lib.UniversalConfig = universal_lib.appendix_d_config()
     universal_batch: int = 128
-    grad_batches: int = 10
-    iterations: int = 200
+
+    RENAMED: ClassVar[dict[str, str]] = {**EpochArgs.RENAMED, "universal_eps": "universal.eps",
+                                         "universal_step": "universal.step_size",
+                                         "grad_batches": "universal.grad_batches", "iterations": "universal.num_steps"}
 
     def __post_init__(self):
       super().__post_init__()
@@ -463,9 +463,7 @@ class Detection(EpochEvaluator):
     model = detection.Detector(features=tuple(int(f) for f in a.detector_features),
                                pools=tuple(bool(p) for p in a.detector_pools))
     builder = functools.partial(_detector_logits, model)
-    cfg = universal_lib.appendix_d_config(
-        eps=float(a.universal_eps), step_size=float(a.universal_step), grad_batches=int(a.grad_batches),
-        num_iterations=int(a.iterations), targeted=True, target_class=DETECTOR_TARGETS[a.universal_target])
+    cfg = dataclasses.replace(a.universal, targeted=True, target_class=DETECTOR_TARGETS[a.universal_target])
     stream = self.ctx.train_stream(a.universal_batch, f"{self.name}/universal")
     adv_tests, detectors, train_accuracy, deltas, probabilities = [], [], [], [], []
     for k, fn in enumerate(fns):

@@ -21,8 +21,9 @@ b = 10, K = 200, gamma = 0.975, beta = 4). The radius is a traced argument, so
 the b probes share one compilation. The result is an upper bound on the true
 eps_adv.
 
-Evaluators (`config.evals` types): 'clean', 'pgd' (metrics under L-inf PGD-k
-at each eps) and 'eps_adv'.
+Evaluators (`config.evals` types): 'clean', 'pgd' (metrics under PGD-k at
+each eps) and 'eps_adv'; each takes its attack as a nested `attack` block
+(`pgd.AttackConfig`'s fields, `--config.evals.pgd.attack.num_steps=100`).
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 from collections.abc import Callable, Iterable, Iterator
-from typing import Any
+from typing import Any, ClassVar
 
 import jax
 import jax.numpy as jnp
@@ -236,8 +237,14 @@ class Clean(base.Evaluator):
                                   variables=variables).items()
 
 
+def at_radius(cfg: pgd_lib.AttackConfig, eps: float) -> pgd_lib.AttackConfig:
+  """`cfg` at radius `eps` (0-255 units); a step size of 0 becomes 2.5 eps / num_steps (Madry et al.)."""
+  step_size = cfg.step_size or 2.5 * eps / max(cfg.num_steps, 1)
+  return dataclasses.replace(cfg, eps=float(eps), step_size=float(step_size))
+
+
 class PGD(base.Evaluator):
-  """'pgd': metrics under L-inf PGD-k with a random start at each eps (Madry et al.).
+  """'pgd': metrics under PGD-k at each eps (Madry et al.; L-inf with a random start by default).
 
   Yields one entry per radius, 'eps<value>' -> the task's metrics under the
   attack (top-1 accuracy whatever the target for targeted attacks).
@@ -247,36 +254,30 @@ class PGD(base.Evaluator):
   class Args:
     """Attributes:
       eps: radii in 0-255 units.
-      steps: k, PGD iterations.
-      step_size: 0-255 units; 0 means 2.5 * eps / steps (Madry et al.).
-      restarts: random restarts, the strongest kept per example.
-      targeted: toward a random wrong class (a relabelled map for segmentation).
+      attack: the attack (`pgd.AttackConfig`), its eps set per radius and a
+        step_size of 0 meaning 2.5 * eps / num_steps; default PGD-40 with a
+        random start, restarts chosen by misclassification.
       max_examples: attack only the first this many held-out examples; 0 = all.
     """
     eps: tuple = ()
-    steps: int = 40
-    step_size: float = 0.0
-    restarts: int = 1
-    targeted: bool = False
+    attack: pgd_lib.AttackConfig = pgd_lib.AttackConfig(num_steps=40, step_size=0.0, init="uniform",
+                                                        restart_select="misclassified")
     max_examples: int = 0
+
+    RENAMED: ClassVar[dict[str, str]] = {"steps": "attack.num_steps", "step_size": "attack.step_size",
+                                         "restarts": "attack.restarts", "targeted": "attack.targeted"}
 
     def __post_init__(self):
       if not all(isinstance(e, (int, float)) and 0 < e <= 255 for e in self.eps):
         raise ConfigError(f"pgd evaluator: eps values {self.eps!r} must be numbers in (0, 255]")
-
-  def attack_config(self, eps: float) -> pgd_lib.AttackConfig:
-    """The evaluation PGD-k attack at radius `eps` (0-255 units)."""
-    a = self.args
-    step_size = a.step_size or 2.5 * eps / a.steps
-    return pgd_lib.AttackConfig(norm="linf", eps=float(eps), step_size=float(step_size), num_steps=a.steps,
-                                init="uniform", restarts=a.restarts, targeted=a.targeted,
-                                restart_select="misclassified")
+      if self.max_examples < 0:
+        raise ConfigError(f"pgd evaluator: max_examples={self.max_examples!r} must be >= 0 (0 = all)")
 
   def run(self, variables) -> Iterator[tuple[str, Any]]:
     rng = self.ctx.key(self.name)
     for eps in self.args.eps:
       batches = base.first_examples(self.ctx.held_out(), self.args.max_examples)
-      metrics = attacked_metrics(self.ctx.model_fn, batches, self.attack_config(eps), rng,
+      metrics = attacked_metrics(self.ctx.model_fn, batches, at_radius(self.args.attack, eps), rng,
                                  task=self.ctx.task, variables=variables)
       yield f"eps{eps:g}", metrics["adversarial"]
 
@@ -295,35 +296,39 @@ class EpsAdv(base.Evaluator):
     """Attributes:
       rate: delta, the misclassification rate to reach.
       search_steps: b, bisection probes on [0, 255].
-      attack_steps: K, PGD steps of each probe (annealed step size).
-      beta: total step length of the annealed schedule in multiples of eps.
-      gamma: decay of the annealed schedule.
+      attack: the attack of each probe (its eps set by the search); default
+        the paper's K = 200 sign steps with the annealed step sizes
+        (beta = 4, gamma = 0.975) from a zero start (`eps_adv_config`).
       max_examples: search on the first this many held-out examples; 0 = all.
       ignore_class: label maps only: a class whose pixels neither the attack
         nor the rate counts (e.g. the canvases' background, 0); -1 none.
+      per_example: one batched bisection per example (see the class docstring).
+      curve_rates: with per_example, the deltas of the eps_adv curve.
+      curve_eps: with per_example, the radii of the accuracy curve.
     """
     rate: float = 0.5
     search_steps: int = 10
-    attack_steps: int = 200
-    beta: float = 4.0
-    gamma: float = 0.975
+    attack: pgd_lib.AttackConfig = eps_adv_config()
     max_examples: int = 0
     ignore_class: int = -1
     per_example: bool = False
     curve_rates: tuple = (0.1, 0.25, 0.5, 0.75, 0.9)
     curve_eps: tuple = (4.0, 8.0, 16.0, 32.0, 64.0, 128.0)
 
+    RENAMED: ClassVar[dict[str, str]] = {"attack_steps": "attack.num_steps", "beta": "attack.beta",
+                                         "gamma": "attack.gamma"}
+
     def __post_init__(self):
       if not 0 < self.rate <= 1:
         raise ConfigError(f"eps_adv evaluator: rate={self.rate!r} must be in (0, 1]")
-      if self.search_steps < 1 or self.attack_steps < 1:
-        raise ConfigError("eps_adv evaluator: search_steps and attack_steps must be >= 1")
+      if self.search_steps < 1 or self.attack.num_steps < 1:
+        raise ConfigError("eps_adv evaluator: search_steps and attack.num_steps must be >= 1")
       if self.max_examples < 0:
         raise ConfigError(f"eps_adv evaluator: max_examples={self.max_examples!r} must be >= 0")
 
   def run(self, variables) -> Iterator[tuple[str, Any]]:
     a = self.args
-    cfg = eps_adv_config(a.attack_steps, a.beta, a.gamma)
+    cfg = a.attack
     batches = [{**b, "label": labels_lib.ignore_class(b["label"], a.ignore_class)}
                for b in base.first_examples(self.ctx.held_out(), a.max_examples)]
     yield "target_rate", a.rate

@@ -38,7 +38,7 @@ import dataclasses
 import functools
 import os
 from collections.abc import Iterator
-from typing import Any
+from typing import Any, ClassVar
 
 import jax
 import jax.numpy as jnp
@@ -49,7 +49,7 @@ from advjax import tasks as tasks_lib
 from advjax import viz
 from advjax.attacks import core, dag as dag_lib, pgd as pgd_lib
 from advjax.errors import ConfigError
-from advjax.evaluation import base
+from advjax.evaluation import base, robustness
 
 
 class _SegmentationEvaluator(base.Evaluator):
@@ -62,13 +62,6 @@ class _SegmentationEvaluator(base.Evaluator):
     if not isinstance(ctx.task, tasks_lib.Segmentation):
       raise ConfigError(f"config.evals.{name}: the '{self.kind}' evaluator needs a segmentation task "
                         f"(label maps [batch, height, width]), but the data's task is {ctx.task.name}")
-
-
-def _dag_config(label: str, gamma: float, max_iter: int, background_class: int) -> dag_lib.DAGConfig:
-  try:
-    return dag_lib.DAGConfig(gamma=gamma, max_iter=max_iter, background_class=background_class)
-  except ConfigError as e:
-    raise ConfigError(f"{label}: {e}") from None
 
 
 @functools.partial(compilation.jit, static_argnames=("model_fn", "cfg", "task", "perm_draws"))
@@ -107,20 +100,20 @@ class DAG(_SegmentationEvaluator):
   @dataclasses.dataclass(frozen=True)
   class Args:
     """Attributes:
-      gamma: DAG step length in 0-255 units (thesis: 0.5).
-      max_iter: M0, the most iterations per image (thesis: 200 for segmentation).
-      background_class: label whose pixels are not attacked; -1 for none.
+      dag: the attack (`dag.DAGConfig`: gamma, the step length in 0-255 units,
+        thesis 0.5; num_steps, M0, thesis 200 for segmentation;
+        background_class, the label whose pixels are not attacked, -1 none).
       max_examples: attack only the first this many held-out examples; 0 = all.
       perm_draws: random permutations of r averaged for PERM (thesis: 3).
     """
-    gamma: float = 0.5
-    max_iter: int = 200
-    background_class: int = 0
+    dag: dag_lib.DAGConfig = dag_lib.DAGConfig()
     max_examples: int = 0
     perm_draws: int = 3
 
+    RENAMED: ClassVar[dict[str, str]] = {"gamma": "dag.gamma", "max_iter": "dag.num_steps",
+                                         "background_class": "dag.background_class"}
+
     def __post_init__(self):
-      _dag_config("dag evaluator", self.gamma, self.max_iter, self.background_class)
       if self.max_examples < 0:
         raise ConfigError(f"dag evaluator: max_examples={self.max_examples!r} must be >= 0 (0 = all)")
       if self.perm_draws < 1:
@@ -128,7 +121,7 @@ class DAG(_SegmentationEvaluator):
 
   def run(self, variables) -> Iterator[tuple[str, Any]]:
     a = self.args
-    cfg = _dag_config(f"config.evals.{self.name}", a.gamma, a.max_iter, a.background_class)
+    cfg = a.dag
     task, rng = self.ctx.task, self.ctx.key(self.name)
     limit = float(a.max_examples) if a.max_examples > 0 else np.inf
     orig = adv = stats = None
@@ -200,46 +193,37 @@ class SegFigure(_SegmentationEvaluator):
   class Args:
     """Attributes:
       num_images: rows of the figure, the first held-out examples.
-      attack: 'pgd' (L-inf PGD, random start) or 'dag'.
-      eps: PGD radius in 0-255 units; also the perturbation's display range.
-      steps: PGD iterations.
-      step_size: PGD step in 0-255 units; 0 means 2.5 * eps / steps.
-      gamma: DAG step length in 0-255 units.
-      max_iter: DAG's M0.
-      background_class: DAG's unattacked label, -1 for none.
+      adversary: 'pgd' (the `attack` block) or 'dag' (the `dag` block).
+      attack: PGD (`pgd.AttackConfig`), a step_size of 0 meaning 2.5 * eps /
+        num_steps; its eps is also the perturbation's display range.
+        Default L-inf PGD-10 at eps 8 with a random start.
+      dag: DAG (`dag.DAGConfig`).
       panel_px: side of one panel of the figure in pixels.
     """
     num_images: int = 4
-    attack: str = "pgd"
-    eps: float = 8.0
-    steps: int = 10
-    step_size: float = 0.0
-    gamma: float = 0.5
-    max_iter: int = 200
-    background_class: int = 0
+    adversary: str = "pgd"
+    attack: pgd_lib.AttackConfig = pgd_lib.AttackConfig(eps=8.0, num_steps=10, step_size=0.0, init="uniform")
+    dag: dag_lib.DAGConfig = dag_lib.DAGConfig()
     panel_px: int = 128
+
+    RENAMED: ClassVar[dict[str, str]] = {"eps": "attack.eps", "steps": "attack.num_steps",
+                                         "step_size": "attack.step_size", "gamma": "dag.gamma",
+                                         "max_iter": "dag.num_steps", "background_class": "dag.background_class"}
 
     def __post_init__(self):
       if self.num_images < 1:
         raise ConfigError(f"seg_figure evaluator: num_images={self.num_images!r} must be >= 1")
-      if self.attack not in ("pgd", "dag"):
-        raise ConfigError(f"seg_figure evaluator: attack={self.attack!r} must be 'pgd' or 'dag'")
-      if not 0 < self.eps <= 255:
-        raise ConfigError(f"seg_figure evaluator: eps={self.eps!r} must be in (0, 255]")
-      if self.steps < 1 or self.step_size < 0:
-        raise ConfigError("seg_figure evaluator: steps must be >= 1 and step_size >= 0")
+      if self.adversary not in ("pgd", "dag"):
+        raise ConfigError(f"seg_figure evaluator: adversary={self.adversary!r} must be 'pgd' or 'dag'")
+      if not 0 < self.attack.eps <= 255 or self.attack.num_steps < 1:
+        raise ConfigError("seg_figure evaluator: attack.eps must be in (0, 255] and attack.num_steps >= 1")
       if self.panel_px < 8:
         raise ConfigError(f"seg_figure evaluator: panel_px={self.panel_px!r} must be >= 8")
-      _dag_config("seg_figure evaluator", self.gamma, self.max_iter, self.background_class)
 
   def attack_config(self) -> pgd_lib.AttackConfig | dag_lib.DAGConfig:
-    """The attack of the figure: L-inf PGD at eps with a random start, or DAG."""
+    """The attack of the figure: PGD at its eps, or DAG."""
     a = self.args
-    if a.attack == "dag":
-      return _dag_config(f"config.evals.{self.name}", a.gamma, a.max_iter, a.background_class)
-    step_size = a.step_size or 2.5 * a.eps / a.steps
-    return pgd_lib.AttackConfig(norm="linf", eps=float(a.eps), step_size=float(step_size), num_steps=a.steps,
-                                init="uniform")
+    return a.dag if a.adversary == "dag" else robustness.at_radius(a.attack, a.attack.eps)
 
   def run(self, variables) -> Iterator[tuple[str, Any]]:
     a = self.args
@@ -253,10 +237,10 @@ class SegFigure(_SegmentationEvaluator):
     arrays = _figure_arrays(self.ctx.model_fn, variables, jnp.asarray(x), jnp.asarray(y),
                             self.ctx.key(self.name), cfg, self.ctx.task)
     clean, adv, delta = jax.device_get(arrays)
-    if a.attack == "dag":
-      title, eps = f"DAG, gamma {a.gamma:g}", None
+    if a.adversary == "dag":
+      title, eps = f"DAG, gamma {a.dag.gamma:g}", None
     else:
-      title, eps = f"PGD-{a.steps}, eps {a.eps:g}", a.eps / 255.0
+      title, eps = f"PGD-{a.attack.num_steps}, eps {a.attack.eps:g}", a.attack.eps / 255.0
     path = viz.save_segmentation_figure(os.path.join(self.ctx.out_dir, f"{self.name}.png"), x, y, clean, adv,
                                         delta, eps=eps, adv_title=title, panel_px=a.panel_px)
     yield "path", path

@@ -65,7 +65,7 @@ import hashlib
 import math
 import os
 from collections.abc import Iterator
-from typing import Any
+from typing import Any, ClassVar
 
 import jax
 import jax.numpy as jnp
@@ -197,11 +197,9 @@ class Synthesis(segmentation._SegmentationEvaluator):  # pylint: disable=protect
       num_images: the first this many held-out examples.
       mask_frac: side of the square mask as a fraction of min(H, W), in (0, 1].
       constraints: inpainting runs: any of 'soft' (eq. 6), 'hard' (mask only), at least one.
-      steps: PGD steps of inpainting and generation.
-      step_size: step in 0-255 units (L2 length for 'l2', per pixel for 'linf').
-      step_rule: 'l2' or 'linf'.
-      penalty: lambda of eq. 6 ('soft'; see `SynthesisConfig` for the default).
-      fill: the start's per-channel mean over the 'image' or the 'visible' pixels.
+      synthesis: the PGD of inpainting and generation (`SynthesisConfig`:
+        num_steps, step_size in 0-255 units, step_rule 'l2' or 'sign',
+        penalty, fill); its constraint is set per run of `constraints`.
       classifier_run: a classification run directory whose model scores digit
         crops (digit canvases only); '' for none.
       png_images: columns of the PNG, the first this many images.
@@ -210,14 +208,14 @@ class Synthesis(segmentation._SegmentationEvaluator):  # pylint: disable=protect
     num_images: int = 8
     mask_frac: float = 0.25
     constraints: tuple = ("soft", "hard")
-    steps: int = 60
-    step_size: float = 32.0
-    step_rule: str = "l2"
-    penalty: float = 0.3
-    fill: str = "image"
+    synthesis: synthesis_lib.SynthesisConfig = synthesis_lib.SynthesisConfig()
     classifier_run: str = ""
     png_images: int = 8
     scale: int = 2
+
+    RENAMED: ClassVar[dict[str, str]] = {"steps": "synthesis.num_steps", "step_size": "synthesis.step_size",
+                                         "step_rule": "synthesis.step_rule", "penalty": "synthesis.penalty",
+                                         "fill": "synthesis.fill"}
 
     def __post_init__(self):
       def fail(field, why):
@@ -234,16 +232,10 @@ class Synthesis(segmentation._SegmentationEvaluator):  # pylint: disable=protect
         fail("scale", "must be >= 1")
       if self.png_images < 1:
         fail("png_images", "must be >= 1")
-      try:
-        self.configs()
-      except ConfigError as e:
-        raise ConfigError(f"synthesis evaluator: {e}") from None
 
     def configs(self) -> tuple[synthesis_lib.SynthesisConfig, ...]:
       """One `SynthesisConfig` per constraint, in the order of `constraints`."""
-      return tuple(synthesis_lib.SynthesisConfig(num_steps=self.steps, step_size=float(self.step_size),
-                                                 step_rule=self.step_rule, penalty=float(self.penalty),
-                                                 constraint=c, fill=self.fill) for c in self.constraints)
+      return tuple(dataclasses.replace(self.synthesis, constraint=c) for c in self.constraints)
 
   def mask_side(self, height: int, width: int) -> int:
     """s = max(1, round(mask_frac * min(H, W)))."""

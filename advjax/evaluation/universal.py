@@ -194,13 +194,6 @@ def save_perturbation(delta: np.ndarray, out_dir: str | None, name: str, eps: fl
                         scale=max(1, 128 // delta.shape[0]))
 
 
-def _universal_args(name: str, fields: dict) -> universal_lib.UniversalConfig:
-  try:
-    return universal_lib.UniversalConfig.from_config(fields)
-  except ConfigError as e:
-    raise ConfigError(f"config.evals.{name}.universal: {e}") from e
-
-
 class EpsUni(base.Evaluator):
   """'eps_uni': eps_uni(delta) of shared adversarial training by bisection; saves the perturbation."""
 
@@ -210,8 +203,8 @@ class EpsUni(base.Evaluator):
       rate: delta, the rate to reach (misclassification, or target hits).
       search_steps: b, bisection probes on [0, 255].
       batch_size: m_k, training examples per iteration of the universal adversary.
-      universal: fields of `advjax.attacks.universal.UniversalConfig` (its eps
-        is set by the search); default the paper's K = 200, beta = 4, gamma = 0.975.
+      universal: the adversary (`advjax.attacks.universal.UniversalConfig`; its
+        eps is set by the search); default the paper's K = 200, beta = 4, gamma = 0.975.
       max_examples: measure the rate on the first this many held-out examples; 0 = all.
       target_scene: label maps only, with `universal.targeted`: the target is
         a static scene, the label map of one training example (the first of
@@ -234,8 +227,7 @@ class EpsUni(base.Evaluator):
     rate: float = 0.75
     search_steps: int = 10
     batch_size: int = 16
-    universal: dict = dataclasses.field(default_factory=lambda: dataclasses.asdict(
-        universal_lib.shared_at_eval_config()))
+    universal: universal_lib.UniversalConfig = universal_lib.shared_at_eval_config()
     max_examples: int = 0
     target_scene: bool = False
     figure_images: int = 0
@@ -253,7 +245,7 @@ class EpsUni(base.Evaluator):
   @classmethod
   def parse_args(cls, name, entry):
     args = super().parse_args(name, entry)
-    cfg = _universal_args(name, args.universal)
+    cfg = args.universal
     if args.target_scene and not cfg.targeted:
       raise ConfigError(f"config.evals.{name}: target_scene needs a targeted attack (universal.targeted=True)")
     if args.hide_class >= 0 and (not cfg.targeted or args.target_scene):
@@ -285,7 +277,7 @@ class EpsUni(base.Evaluator):
 
   def run(self, variables) -> Iterator[tuple[str, Any]]:
     a = self.args
-    cfg = _universal_args(self.name, a.universal)
+    cfg = a.universal
     target = self.target_scene() if a.target_scene else None
     held_out = list(base.first_examples(self.ctx.held_out(), a.max_examples))
     attack_batches = self.ctx.train_stream(a.batch_size, self.name)
@@ -342,25 +334,19 @@ class Universal(base.Evaluator):
     """Attributes:
       eps: radii in 0-255 units.
       batch_size: training examples per iteration of the universal adversary.
-      universal: fields of `UniversalConfig` (eps set per radius); default algorithm 2's.
+      universal: the adversary (`UniversalConfig`, eps set per radius); default algorithm 2's.
       deepfool_examples: fit iterative DeepFool on this many training images too; 0 skips.
       deepfool_passes: at most this many passes over them (algorithm 1).
     """
     eps: tuple = ()
     batch_size: int = 16
-    universal: dict = dataclasses.field(default_factory=lambda: dataclasses.asdict(universal_lib.uat_config()))
+    universal: universal_lib.UniversalConfig = universal_lib.uat_config()
     deepfool_examples: int = 0
     deepfool_passes: int = 10
 
     def __post_init__(self):
       if not all(isinstance(e, (int, float)) and 0 < e <= 255 for e in self.eps):
         raise ConfigError(f"universal evaluator: eps values {self.eps!r} must be numbers in (0, 255]")
-
-  @classmethod
-  def parse_args(cls, name, entry):
-    args = super().parse_args(name, entry)
-    _universal_args(name, args.universal)
-    return args
 
   def _report(self, variables, delta, seconds) -> dict[str, Any]:
     result = evaluate_universal(self.ctx.model_fn, self.ctx.held_out(), delta, task=self.ctx.task,
@@ -371,7 +357,7 @@ class Universal(base.Evaluator):
     a = self.args
     rng = self.ctx.key(self.name)
     for eps in a.eps:
-      cfg = dataclasses.replace(_universal_args(self.name, a.universal), eps=float(eps))
+      cfg = dataclasses.replace(a.universal, eps=float(eps))
       start = time.perf_counter()
       delta = universal_lib.universal_perturbation(self.ctx.model_fn, self.ctx.train_stream(a.batch_size, self.name),
                                                    rng, cfg, self.ctx.image_shape, variables=variables)

@@ -57,6 +57,7 @@ from typing import Any
 
 import flax.linen as nn
 
+from advjax import typed_config
 from advjax.errors import ConfigError
 from advjax.models import (activations, aux_bn, blocks, convnet, denoising, efficientnet, fcn, layers, network, norms,
                            preact_resnet, resnet, vgg, wide_resnet)
@@ -152,11 +153,50 @@ for _name, _backbone, _classifier_name in (
   register_model(_name, _backbone, _classifier_name)
 
 
-def create_model(name: str, *, num_classes: int, activation: str = "relu",
-                 norm: str = "batchnorm", mean: Sequence[float] = (0.5,),
-                 std: Sequence[float] = (0.5,), dtype: str = "float32", head: str = "classifier",
-                 insert_block: str = "", insert_after: str = "stages", frozen_backbone: bool = False,
-                 **overrides) -> Network:
+@dataclasses.dataclass(frozen=True)
+class ModelConfig:
+  """`config.model`: the network, by registry names.
+
+  Attributes:
+    name: backbone, a key of `MODELS`.
+    head: a key of `HEADS`, optionally with arguments ('fcn8s_fc:256,256').
+    activation: a key of `activations.ACTIVATIONS`, optionally with arguments.
+    norm: 'batchnorm[:momentum]', 'groupnorm' or 'none' (`norms.NORMS`).
+    dtype: compute dtype, 'float32' or 'bfloat16'.
+    insert_block: a block inserted into the backbone by registry name
+      (`blocks.BLOCKS`, e.g. 'denoise:nonlocal_gaussian'), '' for none...
+    insert_after: ...after 'stages', 'blocks' or the comma-separated positions
+      of this field ('stage2,stage3').
+    backbone_checkpoint: run directory whose latest checkpoint initialises the
+      backbone (every variable outside the head), e.g. a robust classifier
+      under a segmentation head; '' for none. The model then normalises its
+      inputs with that run's dataset statistics (as pretrained backbones
+      keep theirs), so fine-tunings and evaluations of it keep this field.
+    freeze_backbone: with `backbone_checkpoint`, its weights stay fixed and it
+      normalises with its running statistics (the robust-backbone model).
+  """
+  name: str = "convnet"
+  head: str = "classifier"
+  activation: str = "relu"
+  norm: str = "batchnorm"
+  dtype: str = "float32"
+  insert_block: str = ""
+  insert_after: str = "stages"
+  backbone_checkpoint: str = ""
+  freeze_backbone: bool = False
+
+  def __post_init__(self):
+    if self.dtype not in layers.DTYPES:
+      raise ConfigError(f"dtype={self.dtype!r} must be one of {', '.join(layers.DTYPES)}")
+    if self.freeze_backbone and not self.backbone_checkpoint:
+      raise ConfigError("freeze_backbone freezes a pretrained backbone, so backbone_checkpoint must name a run")
+
+
+def create_model(name: str, *, num_classes: int, activation: str = ModelConfig.activation,
+                 norm: str = ModelConfig.norm, mean: Sequence[float] = (0.5,),
+                 std: Sequence[float] = (0.5,), dtype: str = ModelConfig.dtype, head: str = ModelConfig.head,
+                 insert_block: str = ModelConfig.insert_block, insert_after: str = ModelConfig.insert_after,
+                 frozen_backbone: bool = False, **overrides) -> Network:
   """Builds a registered model; every name is checked before anything runs.
 
   Args:
@@ -202,22 +242,25 @@ def create_model(name: str, *, num_classes: int, activation: str = "relu",
                  std=tuple(float(s) for s in std), frozen_backbone=frozen_backbone)
 
 
-def from_config(m: Mapping[str, Any], *, num_classes: int, mean: Sequence[float], std: Sequence[float]) -> Network:
-  """`create_model` from a config's `model` block (a ConfigDict, or a run's saved config.json dict).
+def from_config(m: Mapping[str, Any] | ModelConfig, *, num_classes: int, mean: Sequence[float],
+                std: Sequence[float]) -> Network:
+  """`create_model` from a config's `model` block (a ConfigDict, a run's saved config.json dict, a ModelConfig).
 
   Args:
-    m: the fields name, activation, norm, dtype, head, insert_block,
-      insert_after and freeze_backbone (missing ones take `create_model`'s defaults).
+    m: the block; fields it lacks (a run saved before they existed) take
+      `ModelConfig`'s defaults.
     num_classes: the dataset's classes.
     mean, std: the input normalisation (the dataset's, or a pretrained backbone's).
+
+  Raises:
+    ConfigError: a bad field or registry name.
   """
-  return create_model(m["name"], num_classes=num_classes, activation=m.get("activation", "relu"),
-                      norm=m.get("norm", "batchnorm"), mean=mean, std=std, dtype=m.get("dtype", "float32"),
-                      head=m.get("head", "classifier"), insert_block=m.get("insert_block", ""),
-                      insert_after=m.get("insert_after", "stages"),
-                      frozen_backbone=m.get("freeze_backbone", False))
+  cfg = typed_config.from_mapping(ModelConfig, m, "config.model")
+  return create_model(cfg.name, num_classes=num_classes, activation=cfg.activation, norm=cfg.norm, mean=mean,
+                      std=std, dtype=cfg.dtype, head=cfg.head, insert_block=cfg.insert_block,
+                      insert_after=cfg.insert_after, frozen_backbone=cfg.freeze_backbone)
 
 
-__all__ = ["Backbone", "ClassifierHead", "Features", "HEADS", "MODELS", "ModelSpec", "Network", "activations",
-           "aux_bn", "blocks", "create_model", "fcn", "from_config", "layers", "network", "norms", "register_head",
-           "register_model"]
+__all__ = ["Backbone", "ClassifierHead", "Features", "HEADS", "MODELS", "ModelConfig", "ModelSpec", "Network",
+           "activations", "aux_bn", "blocks", "create_model", "fcn", "from_config", "layers", "network", "norms",
+           "register_head", "register_model"]

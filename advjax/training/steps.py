@@ -24,7 +24,6 @@ from jax.sharding import Mesh
 
 from advjax.cpu import compilation
 from advjax import parallel
-from advjax.errors import ConfigError
 from advjax.training.train_state import TrainState
 
 TrainStep = Callable[[TrainState, dict], tuple[TrainState, dict]]
@@ -41,11 +40,11 @@ def all_finite(tree) -> jax.Array:
 def guard(train_step: TrainStep, mode: str = "stop") -> TrainStep:
   """`train_step` with the `finite` metric and, for mode 'skip', non-finite steps undone.
 
-  Raises:
-    ConfigError: unknown mode.
+  Args:
+    train_step: the objective's step.
+    mode: one of `NONFINITE_MODES` (`config.nonfinite`, checked with the
+      config): 'skip' undoes a non-finite step; 'stop' leaves it to the loop.
   """
-  if mode not in NONFINITE_MODES:
-    raise ConfigError(f"config.nonfinite: unknown mode {mode!r}; known: {', '.join(NONFINITE_MODES)}")
 
   def guarded(state: TrainState, batch: dict) -> tuple[TrainState, dict]:
     new_state, metrics = train_step(state, batch)

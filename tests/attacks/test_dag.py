@@ -22,7 +22,7 @@ from advjax.errors import ConfigError
 
 K = 4
 KEY = jax.random.key(3)
-CFG = dag_lib.DAGConfig(gamma=4.0, max_iter=40, background_class=0)
+CFG = dag_lib.DAGConfig(gamma=4.0, num_steps=40, background_class=0)
 # Measured max |x_adv(JAX) - x_adv(torch)| on the batch below: 3.0e-7 on the [0, 1] scale (float32),
 # with equal iteration counts 22, 37, 0, 40, 36, 40 (M0 = 40 hit twice).
 TORCH_ATOL = 1e-5
@@ -139,7 +139,7 @@ def _np_active_count(logits_fn, images, y, background=0):
 
 def test_matches_per_image_torch_reference(setup, result):
   logits_fn, params, x, y, targets = setup
-  x_ref, iters_ref = torch_dag(_torch_net(params), x, y, targets, CFG.gamma, CFG.max_iter, 0)
+  x_ref, iters_ref = torch_dag(_torch_net(params), x, y, targets, CFG.gamma, CFG.num_steps, 0)
   np.testing.assert_array_equal(np.asarray(result.iterations), iters_ref)
   diff = np.max(np.abs(np.asarray(result.x_adv) - x_ref))
   assert diff <= TORCH_ATOL, diff
@@ -148,20 +148,20 @@ def test_matches_per_image_torch_reference(setup, result):
   np.testing.assert_array_equal(np.asarray(result.x_adv)[2], x[2])
 
 
-def test_active_set_empties_or_max_iter_is_hit(setup, result):
+def test_active_set_empties_or_the_budget_is_spent(setup, result):
   logits_fn, _, x, y, _ = setup
   remaining = _np_active_count(logits_fn, np.asarray(result.x_adv), y)
   np.testing.assert_array_equal(np.asarray(result.remaining), remaining)
   iterations = np.asarray(result.iterations)
-  assert np.all((remaining == 0) | (iterations == CFG.max_iter))
+  assert np.all((remaining == 0) | (iterations == CFG.num_steps))
   assert np.all(_np_active_count(logits_fn, x, y)[[0, 1, 3, 4, 5]] > 0)
   # Converged images: every target pixel is now predicted differently from its label.
   assert np.sum(remaining == 0) >= 4
 
 
-def test_max_iter_truncates_and_stopped_images_do_not_change(setup, result):
+def test_the_budget_truncates_and_stopped_images_do_not_change(setup, result):
   logits_fn, params, x, y, targets = setup
-  one = dag_lib.dag(logits_fn, jnp.asarray(x), jnp.asarray(y), KEY, dataclasses.replace(CFG, max_iter=1),
+  one = dag_lib.dag(logits_fn, jnp.asarray(x), jnp.asarray(y), KEY, dataclasses.replace(CFG, num_steps=1),
                     jnp.asarray(targets))
   full_iters = np.asarray(result.iterations)
   np.testing.assert_array_equal(np.asarray(one.iterations), np.minimum(full_iters, 1))
@@ -253,13 +253,16 @@ def test_default_adversarial_labels(frozen):
 
 def test_config_errors(setup):
   logits_fn, _, x, y, _ = setup
-  for bad in (dict(gamma=0.0), dict(gamma=float("inf")), dict(max_iter=-1), dict(max_iter=2.5),
+  for bad in (dict(gamma=0.0), dict(gamma=float("inf")), dict(num_steps=-1), dict(num_steps=2.5),
               dict(background_class=-2)):
     with pytest.raises(ConfigError, match=next(iter(bad))):
       dag_lib.DAGConfig(**bad)
   with pytest.raises(ConfigError, match="unknown"):
     dag_lib.DAGConfig.from_config({"eps": 8.0})
-  assert dag_lib.DAGConfig.from_config({"gamma": 1, "max_iter": 5}) == dag_lib.DAGConfig(1.0, 5, 0)
+  assert dag_lib.DAGConfig.from_config({"gamma": 1, "num_steps": 5}) == dag_lib.DAGConfig(1.0, 5, 0)
+  # The old name is refused with the new one.
+  with pytest.raises(ConfigError, match="'max_iter' is now 'num_steps'"):
+    dag_lib.DAGConfig.from_config({"max_iter": 5})
   with pytest.raises(ConfigError, match="background_class"):
     dag_lib.dag(logits_fn, jnp.asarray(x), jnp.asarray(y), KEY, dag_lib.DAGConfig(background_class=K))
   with pytest.raises(ConfigError, match="2 classes"):

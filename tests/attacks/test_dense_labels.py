@@ -151,7 +151,7 @@ def test_universal_perturbation_toward_a_target_map(fcn):
   target[target < 0] = 0
   target = np.where(np.arange(8)[None, :] < 4, 2, target)  # A scene: the left half 'strong ink'.
   batches = [{"image": x[i:i + 8], "label": y[i:i + 8], "mask": jnp.ones(8)} for i in range(0, 32, 8)]
-  cfg = universal.UniversalConfig(eps=128.0, step_size=16.0, num_iterations=16, targeted=True, loss="cross_entropy")
+  cfg = universal.UniversalConfig(eps=128.0, step_size=16.0, num_steps=16, targeted=True, loss="cross_entropy")
   delta = universal.universal_perturbation(logits_fn, batches, KEY, cfg, (8, 8, 1), target=jnp.asarray(target))
   assert float(jnp.max(jnp.abs(delta))) <= 128 / 255 + 1e-6
   report = universal_eval.evaluate_universal(logits_fn, batches, delta, target=target)
@@ -171,7 +171,7 @@ def test_targeted_universal_on_constant_maps_equals_the_classification_adversary
     return jnp.broadcast_to(logits_fn(images)[:, None, None, :], images.shape[:3] + (10,))
 
   maps = jnp.broadcast_to(y[:, None, None], (32, 8, 8))
-  cfg = universal.UniversalConfig(eps=32.0, step_size=4.0, num_iterations=5, targeted=True, target_class=3,
+  cfg = universal.UniversalConfig(eps=32.0, step_size=4.0, num_steps=5, targeted=True, target_class=3,
                                   loss="cross_entropy")
   flat = universal.universal_perturbation(logits_fn, [{"image": x, "label": y}], KEY, cfg, (8, 8, 1))
   dense = universal.universal_perturbation(dense_fn, [{"image": x, "label": maps}], KEY, cfg, (8, 8, 1))
@@ -209,7 +209,7 @@ def test_eps_uni_toward_a_static_target_scene(fcn, tmp_path):
   """The evaluator's target is the first map of its named training stream, its rate measured on max_examples."""
   logits_fn, x, y = fcn
   ctx = _segmentation_context(fcn, str(tmp_path))
-  cfg = dataclasses.replace(universal.shared_at_eval_config(num_iterations=12, loss="cross_entropy"),
+  cfg = dataclasses.replace(universal.shared_at_eval_config(num_steps=12, loss="cross_entropy"),
                             targeted=True, target_class=-1)
   entry = dict(type="eps_uni", rate=0.7, search_steps=5, batch_size=4, max_examples=12,
                universal=dataclasses.asdict(cfg), target_scene=True, figure_images=3, ignore_class=0)
@@ -239,7 +239,7 @@ def test_per_example_targets_equal_to_one_scene_give_that_scenes_perturbation(fc
   """Targets carried by the batches (the dynamic target's path) are the same computation as one
   static map passed as `target`, when every example's target is that map."""
   logits_fn, x, y = fcn
-  cfg = universal.UniversalConfig(eps=32.0, step_size=4.0, num_iterations=4, targeted=True, target_class=-1,
+  cfg = universal.UniversalConfig(eps=32.0, step_size=4.0, num_steps=4, targeted=True, target_class=-1,
                                   loss="cross_entropy")
   scene = y[0]
   batches = [{"image": x[:16], "label": y[:16]}]
@@ -257,7 +257,7 @@ def test_eps_uni_toward_dynamic_targets_hiding_a_class(fcn, tmp_path):
   from advjax.tasks import labels
   logits_fn, x, y = fcn
   ctx = _segmentation_context(fcn, str(tmp_path))
-  cfg = dataclasses.replace(universal.shared_at_eval_config(num_iterations=12, loss="cross_entropy"),
+  cfg = dataclasses.replace(universal.shared_at_eval_config(num_steps=12, loss="cross_entropy"),
                             targeted=True, target_class=-1)
   entry = dict(type="eps_uni", rate=0.6, search_steps=5, batch_size=4, universal=dataclasses.asdict(cfg),
                hide_class=0, figure_images=2)
@@ -290,7 +290,7 @@ def test_eps_uni_target_scene_errors(fcn, batch, logits_fn):
 def test_eps_adv_on_the_first_examples(fcn):
   logits_fn, _, _ = fcn
   ctx = _segmentation_context(fcn, None)
-  entry = dict(type="eps_adv", rate=0.5, search_steps=4, attack_steps=5, max_examples=10)
+  entry = dict(type="eps_adv", rate=0.5, search_steps=4, attack=dict(num_steps=5), max_examples=10)
   result = evaluation.run({"adv": entry}, ctx, {"unused": jnp.zeros(())})["adv"]
   first_10 = [ctx.held_out()[0], {**ctx.held_out()[1], "mask": jnp.asarray([1.0] * 2 + [0.0] * 6)}]
   expected = evaluation.eps_adv_search(logits_fn, first_10, ctx.key("adv"), evaluation.eps_adv_config(5, 4.0, 0.975),

@@ -45,8 +45,8 @@ def test_ensemble_fuses_weighted_logits(logits_fn, batch):
 
 def test_deepfool_stops_when_misclassified(logits_fn, batch):
   x, y = batch
-  few = deepfool_lib.deepfool(logits_fn, x, y, None, deepfool_lib.DeepFoolConfig(max_iter=2))
-  many = deepfool_lib.deepfool(logits_fn, x, y, None, deepfool_lib.DeepFoolConfig(max_iter=50))
+  few = deepfool_lib.deepfool(logits_fn, x, y, None, deepfool_lib.DeepFoolConfig(num_steps=2))
+  many = deepfool_lib.deepfool(logits_fn, x, y, None, deepfool_lib.DeepFoolConfig(num_steps=50))
   fooled_early = np.asarray(jnp.argmax(logits_fn(few), -1) != y)
   assert fooled_early.any()
   # Examples fooled after two iterations are frozen: fifty iterations leave them unchanged.

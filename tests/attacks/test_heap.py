@@ -49,7 +49,7 @@ S1_CONFIGS = [
     pgd_lib.mi_fgsm(8.0, step_size=2.0, num_steps=3, restarts=2, init="mixed",
                     restart_select="misclassified"),
     pgd_lib.pgd(16.0, num_steps=3, targeted=True, step_schedule="annealed",
-                step_rule="optax:adam", label_smoothing=0.1),
+                step_rule="adam", label_smoothing=0.1),
 ]
 
 
@@ -68,7 +68,7 @@ def test_sharedness_d_is_the_batch_universal_perturbation(loss, logits_fn, batch
   steps, eps, alpha = 6, 24.0, 4.0
   cfg = pgd_lib.bim(eps, step_size=alpha, num_steps=steps, loss=loss)
   x_adv = heap.heap_attack(logits_fn, x, y, KEY, cfg, x.shape[0])
-  ucfg = universal.UniversalConfig(eps=eps, num_iterations=steps, step_size=alpha, loss=loss)
+  ucfg = universal.UniversalConfig(eps=eps, num_steps=steps, step_size=alpha, loss=loss)
   xi = universal.universal_perturbation(
       logits_fn, [{"image": x, "label": y, "mask": jnp.ones(32)}], KEY, ucfg, x.shape[1:])
   np.testing.assert_allclose(np.asarray(x_adv), np.asarray(jnp.clip(x + xi, 0, 1)), atol=1e-6)
@@ -116,9 +116,9 @@ def test_targeted_heaps_share_a_target(logits_fn, batch):
   assert p_target(x_adv) > p_target(x) + 0.1
 
 
-def test_sharedness_must_divide_the_batch(logits_fn, batch):
+def test_heap_size_must_divide_the_batch(logits_fn, batch):
   x, y = batch
-  with pytest.raises(ConfigError, match="sharedness"):
+  with pytest.raises(ConfigError, match="heap_size"):
     heap.heap_attack(logits_fn, x, y, KEY, pgd_lib.pgd(8.0, num_steps=1), 5)
-  with pytest.raises(ConfigError, match="sharedness"):
+  with pytest.raises(ConfigError, match="heap_size"):
     heap.heap_attack(logits_fn, x, y, KEY, pgd_lib.pgd(8.0, num_steps=1), 0)

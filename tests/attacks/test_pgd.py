@@ -23,7 +23,7 @@ def _ce(logits_fn, x, y):
 FEASIBILITY = [
     pgd_lib.fgsm(8.0),
     pgd_lib.pgd(8.0, num_steps=3, init="mixed"),
-    pgd_lib.pgd(8.0, num_steps=3, step_rule="optax:adam", loss="margin"),
+    pgd_lib.pgd(8.0, num_steps=3, step_rule="adam", loss="margin"),
     pgd_lib.mi_fgsm(8.0, step_size=4.0, num_steps=3),
     pgd_lib.m_di2_fgsm(8.0, step_size=4.0, num_steps=3, diversity_prob=1.0),
     pgd_lib.pgd(200.0, step_size=60.0, num_steps=3, norm="l2"),
@@ -149,7 +149,7 @@ def test_memory_does_not_grow_with_steps(logits_fn, batch):
 def test_annealed_schedule_sums_to_beta_eps():
   cfg = pgd_lib.AttackConfig(step_schedule="annealed", num_steps=20, beta=4.0, gamma=0.9)
   sizes = pgd_lib.resolve_sizes(cfg, eps=jnp.float32(10.0))
-  alpha = pgd_lib.step_sizes(cfg, sizes)
+  alpha = cfg.step_sizes(sizes.eps)
   steps = np.array([float(alpha(k)) for k in range(20)])
   np.testing.assert_allclose(steps.sum(), 4.0 * 10.0 / 255, rtol=1e-5)
   np.testing.assert_allclose(steps[1:] / steps[:-1], 0.9, rtol=1e-5)
@@ -190,7 +190,7 @@ def test_from_config_and_validation():
   for bad, field in ((dict(norm="l3"), "norm"), (dict(num_steps=2.5), "num_steps"),
                      (dict(diversity_prob=1.5), "diversity_prob"), (dict(epss=3), "epss"),
                      (dict(loss="clipped_cross_entropy", targeted=True), "targeted"),
-                     (dict(step_rule="adam"), "step_rule"), (dict(restarts=0), "restarts"),
+                     (dict(step_rule="optax:adam"), "step_rule"), (dict(restarts=0), "restarts"),
                      (dict(eps=1e7), "eps"), (dict(eps=float("nan")), "eps"),
                      (dict(step_size=float("inf")), "step_size"), (dict(bn_mode="eval"), "bn_mode")):
     with pytest.raises(ConfigError, match=field):

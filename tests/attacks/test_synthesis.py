@@ -53,7 +53,7 @@ def _assert_in_the_box_that_binds(out, region):
 
 
 @pytest.mark.parametrize("constraint", ["hard", "soft", "generate"])
-@pytest.mark.parametrize("rule,step", [("linf", 255.0), ("l2", 2000.0)])
+@pytest.mark.parametrize("rule,step", [("sign", 255.0), ("l2", 2000.0)])
 def test_results_stay_in_the_box_where_steps_would_leave_it(constraint, rule, step):
   """Steps far longer than the box: every iterate is clipped back, so the box binds and must hold."""
   x, y, mask = _data()
@@ -66,13 +66,13 @@ def test_results_stay_in_the_box_where_steps_would_leave_it(constraint, rule, st
 
 
 def _cfg(**kw):
-  return synthesis.SynthesisConfig(**{**dict(num_steps=10, step_size=8.0, step_rule="linf", penalty=0.0), **kw})
+  return synthesis.SynthesisConfig(**{**dict(num_steps=10, step_size=8.0, step_rule="sign", penalty=0.0), **kw})
 
 
-@pytest.mark.parametrize("rule", ["linf", "l2"])
+@pytest.mark.parametrize("rule", ["sign", "l2"])
 def test_hard_constraint_changes_only_masked_pixels(rule):
   x, y, mask = _data()
-  cfg = _cfg(constraint="hard", step_rule=rule, step_size=8.0 if rule == "linf" else 64.0, penalty=5.0)
+  cfg = _cfg(constraint="hard", step_rule=rule, step_size=8.0 if rule == "sign" else 64.0, penalty=5.0)
   out = np.asarray(synthesis.inpaint(logits_fn, jnp.asarray(x), jnp.asarray(mask), jnp.asarray(y),
                                      jax.random.key(0), cfg))
   outside = mask == 0
@@ -109,16 +109,17 @@ def test_soft_penalty_holds_the_unmasked_pixels():
   assert np.abs(held - start)[mask > 0].max() > 3 * alpha
 
 
-@pytest.mark.parametrize("rule", ["linf", "l2"])
+@pytest.mark.parametrize("rule", ["sign", "l2"])
 def test_soft_without_penalty_is_targeted_pgd_without_a_ball(rule):
   x, y, mask = _data()
-  step = 8.0 if rule == "linf" else 48.0
+  step = 8.0 if rule == "sign" else 48.0
   cfg = _cfg(constraint="soft", penalty=0.0, step_rule=rule, step_size=step)
   out = synthesis.inpaint(logits_fn, jnp.asarray(x), jnp.asarray(mask), jnp.asarray(y), jax.random.key(0), cfg)
   start = synthesis.start_image(jnp.asarray(x), jnp.asarray(mask))
   # A ball that holds the whole box: radius 255 (L-inf) or far beyond the box's diameter (L2).
-  attack_cfg = pgd.AttackConfig(norm=rule, eps=255.0 if rule == "linf" else 1e4, step_size=step, num_steps=10,
-                                init="zero", step_rule="sign" if rule == "linf" else "l2", targeted=True)
+  norm = "linf" if rule == "sign" else "l2"
+  attack_cfg = pgd.AttackConfig(norm=norm, eps=255.0 if norm == "linf" else 1e4, step_size=step, num_steps=10,
+                                init="zero", step_rule=rule, targeted=True)
   ref = pgd.attack(logits_fn, start, jnp.asarray(y), jax.random.key(0), attack_cfg, targets=jnp.asarray(y),
                    task=tasks.Segmentation(K))
   np.testing.assert_allclose(np.asarray(out), np.asarray(ref), atol=1e-5)
@@ -137,7 +138,7 @@ def _torch_generate(x, y, steps, alpha, rule):
     ce = torch.nn.functional.cross_entropy(logits.permute(0, 3, 1, 2), target.clamp(min=0), reduction="none")
     loss = ((ce * valid).sum(dim=(1, 2)) / valid.sum(dim=(1, 2))).sum()
     (g,) = torch.autograd.grad(loss, z)
-    if rule == "linf":
+    if rule == "sign":
       d = g.sign()
     else:
       d = g / g.flatten(1).norm(dim=1).clamp(min=1e-12).view(-1, 1, 1, 1)
@@ -163,7 +164,7 @@ def test_generation_matches_pytorch_step_by_step_and_lowers_the_loss():
 
 def test_linf_generation_matches_pytorch():
   x, y, _ = _data()
-  ref = _torch_generate(x, y, 8, 6.0 / 255.0, "linf")[-1]
+  ref = _torch_generate(x, y, 8, 6.0 / 255.0, "sign")[-1]
   out = synthesis.generate(logits_fn, jnp.asarray(x), jnp.asarray(y), jax.random.key(0),
                            _cfg(num_steps=8, step_size=6.0))
   np.testing.assert_allclose(np.asarray(out), ref, atol=2e-5)
@@ -214,8 +215,9 @@ def test_square_masks_centre_on_foreground():
     synthesis.square_masks(jax.random.key(0), jnp.asarray(labels), 11)
 
 
-@pytest.mark.parametrize("field,value", [("step_rule", "sign"), ("constraint", "medium"), ("fill", "zero"),
-                                         ("num_steps", -1), ("step_size", -1.0), ("penalty", float("nan"))])
+@pytest.mark.parametrize("field,value", [("step_rule", "momentum"), ("step_rule", "linf"), ("constraint", "medium"),
+                                         ("fill", "zero"), ("num_steps", -1), ("step_size", -1.0),
+                                         ("penalty", float("nan"))])
 def test_config_errors_name_the_field(field, value):
   with pytest.raises(ConfigError, match=field):
     synthesis.SynthesisConfig(**{field: value})

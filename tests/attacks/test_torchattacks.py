@@ -96,7 +96,7 @@ def _deepfool_both(net, logits_fn, x, y):
   xt = torch.from_numpy(np.asarray(x).transpose(0, 3, 1, 2).copy())
   yt = torch.from_numpy(np.asarray(y).astype(np.int64))
   ours = deepfool_lib.deepfool(logits_fn, x, y, jax.random.key(0),
-                               deepfool_lib.DeepFoolConfig(max_iter=50, overshoot=0.02))
+                               deepfool_lib.DeepFoolConfig(num_steps=50, overshoot=0.02))
   theirs = jnp.asarray(_to_nhwc(torchattacks.DeepFool(net, steps=50, overshoot=0.02)(xt, yt)))
   success = lambda a: float(np.mean(np.asarray(jnp.argmax(logits_fn(a), -1) != y)))
   norm = lambda a: np.median(np.sqrt(np.sum(np.square(np.asarray(a - x)), axis=(1, 2, 3))))

@@ -33,11 +33,11 @@ def _mean_ce(logits_fn, x, y, xi):
 
 
 @pytest.mark.parametrize("cfg", [
-    universal.uat_config(eps=48.0, step_size=8.0, num_iterations=8),
-    universal.shared_at_eval_config(eps=48.0, num_iterations=8),
-    universal.uat_config(eps=48.0, step_rule="adam", step_size=8.0, num_iterations=8),
+    universal.uat_config(eps=48.0, step_size=8.0, num_steps=8),
+    universal.shared_at_eval_config(eps=48.0, num_steps=8),
+    universal.uat_config(eps=48.0, step_rule="adam", step_size=8.0, num_steps=8),
     universal.UniversalConfig(norm="l2", eps=400.0, step_rule="sgd_momentum", step_size=4000.0,
-                              num_iterations=8, loss="cross_entropy"),
+                              num_steps=8, loss="cross_entropy"),
 ], ids=lambda c: f"{c.norm}-{c.step_rule}-{c.step_schedule}")
 def test_stays_in_ball_and_weakens_the_model(cfg, logits_fn, batch):
   x, y = batch
@@ -60,7 +60,7 @@ def test_streams_a_generator_with_one_compile(logits_fn, batch):
     traces.append(x.shape)
     return logits_fn(x)
 
-  cfg = universal.uat_config(eps=32.0, step_size=4.0, num_iterations=6)
+  cfg = universal.uat_config(eps=32.0, step_size=4.0, num_steps=6)
 
   def generator():
     for b in _train_batches(6):
@@ -75,11 +75,11 @@ def test_streams_a_generator_with_one_compile(logits_fn, batch):
   with pytest.raises(DataError, match="ran out after 6"):
     universal.universal_perturbation(
         counting_logits_fn, iter(_train_batches(6)), KEY,
-        universal.uat_config(eps=32.0, step_size=4.0, num_iterations=7), SHAPE)
+        universal.uat_config(eps=32.0, step_size=4.0, num_steps=7), SHAPE)
 
 
 def test_appendix_d_averages_sign_gradients(logits_fn):
-  cfg = universal.appendix_d_config(eps=20.0, step_size=6.0, grad_batches=2, num_iterations=2)
+  cfg = universal.appendix_d_config(eps=20.0, step_size=6.0, grad_batches=2, num_steps=2)
   batches = _train_batches(4)
   xi = universal.universal_perturbation(logits_fn, batches, KEY, cfg, SHAPE)
 
@@ -105,7 +105,7 @@ def test_evaluation_respects_masks_and_targets(logits_fn, batch):
   x, y = batch
   xi = universal.universal_perturbation(
       logits_fn, _train_batches(), KEY, universal.uat_config(eps=48.0, step_size=8.0,
-                                                             num_iterations=6), SHAPE)
+                                                             num_steps=6), SHAPE)
   mask = jnp.where(jnp.arange(32) < 20, 1.0, 0.0)
   garbage = jnp.where(mask > 0, y, (y + 1) % 10)
   padded = evaluation.evaluate_universal(logits_fn, [{"image": x, "label": garbage, "mask": mask}], xi)
@@ -115,7 +115,7 @@ def test_evaluation_respects_masks_and_targets(logits_fn, batch):
                               != jnp.argmax(logits_fn(x[:20]), -1)))
   assert real["fooling_ratio"] == pytest.approx(fooled)
 
-  cfg = universal.UniversalConfig(eps=64.0, step_size=8.0, num_iterations=10, targeted=True,
+  cfg = universal.UniversalConfig(eps=64.0, step_size=8.0, num_steps=10, targeted=True,
                                   target_class=3, loss="cross_entropy")
   xi = universal.universal_perturbation(logits_fn, _train_batches(), KEY, cfg, SHAPE)
   hit = evaluation.evaluate_universal(logits_fn, _held_out(batch), xi, target=3)
@@ -124,7 +124,7 @@ def test_evaluation_respects_masks_and_targets(logits_fn, batch):
 
 
 def test_eps_uni_search_brackets_delta(logits_fn, batch):
-  cfg = universal.shared_at_eval_config(num_iterations=8)
+  cfg = universal.shared_at_eval_config(num_steps=8)
   result = evaluation.eps_uni_search(logits_fn, _train_batches(), _held_out(batch), KEY, cfg,
                                      target_rate=0.5, num_steps=6)
   xi = result.artifact
@@ -157,6 +157,6 @@ def test_config_validation():
 
 
 def test_a_targeted_attack_needs_a_target(logits_fn, batch):
-  cfg = universal.UniversalConfig(eps=8.0, num_iterations=1, targeted=True, loss="cross_entropy")
+  cfg = universal.UniversalConfig(eps=8.0, num_steps=1, targeted=True, loss="cross_entropy")
   with pytest.raises(ConfigError, match="target"):
     universal.universal_perturbation(logits_fn, _train_batches(1), KEY, cfg, SHAPE)

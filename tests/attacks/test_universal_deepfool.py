@@ -26,7 +26,7 @@ def linf_result(logits_fn, points):
   # DeepFool gets the iterations to converge from x + v (the reference's 10
   # leave some points unconverged, and their steps are dropped).
   cfg = UniversalDeepFoolConfig(eps=64.0, xi=0.0, max_passes=3, batch_size=32,
-                                deepfool=deepfool.DeepFoolConfig(max_iter=50))
+                                deepfool=deepfool.DeepFoolConfig(num_steps=50))
   return cfg, universal_deepfool(logits_fn, points, jax.random.PRNGKey(0), cfg)
 
 
@@ -100,7 +100,7 @@ def test_only_converged_deepfool_steps_are_added(logits_fn, points):
   """
   x = jnp.asarray(points[:32])
   clean = jnp.asarray(_clean(logits_fn, points[:32]))
-  budget = deepfool.DeepFoolConfig(max_iter=5)
+  budget = deepfool.DeepFoolConfig(num_steps=5)
   info = deepfool.deepfool_with_info(logits_fn, x, clean, jax.random.PRNGKey(0), budget)
   assert 0 < float(jnp.mean(info.fooled)) < 1  # Some points converge within 5 iterations, some do not.
   cfg = UniversalDeepFoolConfig(eps=255.0, xi=0.0, max_passes=1, batch_size=32, shuffle=False, deepfool=budget)
@@ -121,8 +121,8 @@ def test_only_converged_deepfool_steps_are_added(logits_fn, points):
 def test_deepfool_stops_when_every_example_is_fooled(logits_fn, points):
   x = jnp.asarray(points[:32])
   y = jnp.asarray(_clean(logits_fn, points[:32]))
-  long = deepfool.deepfool_with_info(logits_fn, x, y, jax.random.PRNGKey(0), deepfool.DeepFoolConfig(max_iter=500))
-  short = deepfool.deepfool_with_info(logits_fn, x, y, jax.random.PRNGKey(0), deepfool.DeepFoolConfig(max_iter=50))
+  long = deepfool.deepfool_with_info(logits_fn, x, y, jax.random.PRNGKey(0), deepfool.DeepFoolConfig(num_steps=500))
+  short = deepfool.deepfool_with_info(logits_fn, x, y, jax.random.PRNGKey(0), deepfool.DeepFoolConfig(num_steps=50))
   # Every example converges within a few iterations, and the result does not depend on the budget.
   assert bool(jnp.all(long.fooled)) and int(jnp.max(long.iterations)) < 50
   np.testing.assert_array_equal(np.asarray(long.x_adv), np.asarray(short.x_adv))
@@ -133,6 +133,6 @@ def test_deepfool_stops_when_every_example_is_fooled(logits_fn, points):
     jax.debug.callback(lambda: calls.append(1))
     return logits_fn(images)
 
-  deepfool.deepfool_with_info(counting, x, y, jax.random.PRNGKey(0), deepfool.DeepFoolConfig(max_iter=500))
+  deepfool.deepfool_with_info(counting, x, y, jax.random.PRNGKey(0), deepfool.DeepFoolConfig(num_steps=500))
   # One clean pass, one pass per iteration (+1 that finds nobody active), one final pass.
   assert len(calls) <= int(jnp.max(long.iterations)) + 3

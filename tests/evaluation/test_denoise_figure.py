@@ -39,7 +39,8 @@ def _ctx(model, out_dir, x, y):
 
 def test_figure_shows_the_block_and_measures_the_feature_noise(setup, tmp_path):
   model, variables, x, y = setup
-  args = denoising.DenoiseFigure.Args(num_images=3, block="stage2_denoise", eps=32.0, steps=3, step_size=16.0)
+  args = denoising.DenoiseFigure.Args(num_images=3, block="stage2_denoise",
+                                      attack=attacks.pgd.pgd(32.0, step_size=16.0, num_steps=3, targeted=True))
   ctx = _ctx(model, str(tmp_path), x, y)
   values = dict(denoising.DenoiseFigure("fig", args, ctx).run(variables))
   assert values["block"] == "stage2_denoise"
@@ -60,7 +61,7 @@ def test_figure_shows_the_block_and_measures_the_feature_noise(setup, tmp_path):
 
 def test_unknown_block_and_missing_model_are_config_errors(setup, tmp_path):
   model, variables, x, y = setup
-  args = denoising.DenoiseFigure.Args(num_images=2, block="stage9_denoise", steps=1)
+  args = denoising.DenoiseFigure.Args(num_images=2, block="stage9_denoise", attack=attacks.pgd.pgd(num_steps=1))
   with pytest.raises(ConfigError, match="stage9_denoise"):
     dict(denoising.DenoiseFigure("fig", args, _ctx(model, str(tmp_path), x, y)).run(variables))
   ctx = _ctx(model, str(tmp_path), x, y)

@@ -83,7 +83,7 @@ def _run(setup, tmp_path, **entries):
 
 def test_stability_and_transfer_match_numpy(setup, tmp_path):
   n = 40
-  common = dict(max_examples=n, batch_size=16, eps=EPS, step_size=STEP, steps=STEPS)
+  common = dict(max_examples=n, batch_size=16, attack=dict(eps=EPS, step_size=STEP, num_steps=STEPS))
   out = _run(setup, tmp_path, stab=eval_entry("stability", **common), tr=eval_entry("transfer", **common))
   sets, y = _bi_sets(setup, n), setup["y"][:n]
   # P[n, t1, t2] = softmax(logits of model t2 on the examples of epoch t1)[y].
@@ -114,8 +114,8 @@ def test_stability_and_transfer_match_numpy(setup, tmp_path):
 def test_sharedness_matches_numpy(setup, tmp_path):
   p_num, n_other = 12, 60
   out = _run(setup, tmp_path, sh=eval_entry("sharedness", max_examples=p_num, num_other=n_other, num_train=32,
-                                            batch_size=32, chunk_size=4, eps=EPS, step_size=STEP,
-                                            steps=STEPS))["sh"]
+                                            batch_size=32, chunk_size=4,
+                                            attack=dict(eps=EPS, step_size=STEP, num_steps=STEPS)))["sh"]
   x, y = setup["x"][:p_num + n_other], setup["y"][:p_num + n_other]
   xs, ys, xo, yo = x[:p_num], y[:p_num], x[p_num:], y[p_num:]
   sets = _bi_sets(setup, p_num)
@@ -137,8 +137,8 @@ def test_sharedness_matches_numpy(setup, tmp_path):
 
 
 def test_universal_epochs_accuracy_matches_numpy(setup, tmp_path):
-  out = _run(setup, tmp_path, uni=eval_entry("universal_epochs", max_examples=64, eps=40.0, step_size=10.0,
-                                             universal_batch=16, grad_batches=2, iterations=3))["uni"]
+  out = _run(setup, tmp_path, uni=eval_entry("universal_epochs", max_examples=64, universal_batch=16, universal=dict(
+      eps=40.0, step_size=10.0, grad_batches=2, num_steps=3)))["uni"]
   deltas = np.load(os.path.join(str(tmp_path), "uni.npy"))
   assert deltas.shape == (3, 8, 8, 1) and np.abs(deltas).max() <= 40.0 / 255 + 1e-6
   x, y = setup["x"][:64], setup["y"][:64]
@@ -153,8 +153,9 @@ def test_universal_epochs_accuracy_matches_numpy(setup, tmp_path):
 def test_destruction_matches_numpy(setup, tmp_path):
   n = 48
   grids = {"brightness": (-40.0, 40.0), "blur": (0.5, 1.0)}
-  out = _run(setup, tmp_path, d=eval_entry("destruction", epochs=(1, 2), max_examples=n, batch_size=16, eps=EPS, step_size=STEP,
-                                           steps=STEPS, adversaries=("bi", "fgsm"), grids=grids))["d"]
+  out = _run(setup, tmp_path, d=eval_entry("destruction", epochs=(1, 2), max_examples=n, batch_size=16,
+                                           attack=dict(eps=EPS, step_size=STEP, num_steps=STEPS),
+                                           adversaries=("bi", "fgsm"), grids=grids))["d"]
   x, y = setup["x"][:n], setup["y"][:n]
   cfgs = {"bi": pgd.bim(eps=EPS, step_size=STEP, num_steps=STEPS), "fgsm": pgd.fgsm(eps=EPS)}
   for name, cfg in cfgs.items():
@@ -172,9 +173,10 @@ def test_destruction_matches_numpy(setup, tmp_path):
 
 def test_detection_matrix_and_universal_probability(setup, tmp_path):
   out = _run(setup, tmp_path, det=eval_entry(
-      "detection", epochs=(0, 2), max_examples=32, num_train=32, batch_size=32, eps=EPS, step_size=STEP, steps=STEPS,
-      detector_features=(8, 8), detector_pools=(True, False), train_passes=2, train_batch=16,
-      universal_eps=40.0, universal_step=10.0, universal_batch=16, grad_batches=2, iterations=2))["det"]
+      "detection", epochs=(0, 2), max_examples=32, num_train=32, batch_size=32,
+      attack=dict(eps=EPS, step_size=STEP, num_steps=STEPS), detector_features=(8, 8), detector_pools=(True, False),
+      train_passes=2, train_batch=16, universal_batch=16,
+      universal=dict(eps=40.0, step_size=10.0, grad_batches=2, num_steps=2)))["det"]
   matrix = np.asarray(out["accuracy_matrix"])
   assert out["epochs"] == [0, 2] and out["steps"] == [0, 8]
   assert matrix.shape == (2, 2) and np.all((0 <= matrix) & (matrix <= 1))

@@ -19,7 +19,7 @@ from advjax.errors import ConfigError
 from tests.attacks import tiny_models
 
 K = 3
-ENTRY = dict(type="dag", gamma=8.0, max_iter=25, background_class=0, perm_draws=2)
+ENTRY = dict(type="dag", dag=dict(gamma=8.0, num_steps=25, background_class=0), perm_draws=2)
 
 
 MODEL = tiny_models.TinySeg(K)
@@ -78,7 +78,7 @@ def _np_metrics(preds, labels):
 def _expected(batches, variables, ctx, name, max_examples):
   """The evaluator's numbers, from direct DAG calls on each batch with its documented keys."""
   fn = model_fn(variables)
-  cfg = dag_lib.DAGConfig(ENTRY["gamma"], ENTRY["max_iter"], ENTRY["background_class"])
+  cfg = dag_lib.DAGConfig(**ENTRY["dag"])
   preds = {"orig": [], "advr": []} | {d: [] for d in range(ENTRY["perm_draws"])}
   labels, iterations, percept, remaining = [], [], [], []
   left = max_examples
@@ -120,12 +120,13 @@ def test_dag_evaluator_matches_direct_calls_and_numpy(batches, variables, max_ex
   # The attack works and the permuted perturbation barely does (table 2.1's pattern).
   assert result["advr"]["miou"] < result["orig"]["miou"] - 0.3
   assert result["perm"]["pixel_accuracy"] > result["advr"]["pixel_accuracy"] + 0.3
-  assert 0 < result["iterations"] < ENTRY["max_iter"] and 0 < result["converged"] < 1
+  assert 0 < result["iterations"] < ENTRY["dag"]["num_steps"] and 0 < result["converged"] < 1
 
 
 def test_dag_evaluator_argument_errors(batches):
-  for bad, field in ((dict(gamma=-1.0), "gamma"), (dict(max_examples=-1), "max_examples"),
-                     (dict(perm_draws=0), "perm_draws"), (dict(steps=3), "steps")):
+  for bad, field in ((dict(dag=dict(gamma=-1.0)), "dag.gamma"), (dict(max_examples=-1), "max_examples"),
+                     (dict(perm_draws=0), "perm_draws"), (dict(steps=3), "steps"),
+                     (dict(max_iter=3), "'max_iter' is now 'dag.num_steps'")):
     with pytest.raises(ConfigError, match=field):
       evaluation.parse({"d": dict(ENTRY, **bad)})
 
@@ -138,11 +139,11 @@ def test_classification_task_is_one_config_error(batches, variables):
       evaluation.run({"e": {"type": kind}}, ctx, variables)
 
 
-@pytest.mark.parametrize("attack", ["pgd", "dag"])
-def test_seg_figure_writes_the_png(batches, variables, tmp_path, attack):
+@pytest.mark.parametrize("adversary", ["pgd", "dag"])
+def test_seg_figure_writes_the_png(batches, variables, tmp_path, adversary):
   ctx = _ctx(batches, out_dir=str(tmp_path))
-  entry = dict(type="seg_figure", num_images=3, attack=attack, eps=16.0, steps=3, gamma=4.0, max_iter=10,
-               panel_px=64)
+  entry = dict(type="seg_figure", num_images=3, adversary=adversary, attack=dict(eps=16.0, num_steps=3),
+               dag=dict(gamma=4.0, num_steps=10), panel_px=64)
   result = evaluation.run({"fig": entry}, ctx, variables)["fig"]
   assert result == {"path": str(tmp_path / "fig.png"), "num_images": 3}
   assert (tmp_path / "fig.png").stat().st_size > 0

@@ -27,7 +27,8 @@ from tests.attacks import tiny_models
 K = 11
 CANVASES = (0, 1, 2, 3, 4, 5)  # Test-split canvases used as the held-out data.
 # Long L2 steps (4 on the [0, 1] scale), so three of them visibly repaint a 16x16 square.
-ENTRY = dict(type="synthesis", num_images=5, mask_frac=0.25, steps=3, step_size=1020.0, penalty=2.0, scale=1)
+ENTRY = dict(type="synthesis", num_images=5, mask_frac=0.25, synthesis=dict(num_steps=3, step_size=1020.0, penalty=2.0),
+             scale=1)
 
 
 MODEL = tiny_models.TinySeg(K)
@@ -202,10 +203,10 @@ def test_evaluator_matches_direct_calls_numpy_and_classifier(batches, canvases, 
 
 def test_argument_and_task_errors(batches, variables):
   for bad, field in ((dict(mask_frac=0.0), "mask_frac"), (dict(constraints=("soft", "soft")), "constraints"),
-                     (dict(constraints=()), "constraints"), (dict(step_rule="sign"), "step_rule"),
-                     (dict(penalty=-1.0), "penalty"), (dict(num_images=0), "num_images"),
-                     (dict(png_images=0), "png_images"),
-                     (dict(fill="zero"), "fill"), (dict(eps=8.0), "eps")):
+                     (dict(constraints=()), "constraints"), (dict(synthesis=dict(step_rule="momentum")), "step_rule"),
+                     (dict(synthesis=dict(penalty=-1.0)), "penalty"), (dict(num_images=0), "num_images"),
+                     (dict(png_images=0), "png_images"), (dict(steps=3), "'steps' is now 'synthesis.num_steps'"),
+                     (dict(synthesis=dict(fill="zero")), "fill"), (dict(eps=8.0), "eps")):
     with pytest.raises(ConfigError, match=field):
       evaluation.parse({"s": dict(ENTRY, **bad)})
   with pytest.raises(ConfigError, match="needs a segmentation task"):
@@ -213,7 +214,8 @@ def test_argument_and_task_errors(batches, variables):
 
 
 def test_no_output_directory_draws_nothing(batches, variables):
-  result = evaluation.run({"s": dict(ENTRY, num_images=2, constraints=("hard",), steps=1)}, _ctx(batches),
+  result = evaluation.run({"s": dict(ENTRY, num_images=2, constraints=("hard",), synthesis=dict(num_steps=1))},
+                          _ctx(batches),
                           variables)["s"]
   assert result["path"] is None and "classifier" not in result and "inpaint_soft" not in result
   assert result["inpaint_hard"]["unmasked_mse"] == 0.0

@@ -135,16 +135,13 @@ def test_activations_run_and_smooth_relu_trains_in_efficientnet_tiny():
 
 
 def test_softplus_grad_diagnostic_picks_the_side():
-  import ml_collections
   from advjax.training import sat
   model = create_model("convnet_tiny", num_classes=5)
-  config = ml_collections.ConfigDict({"sat": {"softplus_grad": "", "softplus_alpha": 10.0}})
   expected = {"": ("relu", "relu"), "attacker": ("relu_softplus_grad:10.0", "relu"),
               "weights": ("relu", "relu_softplus_grad:10.0"),
               "both": ("relu_softplus_grad:10.0", "relu_softplus_grad:10.0")}
   for mode, activations in expected.items():
-    config.sat.softplus_grad = mode
-    attack_model, train_model = sat.attacker_and_trainee(model, config)
+    attack_model, train_model = sat.attacker_and_trainee(model, sat.SATConfig(softplus_grad=mode))
     assert (attack_model.activation, train_model.activation) == activations, mode
   with pytest.raises(ConfigError, match="activation 'relu'"):
     sat.softplus_grad_model(create_model("convnet_tiny", num_classes=5, activation="silu"), 10.0)

@@ -22,9 +22,8 @@ def _restore(workdir, config):
 
 def _loss_fn(model, config, num_classes=10):
   """The objective's loss for `config` on `model` (no data needed)."""
-  return objectives.get(config.objective)(objectives.ObjectiveContext(
-      model=model, config=config, task=tasks.Classification(num_classes), schedule=lambda step: 0.01,
-      total_steps=10, steps_per_epoch=10)).loss
+  return objectives.build(config, model=model, task=tasks.Classification(num_classes), schedule=lambda step: 0.01,
+                          total_steps=10, steps_per_epoch=10).loss
 
 
 def test_attackers_of_section_7_5_1():
@@ -108,8 +107,7 @@ def test_fine_grained_advprop_trains_a_set_on_the_augmented_view(tmp_path):
 def test_mixture_bn_alp_and_running_statistics_phase():
   # 100% adv + 50% clean through the main BNs, with logit pairing.
   config = _config(adv_bn="main", clean_ratio=0.5, logit_pairing=0.5, eval_bn="main")
-  config_lib.validate(config)
-  assert advprop.bn_sets(config) == ()
+  assert config_lib.validate(config).blocks["advprop"].bn_sets() == ()
   model = create_model("convnet_tiny", num_classes=10)
   x = jax.random.uniform(jax.random.key(0, impl="rbg"), (8, 8, 8, 1))
   shapes = jax.eval_shape(model.init, jax.random.key(0), x)
@@ -130,9 +128,9 @@ def test_mixture_bn_alp_and_running_statistics_phase():
 @pytest.mark.parametrize("bn_mode, depends", [("batch", False), ("eval", True)])
 def test_attack_bn_mode_selects_the_aux_sets_statistics(bn_mode, depends):
   # With batch statistics everywhere the loss cannot see the aux set's running statistics;
-  # with attack_bn_mode 'eval' the attack normalises with them, so the examples (and loss) move.
+  # with bn_mode 'eval' the attack normalises with them, so the examples (and loss) move.
   config = _config()
-  config.attack_bn_mode = bn_mode
+  config.advprop.bn_mode = bn_mode
   model = create_model("convnet_tiny", num_classes=10, norm="batchnorm")
   x = jax.random.uniform(jax.random.key(0, impl="rbg"), (8, 8, 8, 1))
   shapes = jax.eval_shape(model.init, jax.random.key(0), x)
@@ -162,8 +160,8 @@ def test_config_checks():
     config_lib.validate(config)
   config = _config()
   config.model.activation = "silu"
-  config.sat.softplus_grad = "both"
-  with pytest.raises(ConfigError, match="sat.softplus_grad"):
+  config.advprop.sat.softplus_grad = "both"
+  with pytest.raises(ConfigError, match="advprop.sat.softplus_grad"):
     config_lib.validate(config)
 
 
@@ -171,7 +169,7 @@ def test_softplus_grad_for_weights_changes_gradients_not_the_loss():
   # Table 5.1's "weights" row through the pgd_at objective: same forward pass, smoother backward.
   config = config_lib.base_config()
   config.objective = "pgd_at"
-  config.attack.num_steps = 1
+  config.adversarial.attack.num_steps = 1
   model = create_model("convnet_tiny", num_classes=10, norm="none")
   x = jax.random.uniform(jax.random.key(0, impl="rbg"), (4, 8, 8, 1))
   shapes = jax.eval_shape(model.init, jax.random.key(0), x)
@@ -180,7 +178,7 @@ def test_softplus_grad_for_weights_changes_gradients_not_the_loss():
   batch = {"image": x, "label": jnp.arange(4)}
   results = {}
   for mode in ("", "weights"):
-    config.sat.softplus_grad = mode
+    config.adversarial.sat.softplus_grad = mode
     loss_fn = _loss_fn(model, config)
     (loss, _), grads = jax.jit(jax.value_and_grad(loss_fn, has_aux=True))(
         params, {}, batch, jax.random.key(1, impl="rbg"))

@@ -1,4 +1,4 @@
-"""The auxiliary classifier's loss (`config.aux_loss_weight`), as torchvision trains its FCNs: L(out) + w L(aux).
+"""The auxiliary classifier's loss (`config.loss.aux_weight`), as torchvision trains its FCNs: L(out) + w L(aux).
 
 Checked on a tiny FCN with 'fcn_aux' against the two outputs read by hand
 from the same training pass (same dropout key) and a NumPy cross-entropy;
@@ -43,10 +43,9 @@ def setup():
 def _objective(model, weight, objective="erm"):
   config = config_lib.base_config()
   config.objective = objective
-  config.aux_loss_weight = weight
-  return objectives.get(objective)(objectives.ObjectiveContext(
-      model=model, config=config, task=tasks.Segmentation(K), schedule=optax.constant_schedule(1e-3),
-      total_steps=1, steps_per_epoch=1))
+  config.loss.aux_weight = weight
+  return objectives.build(config, model=model, task=tasks.Segmentation(K), schedule=optax.constant_schedule(1e-3),
+                          total_steps=1, steps_per_epoch=1)
 
 
 def test_the_loss_adds_the_weighted_auxiliary_loss(setup):
@@ -82,8 +81,8 @@ def test_only_a_positive_weight_trains_the_auxiliary_classifier(setup):
 def test_objectives_and_heads_without_an_auxiliary_loss_are_refused(setup):
   config = config_lib.base_config()
   config.objective = "uat_alternating"
-  config.aux_loss_weight = 0.5
-  with pytest.raises(ConfigError, match="aux_loss_weight.*does not train an auxiliary classifier"):
+  config.loss.aux_weight = 0.5
+  with pytest.raises(ConfigError, match="loss.aux_weight.*does not train an auxiliary classifier"):
     config_lib.validate(config, num_devices=1)
   config.objective = "pgd_at"
   config_lib.validate(config, num_devices=1)

@@ -21,7 +21,7 @@ def _tiny_at_config():
   c = seg_digits_at.get_config("tiny")
   c.num_steps, c.batch_size, c.log_every_steps, c.checkpoint_every_steps = 3, 8, 1, 3
   c.eval.num_examples, c.eval.batch_size = 16, 8
-  c.attack.num_steps = 2
+  c.adversarial.attack.num_steps = 2
   return c
 
 
@@ -42,9 +42,9 @@ def test_the_digit_canvas_configs():
   assert at.init_checkpoint == "runs/seg_digits" and at.objective == "pgd_at"
   assert at.model.backbone_checkpoint == standard.model.backbone_checkpoint
   # The robust columns use the training adversary (robust-segmentation paper, sec. 5.1).
-  robust = standard.evals.pgd
-  assert (robust.eps, robust.steps, robust.step_size) == ((at.attack.eps,), at.attack.num_steps, at.attack.step_size)
-  assert at.attack.init == "uniform"
+  robust, a = standard.evals.pgd, at.adversarial.attack
+  assert (robust.eps, robust.attack.num_steps, robust.attack.step_size) == ((a.eps,), a.num_steps, a.step_size)
+  assert a.init == robust.attack.init == "uniform"
   with pytest.raises(ValueError, match="arg"):
     seg_digits.get_config("robust")
 

@@ -27,10 +27,10 @@ OBJECTIVES = ("uat_alternating", "uat_simultaneous")
 EPS = 8.0
 
 
-def _config(objective, rule="fgsm", **uat_fields):
+def _config(objective, rule="sign", **uat_fields):
   config = tiny.get_config()
   config.objective = objective
-  config.uat.delta_rule = rule
+  config.uat.step_rule = rule
   config.uat.eps = EPS
   for k, v in uat_fields.items():
     config.uat[k] = v
@@ -45,9 +45,8 @@ def experiment():
 
 def _objective(experiment, config):
   """The objective of `config` on the experiment's model, task and schedule."""
-  return objectives.get(config.objective)(objectives.ObjectiveContext(
-      model=experiment.model, config=config, task=experiment.task, schedule=experiment.schedule,
-      total_steps=experiment.total_steps, steps_per_epoch=experiment.steps_per_epoch))
+  return objectives.build(config, model=experiment.model, task=experiment.task, schedule=experiment.schedule,
+                          total_steps=experiment.total_steps, steps_per_epoch=experiment.steps_per_epoch)
 
 
 @pytest.fixture(scope="module")
@@ -79,7 +78,7 @@ def runs(experiment, initial_host_state, tmp_path_factory):
     history (metrics per step), workdir (checkpoint at step 2))}.
   """
   out = {}
-  for objective, rule in (("uat_alternating", "fgsm"), ("uat_simultaneous", "adam")):
+  for objective, rule in (("uat_alternating", "sign"), ("uat_simultaneous", "adam")):
     config = _config(objective, rule, step_size=4.0, clip_beta=2.0)
     state = _fresh_state(experiment, initial_host_state, config)
     step_fn = steps.compile_train_step(_objective(experiment, config).train_step, state, experiment.mesh)
@@ -163,15 +162,15 @@ def test_checkpoint_restores_delta_and_adam_state_and_resumes_exactly(experiment
   jax.tree.map(np.testing.assert_array_equal, jax.device_get(state.params), run["states"][4].params)
 
 
-@pytest.mark.parametrize("rule", ("fgsm", "sgd", "adam"))
+@pytest.mark.parametrize("rule", ("sign", "sgd", "adam"))
 def test_ascend_moves_with_the_gradient_and_projects(rule):
   """Every rule steps up the gradient, then clips to the eps ball (small case by hand)."""
-  cfg = uat.UATConfig(delta_rule=rule, eps=0.1, step_size=0.05, clip_beta=0.0)
+  cfg = uat.UATConfig(step_rule=rule, eps=0.1 * 255, step_size=0.05 * 255, clip_beta=0.0)
   delta = jnp.array([[[0.0], [0.08]], [[-0.08], [0.0]]])
   extras = {"delta": delta, "delta_opt_state": cfg.rule().init(delta)}
   grad = jnp.array([[[2.0], [1.0]], [[-3.0], [-0.5]]])
   new = np.asarray(uat.ascend(extras, grad, cfg)["delta"])
-  step = {"fgsm": 0.1 * np.sign(grad), "sgd": 0.05 * np.asarray(grad), "adam": 0.05 * np.sign(grad)}[rule]
+  step = {"sign": 0.1 * np.sign(grad), "sgd": 0.05 * np.asarray(grad), "adam": 0.05 * np.sign(grad)}[rule]
   np.testing.assert_allclose(new, np.clip(np.asarray(delta) + step, -0.1, 0.1), rtol=1e-4, atol=1e-6)
 
 
@@ -227,12 +226,15 @@ def test_backward_passes_simultaneous_one_alternating_two(experiment):
   assert convs("uat_alternating") == erm + 2 * forward
 
 
-def test_bad_delta_rule_is_one_config_error():
+def test_bad_step_rule_is_one_config_error():
   config = _config("uat_simultaneous", "pgd")
-  with pytest.raises(ConfigError, match="uat.delta_rule"):
+  with pytest.raises(ConfigError, match=r"config\.uat: unknown ascent rule 'pgd'"):
     Experiment(config)
-  with pytest.raises(ConfigError, match="uat.delta_rule"):
-    uat.UATConfig.from_config(config)
+  config = _config("uat_simultaneous", "fgsm")  # The paper's name of the sign rule.
+  with pytest.raises(ConfigError, match="'fgsm' is now called 'sign'"):
+    Experiment(config)
+  with pytest.raises(ConfigError, match="'delta_rule' is now 'step_rule'"):
+    config_lib.parse({**config, "uat": {"delta_rule": "sign"}})
 
 
 def test_paper_configs_validate_and_cifar_schedule_drops_at_40k_and_60k():

@@ -12,9 +12,13 @@ module with an `Objective` subclass and one `register_objective` call, and the
 trainer, eval.py and sweep.py need no change.
 """
 
+from collections.abc import Mapping
+from typing import Any
+
+from advjax import typed_config
 from advjax.registry import Registry
 from advjax.training.objectives import adversarial, advprop, base, erm, uat
-from advjax.training.objectives.base import LossObjective, Objective, ObjectiveContext
+from advjax.training.objectives.base import LossConfig, LossObjective, Objective, ObjectiveContext
 
 OBJECTIVES: Registry = Registry("objective", {
     "erm": erm.ERM,
@@ -33,5 +37,20 @@ def get(name: str) -> type[Objective]:
   return OBJECTIVES[name]
 
 
-__all__ = ["LossObjective", "OBJECTIVES", "Objective", "ObjectiveContext", "adversarial", "advprop", "base",
-           "erm", "get", "register_objective", "uat"]
+def build(config: Mapping[str, Any], *, model: Any, task: Any, schedule: Any, total_steps: int,
+          steps_per_epoch: int) -> Objective:
+  """The objective `config.objective`, given its own block and `config.loss` typed (nothing else of `config`).
+
+  Raises:
+    ConfigError: an unknown objective, or a bad field of either block.
+  """
+  cls = get(config["objective"])
+  block = None if cls.BLOCK is None else typed_config.from_mapping(cls.Config, config[cls.BLOCK],
+                                                                   f"config.{cls.BLOCK}")
+  loss = typed_config.from_mapping(LossConfig, config.get("loss", {}), "config.loss")
+  return cls(ObjectiveContext(model=model, block=block, loss=loss, task=task, schedule=schedule,
+                              total_steps=total_steps, steps_per_epoch=steps_per_epoch))
+
+
+__all__ = ["LossConfig", "LossObjective", "OBJECTIVES", "Objective", "ObjectiveContext", "adversarial", "advprop", "base",
+           "build", "erm", "get", "register_objective", "uat"]

@@ -4,7 +4,8 @@ AdvProp (Xie thesis, ch. 7, algorithm 2) treats clean images and adversarial
 examples as two domains that share every weight except the BatchNorms:
 
   1. attack the network *through the auxiliary BNs* (their batch statistics
-     by default, `config.attack_bn_mode`; nothing updated) to turn the clean
+     with `advprop.bn_mode = 'batch'`, as `configure_attacker` sets it, or
+     their running ones with 'eval'; nothing updated) to turn the clean
      mini-batch x^c into x^a;
   2. L^c = CE(x^c) through the main BNs, L^a = CE(x^a) through the auxiliary
      BNs, each pass updating only its own running statistics;
@@ -61,29 +62,66 @@ from advjax import tasks
 from advjax.attacks import pgd, threat
 from advjax.errors import ConfigError
 from advjax.models import aux_bn
-from advjax.training import sat
-from advjax.training.objectives import base
+from advjax.training import sat as sat_lib
+from advjax.training.objectives import adversarial, base
 from advjax.training.train_state import TrainState
 
 # Attackers of AdvProp's ablation (sec. 7.5.4, table 7.7).
 ATTACKERS = ("pgd", "ifgsm", "gd")
 
 
-def config_block() -> ml_collections.ConfigDict:
-  """The documented `config.advprop` block (Xie thesis chs. 6-7)."""
-  c = ml_collections.ConfigDict()
-  # BN set of the adversarial examples: an auxiliary set name (AdvProp, MBN_adv),
-  # or 'main' for the mixture BN (clean and adversarial images in one batch).
-  c.adv_bn = "adv"
-  # Auxiliary BN set of augmented clean images batch['image_aug'] (fine-grained AdvProp, 7.5.4; needs
-  # data.augment, and then batch['image'] is the un-augmented view); '' none.
-  c.aug_bn = ""
-  c.clean_ratio = 1.0  # x of "100% adv + x% clean": fraction of each clean batch trained on (fig. 6.1).
-  c.logit_pairing = 0.0  # Weight of adversarial logit pairing (ALP, sec. 6.4.1); 0 disables.
-  c.project_eps_ball = True  # False: the unprojected GD attacker of sec. 7.5.4.
-  c.running_stats_last_epochs = 0.0  # Train with running BN statistics for the last N epochs (table 6.2).
-  c.eval_bn = "main"  # BN set used for evaluation: 'main' or a trained auxiliary set (table 6.1, 7.3).
-  return c
+@dataclasses.dataclass(frozen=True)
+class AdvPropConfig(adversarial.AdversaryConfig):
+  """`config.advprop` (Xie thesis chs. 6-7): the adversary (`attack`, `bn_mode`, `sat`) and these.
+
+  Attributes:
+    adv_bn: BN set of the adversarial examples: an auxiliary set name
+      (AdvProp, MBN_adv), or 'main' for the mixture BN (clean and adversarial
+      images in one batch).
+    aug_bn: auxiliary BN set of augmented clean images batch['image_aug']
+      (fine-grained AdvProp, 7.5.4; needs data.augment, and then
+      batch['image'] is the un-augmented view); '' none.
+    clean_ratio: x of "100% adv + x% clean": fraction of each clean batch
+      trained on (fig. 6.1).
+    logit_pairing: weight of adversarial logit pairing (ALP, sec. 6.4.1); 0 disables.
+    project_eps_ball: False gives the unprojected GD attacker of sec. 7.5.4.
+    running_stats_last_epochs: train with running BN statistics for the last
+      N epochs (table 6.2).
+    eval_bn: BN set used for evaluation: 'main' or a trained auxiliary set
+      (tables 6.1, 7.3).
+  """
+  adv_bn: str = "adv"
+  aug_bn: str = ""
+  clean_ratio: float = 1.0
+  logit_pairing: float = 0.0
+  project_eps_ball: bool = True
+  running_stats_last_epochs: float = 0.0
+  eval_bn: str = "main"
+
+  def __post_init__(self):
+    super().__post_init__()
+
+    def require(ok, field, why):
+      if not ok:
+        raise ConfigError(f"{field}={getattr(self, field)!r}: {why}")
+
+    require(bool(self.adv_bn) and (self.adv_bn == aux_bn.MAIN or self.adv_bn.isidentifier()), "adv_bn",
+            "must be 'main' or an identifier naming an auxiliary BN set")
+    require(self.aug_bn == "" or (self.aug_bn.isidentifier() and self.aug_bn not in (aux_bn.MAIN, self.adv_bn)),
+            "aug_bn", "must be '' or an auxiliary set name other than 'main' and adv_bn")
+    require(0.0 <= self.clean_ratio <= 1.0, "clean_ratio", "must be in [0, 1]")
+    require(0 <= self.logit_pairing < float("inf"), "logit_pairing", "must be finite and non-negative")
+    require(self.logit_pairing == 0 or self.clean_ratio > 0, "logit_pairing",
+            "pairs clean and adversarial logits, so clean_ratio must be positive")
+    require(0 <= self.running_stats_last_epochs < float("inf"), "running_stats_last_epochs",
+            "must be finite and non-negative")
+    trained = (aux_bn.MAIN, self.adv_bn, self.aug_bn)
+    require(self.eval_bn in trained, "eval_bn",
+            f"is not a trained BN set; known: {', '.join(repr(t) for t in trained if t)}")
+
+  def bn_sets(self) -> tuple[str, ...]:
+    """The auxiliary BN sets this block trains."""
+    return tuple(dict.fromkeys(n for n in (self.adv_bn, self.aug_bn) if n and n != aux_bn.MAIN))
 
 
 def advprop_attack(eps: float, attacker: str = "pgd") -> pgd.AttackConfig:
@@ -110,14 +148,14 @@ def advprop_attack(eps: float, attacker: str = "pgd") -> pgd.AttackConfig:
 
 
 def configure_attacker(config: ml_collections.ConfigDict, eps: float, attacker: str = "pgd") -> None:
-  """Sets the section-7.5.1 attacker in `config`: `attack`, `attack_bn_mode` and `advprop.project_eps_ball`.
+  """Sets the section-7.5.1 attacker in `config.advprop`: `attack`, `bn_mode` and `project_eps_ball`.
 
   The attack normalises with the auxiliary set's batch statistics ('batch');
-  set `config.attack_bn_mode = 'eval'` afterwards for its running statistics.
+  set `config.advprop.bn_mode = 'eval'` afterwards for its running statistics.
   """
   for field, value in dataclasses.asdict(advprop_attack(eps, attacker)).items():
-    config.attack[field] = value
-  config.attack_bn_mode = "batch"
+    config.advprop.attack[field] = value
+  config.advprop.bn_mode = "batch"
   config.advprop.project_eps_ball = attacker != "gd"
 
 
@@ -143,7 +181,7 @@ def unprojected_attack(logits_fn: Callable[[jax.Array], jax.Array], x: jax.Array
   sizes = pgd.resolve_sizes(cfg)
   k_labels, k_init, k_steps = jax.random.split(rng, 3)
   labels = pgd.attack_labels(logits_fn, x, y, k_labels, cfg, task)
-  loss_fn = pgd.attack_loss(cfg)
+  loss_fn = cfg.loss_fn()
 
   def objective(delta, key):
     del key
@@ -158,12 +196,6 @@ def unprojected_attack(logits_fn: Callable[[jax.Array], jax.Array], x: jax.Array
   return threat.apply(x, delta)
 
 
-def bn_sets(config: ml_collections.ConfigDict) -> tuple[str, ...]:
-  """The auxiliary BN sets an `advprop` config trains."""
-  names = (config.advprop.adv_bn, config.advprop.aug_bn)
-  return tuple(dict.fromkeys(n for n in names if n and n != aux_bn.MAIN))
-
-
 def _apply(model: nn.Module, variables: dict, x: jax.Array, bn_set: str, use_batch_stats: bool,
            rng: jax.Array, *, train: bool = True) -> tuple[jax.Array, dict]:
   """A pass through set `bn_set`; returns logits and that set's (possibly updated) statistics."""
@@ -176,60 +208,41 @@ def _apply(model: nn.Module, variables: dict, x: jax.Array, bn_set: str, use_bat
 class AdvProp(base.Objective):
   """`advprop`: L^c + L^a with auxiliary BNs (algorithm 2) and the chapter-6 knobs of `config.advprop`."""
 
-  @classmethod
-  def views(cls, config: ml_collections.ConfigDict) -> tuple[str, ...]:
-    return ("image_aug",) if config.advprop.aug_bn else ()
+  BLOCK = "advprop"
+  Config = AdvPropConfig
 
   @classmethod
-  def config_block(cls):
-    return "advprop", config_block()
+  def views(cls, block: AdvPropConfig) -> tuple[str, ...]:
+    return ("image_aug",) if block.aug_bn else ()
 
   @classmethod
-  def validate(cls, config: ml_collections.ConfigDict) -> None:
+  def validate(cls, config: ml_collections.ConfigDict, num_devices: int) -> None:
+    del num_devices
     a = config.advprop
-
-    def require(ok, field, why):
-      if not ok:
-        raise ConfigError(f"config.advprop.{field}: {why}")
-
-    require(bool(a.adv_bn) and (a.adv_bn == aux_bn.MAIN or a.adv_bn.isidentifier()), "adv_bn",
-            "must be 'main' or an identifier naming an auxiliary BN set")
-    require(a.aug_bn == "" or (a.aug_bn.isidentifier() and a.aug_bn not in (aux_bn.MAIN, a.adv_bn)),
-            "aug_bn", "must be '' or an auxiliary set name other than 'main' and adv_bn")
-    require(not a.aug_bn or config.data.augment, "aug_bn",
-            "trains on the augmented view of each image, so data.augment must be True")
-    require(0.0 <= a.clean_ratio <= 1.0, "clean_ratio", "must be in [0, 1]")
-    require(0 <= a.logit_pairing < float("inf"), "logit_pairing", "must be finite and non-negative")
-    require(a.logit_pairing == 0 or a.clean_ratio > 0, "logit_pairing",
-            "pairs clean and adversarial logits, so clean_ratio must be positive")
-    require(0 <= a.running_stats_last_epochs < float("inf"), "running_stats_last_epochs",
-            "must be finite and non-negative")
-    trained = (aux_bn.MAIN, a.adv_bn, a.aug_bn)
-    require(a.eval_bn in trained, "eval_bn",
-            f"{a.eval_bn!r} is not a trained BN set; known: {', '.join(repr(t) for t in trained if t)}")
-    try:
-      pgd.AttackConfig.from_config(config.attack)
-    except ConfigError as e:
-      raise ConfigError(f"config.attack: {e}") from e
-    for bn_set in bn_sets(config):
-      aux_bn.aux_norm(config.model.norm, bn_set)  # Fails early, naming the norm, for a non-BatchNorm model.
-    sat.validate(config)
+    if a.aug_bn and not config.data.augment:
+      raise ConfigError("config.advprop.aug_bn: trains on the augmented view of each image, so data.augment "
+                        "must be True")
+    for bn_set in dict.fromkeys(n for n in (a.adv_bn, a.aug_bn) if n and n != aux_bn.MAIN):
+      try:  # Fails early, naming the norm, for a non-BatchNorm model.
+        aux_bn.aux_norm(config.model.norm, bn_set)
+      except ConfigError as e:
+        raise ConfigError(f"config.advprop.adv_bn: {e}") from None
+    sat_lib.check_activation(sat_lib.SATConfig(**a.sat), config.model.activation, "advprop.sat")
 
   def __init__(self, ctx: base.ObjectiveContext):
     super().__init__(ctx)
-    self.validate(self.config)
-    self.attack_cfg = pgd.AttackConfig.from_config(self.config.attack)
-    self.attack_model, self.train_model = sat.attacker_and_trainee(self.model, self.config)
-    last = self.config.advprop.running_stats_last_epochs
+    self.attack_cfg = self.block.attack
+    self.attack_model, self.train_model = sat_lib.attacker_and_trainee(self.model, self.block.sat)
+    last = self.block.running_stats_last_epochs
     # The first step trained with running statistics (table 6.2), or None if never.
     self.running_stats_start = (None if not last else
                                 max(0, ctx.total_steps - int(round(last * ctx.steps_per_epoch))))
 
   def bn_sets(self) -> tuple[str, ...]:
-    return bn_sets(self.config)
+    return self.block.bn_sets()
 
   def eval_model(self) -> nn.Module:
-    return aux_bn.with_bn_set(self.model, self.config.advprop.eval_bn)
+    return aux_bn.with_bn_set(self.model, self.block.eval_bn)
 
   def loss(self, params, model_state, batch, rng, use_batch_stats=True):
     """(L^c + L^a) / B with the chapter-6 knobs; `use_batch_stats` (static) is False in the running-statistics phase.
@@ -237,10 +250,10 @@ class AdvProp(base.Objective):
     Returns:
       (loss, (model_state with every trained set's statistics, metrics)).
     """
-    cfg = self.config.advprop
+    cfg = self.block
     adv_set, aug_set = cfg.adv_bn, cfg.aug_bn
-    smoothing = self.config.label_smoothing
-    attack_batch_stats = self.config.attack_bn_mode == "batch"
+    smoothing = self.ctx.loss.label_smoothing
+    attack_batch_stats = cfg.bn_mode == "batch"
     x, y = batch["image"], batch["label"]
     size = x.shape[0]
     num_clean = int(round(cfg.clean_ratio * size))
@@ -253,7 +266,7 @@ class AdvProp(base.Objective):
 
     def attack_logits(images):
       # The attacked network normalises with the adversarial set (its running statistics for
-      # attack_bn_mode 'eval', the batch's for 'batch'); any statistics update is discarded.
+      # bn_mode 'eval', the batch's for 'batch'); any statistics update is discarded.
       return _apply(self.attack_model, frozen, images, adv_set, attack_batch_stats and use_batch_stats,
                     attack_rng, train=False)[0]
 

@@ -1,17 +1,23 @@
 """The objective protocol: what a training objective declares and how the trainer uses it.
 
-An objective is a class registered by name (`config.objective`). The
-experiment builds it once from `ObjectiveContext` (the model, the config,
-the task, the learning-rate schedule and the run's length) and the trainer
-only ever calls these members:
+An objective is a class registered by name (`config.objective`). It may
+declare a config block of its own: `BLOCK` names it (`config.adversarial`,
+`config.uat`, `config.advprop`) and `Config` is its frozen dataclass, whose
+fields carry the defaults and whose `__post_init__` checks them (objectives
+that share a block share the class). The experiment builds the objective once
+from `ObjectiveContext` (the model, its own typed block, the loss settings
+every objective shares, the task, the learning-rate schedule and the run's
+length), so an objective never reads the experiment's ConfigDict, and the
+trainer only ever calls these members:
 
-  views(config)        (class method) the extra batch entries the data
+  views(block)         (class method) the extra batch entries the data
                        pipeline must deliver, e.g. ('image_aug',) for
                        fine-grained AdvProp; () for most objectives
-  validate(config)     (class method) checks the config fields it reads and
-                       raises one ConfigError naming the first bad one
-  config_block()       (class method) its own documented config block, if any
-                       (`config.uat`, `config.advprop`), merged into the base config
+  validate(config, num_devices)
+                       (class method) what its block cannot check alone, the
+                       relations to the rest of the config (a heap size that
+                       must divide the per-device batch, an activation the
+                       SAT diagnostic needs); one ConfigError naming the field
   bn_sets()            auxiliary BatchNorm sets the variables must hold
   init_extras(shape)   leaves of its own in `TrainState.extras` (a universal
                        perturbation and its optimiser state)
@@ -35,7 +41,8 @@ from __future__ import annotations
 
 import abc
 import dataclasses
-from typing import Any
+import math
+from typing import Any, ClassVar
 
 import flax.linen as nn
 import jax
@@ -50,19 +57,42 @@ from advjax.training.train_state import TrainState
 
 
 @dataclasses.dataclass(frozen=True)
+class LossConfig:
+  """`config.loss`: the supervised loss every objective trains on.
+
+  Attributes:
+    label_smoothing: weight of the uniform distribution in training targets.
+    aux_weight: w in L(out) + w L(aux) for heads with an auxiliary classifier
+      ('fcn_aux'; torchvision trains its FCNs with 0.5); only objectives with
+      `supports_aux_loss` accept w > 0.
+  """
+  label_smoothing: float = 0.0
+  aux_weight: float = 0.0
+
+  def __post_init__(self):
+    if not (math.isfinite(self.label_smoothing) and 0.0 <= self.label_smoothing < 1.0):
+      raise ConfigError(f"label_smoothing={self.label_smoothing!r} must be in [0, 1)")
+    if not (math.isfinite(self.aux_weight) and 0.0 <= self.aux_weight <= 100.0):
+      raise ConfigError(f"aux_weight={self.aux_weight!r} must be in [0, 100]")
+
+
+@dataclasses.dataclass(frozen=True)
 class ObjectiveContext:
   """What an objective is built from.
 
   Attributes:
     model: the network being trained.
-    config: the experiment config.
+    block: the objective's own typed config block (an instance of its
+      `Config`), or None for an objective without one.
+    loss: the supervised loss settings (`config.loss`).
     task: scores the labels (classification or segmentation).
     schedule: the learning-rate schedule, logged as a metric.
     total_steps: the run's length in steps.
     steps_per_epoch: steps per pass over the training data.
   """
   model: nn.Module
-  config: ml_collections.ConfigDict
+  block: Any
+  loss: LossConfig
   task: Task
   schedule: optax.Schedule
   total_steps: int
@@ -124,30 +154,28 @@ def learning_rate(schedule: optax.Schedule, step: jax.Array) -> jax.Array:
 class Objective(abc.ABC):
   """Base class of training objectives (see the module docstring)."""
 
+  # The name of the objective's config block and its dataclass; None for none.
+  BLOCK: ClassVar[str | None] = None
+  Config: ClassVar[type | None] = None
+  # Whether the objective trains a head's auxiliary classifier (`config.loss.aux_weight`).
+  supports_aux_loss: ClassVar[bool] = False
+
   def __init__(self, ctx: ObjectiveContext):
     self.ctx = ctx
     self.model = ctx.model
-    self.config = ctx.config
+    self.block = ctx.block
     self.task = ctx.task
 
   @classmethod
-  def views(cls, config: ml_collections.ConfigDict) -> tuple[str, ...]:
-    """Extra batch entries the pipeline must deliver."""
-    del config
+  def views(cls, block: Any) -> tuple[str, ...]:
+    """Extra batch entries the pipeline must deliver, given the objective's block."""
+    del block
     return ()
 
-  # Whether the objective trains a head's auxiliary classifier (`config.aux_loss_weight`).
-  supports_aux_loss = False
-
   @classmethod
-  def validate(cls, config: ml_collections.ConfigDict) -> None:
-    """Checks the config fields this objective reads; raises ConfigError."""
-    del config
-
-  @classmethod
-  def config_block(cls) -> tuple[str, ml_collections.ConfigDict] | None:
-    """(field name, documented default block) merged into the base config, or None."""
-    return None
+  def validate(cls, config: ml_collections.ConfigDict, num_devices: int) -> None:
+    """Checks what the block cannot check alone (its relations to the rest of the config); raises ConfigError."""
+    del config, num_devices
 
   def bn_sets(self) -> tuple[str, ...]:
     """Auxiliary BatchNorm sets the variables must hold (AdvProp)."""
@@ -178,15 +206,15 @@ class LossObjective(Objective):
                       rng: jax.Array, model: nn.Module | None = None) -> tuple[jax.Array, jax.Array, dict]:
     """A training pass and the mean (label-smoothed) task loss on (images, labels).
 
-    With `config.aux_loss_weight` w > 0 the head's auxiliary classifier adds
+    With `config.loss.aux_weight` w > 0 the head's auxiliary classifier adds
     its own loss: L(out) + w L(aux), as torchvision trains its FCNs (w = 0.5).
 
     Returns:
       (loss, logits of the main output, updated model_state).
     """
     model = self.model if model is None else model
-    smoothing = self.config.label_smoothing
-    weight = float(self.config.aux_loss_weight)
+    smoothing = self.ctx.loss.label_smoothing
+    weight = float(self.ctx.loss.aux_weight)
     if weight == 0.0:
       logits, model_state = apply_train(model, params, model_state, images, rng)
       return jnp.mean(self.task.loss(logits, labels, smoothing)), logits, model_state

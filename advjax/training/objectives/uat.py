@@ -18,14 +18,16 @@ Two train steps, registered as objectives:
   pass give both the weight gradient and the delta gradient of the same loss
   at the old (w, delta), and both are updated. The cost of natural training.
 
-Ascent rules for delta (`config.uat.delta_rule`): 'fgsm', eq. 6,
-delta += eps * sign(g); 'sgd', eq. 7, delta += tau * g; 'adam', Adam ascent
-with learning rate tau. After each step delta is projected onto the L-inf
-eps ball. Both players use the training loss l (cross-entropy with the
-config's label smoothing); the weights descend it as is, and delta ascends
-the clipped loss min(l, beta) of eq. 3 when `config.uat.clip_beta` > 0
-(the paper introduces the clipping for its universal attack, algorithm 2;
-algorithms 3-4 write the plain loss, which is clip_beta = 0).
+Ascent rules for delta (`config.uat.step_rule`, advjax's one vocabulary of
+`advjax.attacks.rules`): 'sign', eq. 6, delta += eps * sign(g) (the paper's
+"FGSM" rule: its step is eps itself); 'sgd', eq. 7, delta += tau * g; 'adam',
+Adam ascent with learning rate tau (and any other rule of `rules.RULES`, at
+step tau). After each step delta is projected onto the L-inf eps ball. Both
+players use the training loss l (cross-entropy with the config's label
+smoothing); the weights descend it as is, and delta ascends the clipped loss
+min(l, beta) of eq. 3 when `config.uat.clip_beta` > 0 (the paper introduces
+the clipping for its universal attack, algorithm 2; algorithms 3-4 write the
+plain loss, which is clip_beta = 0).
 
 The update is the shared ascent step of the attacks (`advjax.attacks.core.ascend`
 with the rule of `advjax.attacks.rules`: 'sign', 'sgd' or 'adam').
@@ -40,10 +42,11 @@ is checkpointed with the rest of the state.
 """
 
 import dataclasses
+import math
+from typing import ClassVar
 
 import jax
 import jax.numpy as jnp
-import ml_collections
 import optax
 
 from advjax.attacks import core, rules, threat
@@ -53,68 +56,46 @@ from advjax.training.train_state import TrainState
 
 DELTA = "delta"
 DELTA_OPT_STATE = "delta_opt_state"
-# Ascent rules of the perturbation player and the `advjax.attacks.rules` rule each one is.
-DELTA_RULES = {"fgsm": "sign", "sgd": "sgd", "adam": "adam"}
-
-
-def config_block() -> ml_collections.ConfigDict:
-  """The documented `config.uat` block (0-255 units)."""
-  c = ml_collections.ConfigDict()
-  # Ascent rule for delta: 'fgsm' delta += eps * sign(g) (eq. 6), 'sgd' delta +=
-  # step_size * g (eq. 7), 'adam' Adam ascent at rate step_size.
-  c.delta_rule = "fgsm"
-  c.eps = 8.0  # L-inf radius of delta, 0-255 units.
-  # tau_delta of the 'sgd' and 'adam' rules, 0-255 units (Adam moves a pixel by
-  # about this much per step; SGD scales the gradient on the [0, 1] image scale by it).
-  c.step_size = 1.0
-  # beta of eq. 3: delta ascends the mean of min(CE, beta) so no single example
-  # dominates; 0 ascends the plain CE of algorithms 3-4. Weights always descend the plain CE.
-  c.clip_beta = 0.0
-  return c
 
 
 @dataclasses.dataclass(frozen=True)
 class UATConfig:
-  """The delta player's hyper-parameters on the [0, 1] image scale.
+  """`config.uat`: the delta player of universal adversarial training, sizes in 0-255 units.
 
   Attributes:
-    delta_rule: a key of `DELTA_RULES`.
+    step_rule: the ascent rule of delta (`rules.RULES`): 'sign' delta +=
+      eps * sign(g) (eq. 6), 'sgd' delta += step_size * g (eq. 7), 'adam'
+      Adam ascent at rate step_size, ...
     eps: L-inf radius of delta.
-    step_size: tau of the 'sgd' and 'adam' rules.
-    clip_beta: beta of eq. 3 for the delta objective; 0 for no clipping.
+    step_size: tau of every rule but 'sign' (Adam moves a pixel by about this
+      much per step; SGD scales the gradient on the [0, 1] image scale by it).
+    clip_beta: beta of eq. 3: delta ascends the mean of min(CE, beta) so no
+      single example dominates; 0 ascends the plain CE of algorithms 3-4.
+      Weights always descend the plain CE.
   """
-  delta_rule: str
-  eps: float
-  step_size: float
-  clip_beta: float
+  step_rule: str = "sign"
+  eps: float = 8.0
+  step_size: float = 1.0
+  clip_beta: float = 0.0
 
-  @classmethod
-  def from_config(cls, config: ml_collections.ConfigDict) -> "UATConfig":
-    """Reads and checks `config.uat` (0-255 units) and converts the sizes once.
+  RENAMED: ClassVar[dict[str, str]] = {"delta_rule": "step_rule"}
 
-    Raises:
-      ConfigError: naming the first bad field.
-    """
-    cfg = config.uat
-    if cfg.delta_rule not in DELTA_RULES:
-      raise ConfigError(f"config.uat.delta_rule: unknown rule {cfg.delta_rule!r}; "
-                        f"known: {', '.join(DELTA_RULES)}")
-    if not 0 < cfg.eps <= 255:
-      raise ConfigError("config.uat.eps: must be in (0, 255]")
-    if not 0 <= cfg.step_size <= 255:
-      raise ConfigError("config.uat.step_size: must be in [0, 255]")
-    if not 0 <= cfg.clip_beta < float("inf"):
-      raise ConfigError("config.uat.clip_beta: must be finite and non-negative (0 means no clipping)")
-    return cls(delta_rule=cfg.delta_rule, eps=threat.to_unit(float(cfg.eps)),
-               step_size=threat.to_unit(float(cfg.step_size)), clip_beta=float(cfg.clip_beta))
+  def __post_init__(self):
+    rules.check(self.step_rule)
+    if not (math.isfinite(self.eps) and 0 < self.eps <= 255):
+      raise ConfigError(f"eps={self.eps!r} must be in (0, 255]")
+    if not (math.isfinite(self.step_size) and 0 <= self.step_size <= 255):
+      raise ConfigError(f"step_size={self.step_size!r} must be in [0, 255]")
+    if not (math.isfinite(self.clip_beta) and self.clip_beta >= 0):
+      raise ConfigError(f"clip_beta={self.clip_beta!r} must be finite and non-negative (0 means no clipping)")
 
   def rule(self):
     """The ascent rule of delta."""
-    return rules.get(DELTA_RULES[self.delta_rule])
+    return rules.get(self.step_rule)
 
   def ascent_step_size(self) -> float:
-    """alpha of the update: eps for the FGSM rule (eq. 6), tau otherwise."""
-    return self.eps if self.delta_rule == "fgsm" else self.step_size
+    """alpha of the update on the [0, 1] scale: eps for the sign rule (eq. 6), tau otherwise."""
+    return threat.to_unit(self.eps if self.step_rule == "sign" else self.step_size)
 
 
 def ascend(extras: dict, grad: jax.Array, cfg: UATConfig) -> dict:
@@ -128,7 +109,7 @@ def ascend(extras: dict, grad: jax.Array, cfg: UATConfig) -> dict:
   Returns:
     The updated extras, same structure.
   """
-  ball = threat.ThreatModel("linf", cfg.eps)
+  ball = threat.ThreatModel("linf", threat.to_unit(cfg.eps))
   delta, opt_state = core.ascend(extras[DELTA], grad, extras[DELTA_OPT_STATE], cfg.rule(),
                                  cfg.ascent_step_size(), lambda d: ball.project(d[None])[0])
   return {**extras, DELTA: delta, DELTA_OPT_STATE: opt_state}
@@ -144,17 +125,12 @@ def delta_objective(per_example_ce: jax.Array, clip_beta: float) -> jax.Array:
 class _UniversalAdversarialTraining(base.Objective):
   """What both algorithms share: delta in the extras, its config, the logged metrics."""
 
-  @classmethod
-  def validate(cls, config: ml_collections.ConfigDict) -> None:
-    UATConfig.from_config(config)
-
-  @classmethod
-  def config_block(cls):
-    return "uat", config_block()
+  BLOCK = "uat"
+  Config = UATConfig
 
   def __init__(self, ctx: base.ObjectiveContext):
     super().__init__(ctx)
-    self.uat = UATConfig.from_config(self.config)
+    self.uat = self.block
 
   def init_extras(self, image_shape: tuple[int, ...]) -> dict:
     """delta = 0 [height, width, channels] float32, and its ascent rule's state."""
@@ -190,7 +166,7 @@ class AlternatingUAT(_UniversalAdversarialTraining):
     weight_rng, delta_rng = jax.random.split(jax.random.fold_in(state.rng, state.step))
     x, y = batch["image"], batch["label"]
     delta = state.extras[DELTA]
-    smoothing = self.config.label_smoothing
+    smoothing = self.ctx.loss.label_smoothing
 
     def weight_loss(params):
       logits, model_state = base.apply_train(self.model, params, state.model_state, threat.apply(x, delta),
@@ -232,7 +208,7 @@ class SimultaneousUAT(_UniversalAdversarialTraining):
 
     def loss_fn(params, copies):
       logits, model_state = base.apply_train(self.model, params, state.model_state, threat.apply(x, copies), rng)
-      per_example = self.task.loss(logits, y, self.config.label_smoothing)
+      per_example = self.task.loss(logits, y, self.ctx.loss.label_smoothing)
       return jnp.mean(per_example), (model_state, logits, per_example)
 
     copies = jnp.broadcast_to(delta, x.shape)
