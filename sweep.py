@@ -1,12 +1,19 @@
-"""Runs a shared-adversarial-training sweep: `python sweep.py --config configs/compare_digits.py --workdir runs/compare`.
+"""Runs a sweep: `python sweep.py --config configs/compare_digits.py --workdir runs/compare`.
 
-Trains the ERM model, fine-tunes it for every (sharedness, eps, sigma) of the
-grid, evaluates clean accuracy, eps_adv(delta) and eps_uni(delta) for each,
-and writes results.csv, results.md, pareto.png and perturbations.png to the
-workdir. Rerunning with the same workdir resumes.
+A sweep config names runs (experiment configs, one row each) and seeds; every
+(run, seed) is trained and evaluated in `<workdir>/<run>/seed<seed>`, and the
+mean and spread over seeds of every result is written to `<workdir>/results.md`
+(with results.csv and the figures the config asks for). Override any field
+with `--config.<field>=<value>` (`--config.seeds="(0,1,2)"`). Rerunning with
+the same workdir resumes: finished runs are read back, not redone.
+See `advjax.sweep`.
 """
 
-from advjax import cli
+from advjax import preemption
+
+preemption.install()  # From here on SIGTERM asks for a clean stop, even during the imports below.
+
+from advjax import cli  # noqa: E402
 
 
 def main(config, workdir):

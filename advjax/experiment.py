@@ -8,7 +8,8 @@ reads model variables from checkpoints (to resume, fine-tune, load a
 pretrained backbone or evaluate), and hands evaluators their `EvalContext`.
 
 It writes nothing: the training loop (`advjax.training.trainer`) and the
-drivers (`advjax.runs`) own the run directory.
+drivers (`advjax.runs`) write the run directory, and every read of another
+run goes through `advjax.run_dir`.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ import numpy as np
 from flax import traverse_util
 
 from advjax.cpu import compilation
-from advjax import attacks, checkpointing, config as config_lib, data, models, parallel, saved_runs, tasks
+from advjax import attacks, config as config_lib, data, models, parallel, run_dir, saved_runs, tasks
 from advjax.errors import CheckpointError
 from advjax.evaluation.context import EvalContext, name_to_int, named_key
 from advjax.training import objectives, optim
@@ -58,7 +59,7 @@ class Experiment:
     m = config.model
     mean, std = self.info.mean, self.info.std
     if m.backbone_checkpoint:
-      if checkpointing.latest_step(m.backbone_checkpoint) is None:
+      if run_dir.latest_step(m.backbone_checkpoint) is None:
         raise CheckpointError(f"no checkpoints in {m.backbone_checkpoint!r} (model.backbone_checkpoint, the run "
                               "to start from)")
       mean, std = saved_runs.input_normalisation(m.backbone_checkpoint, "model.backbone_checkpoint")
@@ -98,15 +99,7 @@ class Experiment:
     Evaluation needs only these, so one config's evaluation can be applied
     to runs trained with other objectives (ERM, PGD-AT, UAT) of the same model.
     """
-    state = self.init_state()
-    step, loaded = checkpointing.read(workdir, {"params": state.params, "model_state": state.model_state})
-    return step, {"params": loaded["params"], **loaded["model_state"]}
-
-  def _read_main(self, workdir: str, state: TrainState) -> dict[str, Any]:
-    """The plain model's variables (no auxiliary BN sets) of another run's latest checkpoint."""
-    main = models.aux_bn.export_main(state.variables)
-    template = {"params": main["params"], "model_state": {k: v for k, v in main.items() if k != "params"}}
-    return checkpointing.read(workdir, template)[1]
+    return run_dir.read_variables(workdir, self.init_state().variables)
 
   def init_from(self, workdir: str, state: TrainState) -> TrainState:
     """`state` with the model variables of another run's latest checkpoint (fine-tuning).
@@ -114,11 +107,11 @@ class Experiment:
     Only the plain model is loaded; auxiliary BatchNorm sets (AdvProp) that
     the other run may not have keep their initial scale, offset and statistics.
     """
-    loaded = self._read_main(workdir, state)
+    loaded = run_dir.read_variables(workdir, models.aux_bn.export_main(state.variables))[1]
     params = traverse_util.flatten_dict(state.params)
     params.update(traverse_util.flatten_dict(loaded["params"]))
     return state.replace(params=traverse_util.unflatten_dict(params),
-                         model_state={**state.model_state, **loaded["model_state"]})
+                         model_state={**state.model_state, **{k: v for k, v in loaded.items() if k != "params"}})
 
   def init_backbone(self, workdir: str, state: TrainState) -> TrainState:
     """`state` with every backbone variable (all but the head's) from another run's latest checkpoint.
@@ -129,18 +122,13 @@ class Experiment:
     Raises:
       CheckpointError: no checkpoint, or a backbone that does not fit.
     """
-    def backbone(tree):
-      return {k: v for k, v in tree.items() if not self.model.head_owns(k)}
-
-    main = models.aux_bn.export_main(state.variables)
-    template = {"params": backbone(main["params"]),
-                "model_state": {k: backbone(v) for k, v in main.items() if k != "params"}}
+    template = {collection: {k: v for k, v in tree.items() if not self.model.head_owns(k)}
+                for collection, tree in models.aux_bn.export_main(state.variables).items()}
     if not template["params"]:
       raise CheckpointError("model.backbone_checkpoint: this model has no backbone variables to load")
-    loaded = checkpointing.read(workdir, template)[1]
+    loaded = run_dir.read_variables(workdir, template)[1]
     return state.replace(params={**state.params, **loaded["params"]},
-                         model_state={k: {**v, **loaded["model_state"].get(k, {})}
-                                      for k, v in state.model_state.items()})
+                         model_state={k: {**v, **loaded.get(k, {})} for k, v in state.model_state.items()})
 
   def eval_batches(self, split: str | None = None) -> Iterator[dict[str, jax.Array]]:
     """The held-out split (its first `eval.num_examples`) as global sharded batches with a padding mask."""
@@ -191,15 +179,11 @@ class Experiment:
       CheckpointError: the run, or the run it started from, has no checkpoint.
     """
     state = self.init_state()
-    template = {"params": state.params, "model_state": state.model_state}
     out = []
     source = self.config.init_checkpoint
-    if source and 0 not in checkpointing.all_steps(workdir):
-      if checkpointing.latest_step(source) is None:
+    if source and 0 not in run_dir.all_steps(workdir):
+      if run_dir.latest_step(source) is None:
         raise CheckpointError(f"no checkpoints in {source!r} (config.init_checkpoint, the model the run "
                               "started from, epoch 0 of its history)")
       out.append((0, self.init_from(source, state).variables))
-    for step in checkpointing.all_steps(workdir):
-      _, loaded = checkpointing.read(workdir, template, step)
-      out.append((step, {"params": loaded["params"], **loaded["model_state"]}))
-    return out
+    return out + run_dir.history(workdir, state.variables)

@@ -22,7 +22,6 @@ evaluation stops between evaluators, and nothing is half-written.
 from __future__ import annotations
 
 import json
-import os
 import sys
 from typing import Any
 
@@ -30,15 +29,8 @@ import jax
 import ml_collections
 
 from advjax import config as config_lib, evaluation, parallel, preemption, run_dir
-from advjax.errors import ConfigError
 from advjax.experiment import Experiment
 from advjax.training import trainer
-
-# The config fields that define a model's architecture and input normalisation.
-# model.backbone_checkpoint: a model with a pretrained backbone normalises its inputs as that run's data.
-MODEL_FIELDS = ("model.name", "model.head", "model.activation", "model.norm", "model.insert_block",
-                "model.insert_after", "model.backbone_checkpoint", "data.name", "data.class_subset",
-                "data.image_size")
 
 
 def _evaluate(config, experiment, variables, names, out_dir=None) -> dict[str, Any] | None:
@@ -71,13 +63,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, devices=
       if result.state is None and jax.process_index() == 0:
         print("SIGTERM before training started: nothing to save", file=sys.stderr, flush=True)
       return {"preempted_at_step": result.step}
-    path = os.path.join(workdir, run_dir.SUMMARY_FILE)
-    if not result.last_metrics and os.path.exists(path):
-      with open(path) as f:
-        summary = json.load(f)
-      if summary.get("steps") == result.step:
-        return summary
-    results = _evaluate(config, experiment, result.state.variables, tuple(config.train_evals))
+    saved = run_dir.read_summary(workdir)
+    if not result.last_metrics and saved is not None and saved.get("steps") == result.step:
+      return saved
+    results = _evaluate(config, experiment, result.state.variables, tuple(config.train_evals), out_dir=workdir)
     if results is None:
       return {"preempted_at_step": result.step}
     writer = run_dir.MetricWriter(workdir)
@@ -88,38 +77,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, devices=
         "wall_time_s": result.wall_time_s, "device_count": jax.device_count(),
         "process_count": jax.process_count(), "config": config_lib.to_dict(config),
     }
-    run_dir.write_json(path, summary)
+    path = run_dir.write_summary(workdir, summary)
     if jax.process_index() == 0:
       print(f"evaluation {json.dumps(evaluation.scalars(results))}; summary in {path}", file=sys.stderr, flush=True)
     return summary
-
-
-def check_same_model(config: ml_collections.ConfigDict, workdir: str) -> None:
-  """Raises ConfigError if `config` describes another model than the run in `workdir` trained.
-
-  Runs without a config.json (or with `config.eval.cross_evaluate`) pass.
-  """
-  path = os.path.join(workdir, run_dir.CONFIG_FILE)
-  if config.eval.cross_evaluate or not os.path.exists(path):
-    return
-  try:
-    with open(path) as f:
-      saved = json.load(f)
-  except (OSError, json.JSONDecodeError):
-    return
-  current = config.to_dict()
-
-  def get(tree, field):
-    for key in field.split("."):
-      tree = tree.get(key) if isinstance(tree, dict) else None
-    return tree
-
-  differ = [f"{field} {get(saved, field)!r} -> {get(current, field)!r}" for field in MODEL_FIELDS
-            if get(saved, field) is not None and get(saved, field) != get(current, field)]
-  if differ:
-    raise ConfigError(f"this config describes another model than the run in {workdir!r} trained "
-                      f"({'; '.join(differ)}); fix the config, or set --config.eval.cross_evaluate=True "
-                      "to evaluate it anyway")
 
 
 def evaluate_run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
@@ -136,7 +97,8 @@ def evaluate_run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, A
   with preemption.watch():
     parallel.initialize_distributed(**config.distributed)
     experiment = Experiment(config)
-    check_same_model(config, workdir)
+    if not config.eval.cross_evaluate:
+      run_dir.check_same_model(workdir, config.to_dict())
     step, variables = experiment.restore_model(workdir)
     results = _evaluate(config, experiment, variables, tuple(config.eval.entries) or tuple(config.evals),
                         out_dir=workdir)
@@ -144,7 +106,7 @@ def evaluate_run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, A
       return {"preempted_at_step": step}
     report = {"step": step, **results}
     if jax.process_index() == 0:
-      run_dir.write_json(os.path.join(workdir, config.eval.output_file), report)
+      run_dir.write_eval(workdir, config.eval.output_file, report)
       writer = run_dir.MetricWriter(workdir)
       writer.write(step, evaluation.scalars(results, "eval/"))
       writer.close()

@@ -1,9 +1,9 @@
 """Models of other runs, rebuilt from their run directories alone.
 
 A run directory holds the config it was trained with (config.json) and its
-checkpoints. From them, without the config that is running now:
+checkpoints. From them (read through `advjax.run_dir`), without the config
+that is running now:
 
-  read_config          the saved config as a dict
   input_normalisation  the input mean and std the run's network learned under
   load_model           the network and the variables of its latest checkpoint
 
@@ -13,7 +13,6 @@ checkpoints. From them, without the config that is running now:
 
 from __future__ import annotations
 
-import json
 import os
 from typing import Any
 
@@ -21,29 +20,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
-from advjax import checkpointing, data, models, run_dir
-from advjax.errors import CheckpointError
-
-
-def read_config(workdir: str, purpose: str) -> dict[str, Any]:
-  """The config a run saved in its config.json.
-
-  Args:
-    workdir: the run directory.
-    purpose: what the run is read for, named in the error (e.g. 'model.backbone_checkpoint').
-
-  Raises:
-    CheckpointError: no readable config.json (one a kill cut short counts as none).
-  """
-  path = os.path.join(workdir, run_dir.CONFIG_FILE)
-  try:
-    with open(path) as f:
-      config = json.load(f)
-    if not isinstance(config, dict) or not isinstance(config.get("data"), dict):
-      raise ValueError("no 'data' block")
-  except (OSError, ValueError) as e:
-    raise CheckpointError(f"{purpose}: cannot read the run's config from {path!r} ({e})") from None
-  return config
+from advjax import data, models, run_dir
 
 
 def input_normalisation(workdir: str, purpose: str) -> tuple[tuple[float, ...], tuple[float, ...]]:
@@ -62,7 +39,7 @@ def input_normalisation(workdir: str, purpose: str) -> tuple[tuple[float, ...], 
   """
   seen = set()
   while True:
-    config = read_config(workdir, purpose)
+    config = run_dir.read_config(workdir, purpose)
     seen.add(os.path.realpath(workdir))
     backbone = config.get("model", {}).get("backbone_checkpoint", "")
     if not backbone or os.path.realpath(backbone) in seen:
@@ -86,13 +63,11 @@ def load_model(workdir: str, purpose: str) -> tuple[models.Network, dict[str, An
     CheckpointError: no readable config.json, or no checkpoint that fits the network.
     ConfigError, DataError: its model or dataset is unknown here.
   """
-  config = read_config(workdir, purpose)
+  config = run_dir.read_config(workdir, purpose)
   info = data.get_info(ml_collections.ConfigDict(config["data"]))
   mean, std = input_normalisation(workdir, purpose)
   model = models.from_config(config.get("model", {}), num_classes=info.num_classes, mean=mean, std=std)
   key = jax.random.key(0)
   shapes = jax.eval_shape(lambda: model.init({"params": key, "dropout": key},
                                              jnp.zeros((1, *info.image_shape), jnp.float32), train=False))
-  template = {"params": shapes["params"], "model_state": {k: v for k, v in shapes.items() if k != "params"}}
-  _, loaded = checkpointing.read(workdir, template)
-  return model, {"params": loaded["params"], **loaded["model_state"]}, info
+  return model, run_dir.read_variables(workdir, shapes)[1], info

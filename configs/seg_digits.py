@@ -5,13 +5,13 @@ digits). The model is FCN-8s on the universality paper's convnet, read before
 each max pool ('convnet_dense': skips at 1/1, 1/2 and 1/4 of the input) with
 fc6 (7x7) and fc7 (1x1) 128 wide on the coarsest stage ('fcn8s_fc:128,128').
 As Long et al. do, the backbone starts from a classifier: the ERM convnet
-that `make train` trains on the digits (runs/compare/erm), fine-tuned with
+that `make train` trains on the digits (runs/compare/erm/seed0), fine-tuned with
 the head (12 epochs, Adam 2e-3, cosine). The arg picks the model:
 
   ''        standard: backbone from the ERM classifier, everything trained
   'rb'      robust backbone (the robust-segmentation paper's RB): the backbone
             of the adversarially trained classifier of `make train`
-            (runs/compare/s1_eps76.5_sigma0.5: PGD s = 1, eps 76.5), frozen;
+            (runs/compare/s1_eps76.5_sigma0.5/seed0: PGD s = 1, eps 76.5), frozen;
             only the head is trained, for 6 epochs
   'tiny'    convnet_dense_tiny from scratch, for tests
 
@@ -43,7 +43,7 @@ from advjax.config import base_config, eval_entry
 AT_EPS = 76.5
 AT_STEPS = 3
 AT_STEP_SIZE = 2.5 * AT_EPS / AT_STEPS
-BACKBONES = {"": "runs/compare/erm", "rb": "runs/compare/s1_eps76.5_sigma0.5", "tiny": ""}
+BACKBONES = {"": "runs/compare/erm/seed0", "rb": "runs/compare/s1_eps76.5_sigma0.5/seed0", "tiny": ""}
 
 
 def get_config(arg=None):

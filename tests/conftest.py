@@ -63,7 +63,7 @@ _LONGEST_FIRST = (
     "test_per_pixel_adversarial_training_on_one_and_eight_devices",
     "test_cityscapes_fcn8_config_trains_one_step_on_mock_data",
     "test_two_processes_match_one_process",
-    "test_sweep_writes_tables_and_figures_and_resumes",
+    "test_sweep_trains_every_run_writes_tables_and_figures_and_resumes",
     "test_segmentation_rows_agree_and_fail_on_a_wrong_weight_copy",
     "test_registered_parts_train_and_evaluate_through_the_usual_path",
     "test_universality_cifar10_config_has_the_papers_settings_and_trains_one_step",

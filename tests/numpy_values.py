@@ -7,7 +7,7 @@ compiling the model's init program.
 import jax
 import numpy as np
 
-from advjax.checkpointing import path_name
+from advjax.run_dir.checkpoints import path_name
 
 
 def draw_like(shapes, seed: int = 0, fixed: dict[str, float] | None = None):

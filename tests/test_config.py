@@ -6,6 +6,7 @@ import os
 import pytest
 
 from advjax import config as config_lib
+from advjax import sweep
 from advjax.errors import ConfigError
 from configs import default, tiny
 
@@ -13,12 +14,18 @@ from configs import default, tiny
 CONFIG_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs")
 
 
+# Config files that need an argument, and one they take.
+SAMPLE_ARGS = {"seeds": "tiny"}
+
+
 @pytest.mark.parametrize("name", sorted(f[:-3] for f in os.listdir(CONFIG_DIR) if f.endswith(".py")))
 def test_every_shipped_config_validates(name):
-  """Experiment configs validate; sweep configs (with `erm` and `experiment`) validate both."""
-  config = importlib.import_module(f"configs.{name}").get_config()
-  for experiment in (config.erm, config.experiment) if "experiment" in config else (config,):
-    config_lib.validate(experiment, num_devices=1)
+  """Experiment configs validate; so does every run of a sweep config (with its seeds and references)."""
+  config = importlib.import_module(f"configs.{name}").get_config(SAMPLE_ARGS.get(name))
+  if "runs" in config:
+    assert sweep.run_configs(config, "runs/sweep", num_devices=1)
+  else:
+    config_lib.validate(config, num_devices=1)
 
 
 def test_default_and_tiny_validate_on_eight_devices():

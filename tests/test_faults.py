@@ -20,7 +20,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 
-from advjax import checkpointing, run_dir, runs
+from advjax import run_dir, runs
 from advjax.errors import CheckpointError, ConfigError, NonFiniteError
 from advjax.experiment import Experiment
 from advjax.training import objectives
@@ -42,7 +42,7 @@ def _config(**fields):
 
 def _params(workdir, config):
   experiment = Experiment(config, jax.devices()[:1])
-  return checkpointing.Checkpointer(workdir, create=False).restore(experiment.init_state())
+  return run_dir.Checkpointer(workdir, create=False).restore(experiment.init_state())
 
 
 def _snapshot(directory):
@@ -87,7 +87,7 @@ def _damage_array_data(workdir, step, every=None):
       every array of more than `every` bytes, so that a restore of only some
       fields (the parameters) also finds damage.
   """
-  root = os.path.join(workdir, "checkpoints", str(step), checkpointing.STATE_ITEM)
+  root = os.path.join(workdir, "checkpoints", str(step), run_dir.checkpoints.STATE_ITEM)
   paths = [os.path.join(base, name) for base, _, names in os.walk(root) for name in names
            if os.path.basename(os.path.dirname(base)).startswith("ocdbt.process_") and os.path.basename(base) == "d"]
   assert paths, f"no OCDBT data files under {root}"
@@ -110,7 +110,7 @@ def test_a_damaged_checkpoint_is_set_aside_and_the_previous_one_resumes_bitwise(
   summary = runs.train_and_evaluate(config, workdir)
   err = capfd.readouterr().err
   assert "checkpoint 12" in err and "damaged" in err
-  assert os.path.isdir(os.path.join(workdir, checkpointing.DAMAGED_DIR, "12"))
+  assert os.path.isdir(os.path.join(workdir, run_dir.DAMAGED_DIR, "12"))
   step, state = _params(workdir, config)
   _, ref = _params(reference, config)
   assert step == 12 and summary["steps"] == 12
@@ -125,7 +125,7 @@ def test_evaluation_reads_around_a_damaged_checkpoint(reference, tmp_path, capfd
   step, _ = Experiment(_config()).restore_model(workdir)
   assert step == 8 and "checkpoint 12" in capfd.readouterr().err
   with pytest.raises(CheckpointError, match="damaged"):
-    checkpointing.read(workdir, {"params": _params(reference, _config())[1].params}, step=12)
+    run_dir.checkpoints.read(workdir, {"params": _params(reference, _config())[1].params}, step=12)
 
 
 class _PoisonedERM(erm.ERM):
@@ -144,7 +144,7 @@ def test_divergence_stops_the_run_before_anything_of_it_is_saved(tmp_path, monke
   with pytest.raises(NonFiniteError, match="step 3") as error:
     runs.train_and_evaluate(config, workdir)
   assert "newest checkpoint is step 2" in str(error.value)
-  assert checkpointing.latest_step(workdir) == 2
+  assert run_dir.latest_step(workdir) == 2
   assert max(r["step"] for r in run_dir.read_metrics(workdir)) == 2
   assert not os.path.exists(os.path.join(workdir, run_dir.SUMMARY_FILE))
   step, state = _params(workdir, config)
@@ -267,18 +267,18 @@ def test_sigterm_during_start_up_exits_0_with_nothing_saved(tmp_path):
   _, err = proc.communicate(timeout=120)
   assert proc.returncode == 0, err
   assert "nothing to save" in err and "Traceback" not in err
-  assert checkpointing.latest_step(str(tmp_path / "run")) is None
+  assert run_dir.latest_step(str(tmp_path / "run")) is None
 
 
 def test_sigterm_when_a_checkpoint_is_due_exits_0_with_that_step(tmp_path):
   workdir = tmp_path / "run"
   proc = _train_process(workdir, "--config.num_steps=100000", "--config.checkpoint_every_steps=1")
   deadline = time.time() + 240
-  while time.time() < deadline and checkpointing.latest_step(str(workdir)) is None:
+  while time.time() < deadline and run_dir.latest_step(str(workdir)) is None:
     time.sleep(0.05)
   proc.send_signal(signal.SIGTERM)
   _, err = proc.communicate(timeout=120)
   assert proc.returncode == 0, err
   assert "SIGTERM: saved checkpoint at step" in err and "Traceback" not in err
   step = int(err.split("saved checkpoint at step ")[1].split(";")[0])
-  assert checkpointing.latest_step(str(workdir)) == step
+  assert run_dir.latest_step(str(workdir)) == step

@@ -46,7 +46,7 @@ was pasted into, so it may hold strokes of an overlapping digit, as the
 canvas does. A digit is masked when the mask covers at least one pixel of
 its window labelled with its class (label = class + 1). The classifier
 run's model must take 28x28x1 inputs (an MNIST classifier such as
-runs/compare/erm); it is rebuilt from the run's config.json and its latest
+runs/compare/erm/seed0); it is rebuilt from the run's config.json and its latest
 checkpoint (`advjax.saved_runs.load_model`), in BatchNorm eval mode.
 Anything else (another dataset, another input shape) is one ConfigError.
 

@@ -22,7 +22,7 @@ What a run does when something goes wrong:
                  undone and skipped ('skip'); the checkpoints stay good.
   damaged checkpoint
                  it is set aside and the newest one that verifies is restored
-                 (`advjax.checkpointing`).
+                 (`advjax.run_dir.checkpoints`).
   failed write   a save that fails (a full disk, permissions) is one
                  `CheckpointError` within a step; the previous checkpoint is intact.
 
@@ -36,7 +36,6 @@ trains nothing.
 from __future__ import annotations
 
 import dataclasses
-import os
 import sys
 import time
 from typing import Any
@@ -44,7 +43,7 @@ from typing import Any
 import jax
 import numpy as np
 
-from advjax import checkpointing, parallel, preemption, run_dir
+from advjax import parallel, preemption, run_dir
 from advjax.errors import CheckpointError, NonFiniteError
 from advjax.training import steps
 from advjax.training.train_state import TrainState
@@ -66,6 +65,26 @@ class TrainResult:
   preempted: bool
   last_metrics: dict[str, float]
   wall_time_s: float
+
+
+class Progress:
+  """Prints a periodic line with steps/s and the remaining time (process 0)."""
+
+  def __init__(self, start_step: int, total_steps: int):
+    self._start_step = start_step
+    self._total = total_steps
+    self._t0 = time.perf_counter()
+
+  def line(self, step: int, scalars: dict[str, float]) -> str:
+    elapsed = time.perf_counter() - self._t0
+    rate = (step - self._start_step) / elapsed if elapsed > 0 else 0.0
+    eta = (self._total - step) / rate if rate > 0 else float("nan")
+    shown = "  ".join(f"{k} {v:.4g}" for k, v in scalars.items())
+    return f"step {step}/{self._total}  {shown}  {rate:.2f} steps/s  ETA {eta:.0f}s"
+
+  def report(self, step: int, scalars: dict[str, float]) -> None:
+    if jax.process_index() == 0:
+      print(self.line(step, scalars), file=sys.stderr, flush=True)
 
 
 def _mean_metrics(history: list[dict]) -> dict[str, float]:
@@ -101,20 +120,20 @@ def train(experiment: Any, workdir: str) -> TrainResult:
   t_start = time.time()
   config = experiment.config
   total = experiment.total_steps
-  latest = checkpointing.latest_step(workdir)
+  latest = run_dir.latest_step(workdir)
   if latest is not None and latest > total:
     raise CheckpointError(
         f"workdir {workdir!r} holds a checkpoint at step {latest}, beyond this config's {total} steps; "
         f"set num_steps >= {latest} to go on, or use a new workdir")
   if latest is None:
     for source in (config.init_checkpoint, config.model.backbone_checkpoint):
-      if source and checkpointing.latest_step(source) is None:
+      if source and run_dir.latest_step(source) is None:
         raise CheckpointError(f"no checkpoints in {source!r} (the run to start from)")
   run_dir.prepare(workdir, config.to_dict(), experiment.defaults)
   if preemption.requested():
     return TrainResult(None, latest or 0, True, {}, time.time() - t_start)
   state = experiment.init_state()
-  checkpointer = checkpointing.Checkpointer(workdir, keep=config.keep_checkpoints)
+  checkpointer = run_dir.Checkpointer(workdir, keep=config.keep_checkpoints)
   start_step = 0
   failed = True
   try:
@@ -130,7 +149,7 @@ def train(experiment: Any, workdir: str) -> TrainResult:
         print(f"the run in {workdir} finished at step {total}: nothing to train", file=sys.stderr, flush=True)
       result = TrainResult(state, total, False, {}, time.time() - t_start)
     else:
-      run_dir.truncate_after(workdir, start_step)
+      run_dir.truncate_metrics(workdir, start_step)
       result = _loop(experiment, workdir, state, start_step, checkpointer, t_start)
     failed = False
   finally:
@@ -139,19 +158,18 @@ def train(experiment: Any, workdir: str) -> TrainResult:
   return result
 
 
-def _loop(experiment, workdir: str, state: TrainState, start_step: int, checkpointer: checkpointing.Checkpointer,
+def _loop(experiment, workdir: str, state: TrainState, start_step: int, checkpointer: run_dir.Checkpointer,
           t_start: float) -> TrainResult:
   config = experiment.config
   mesh, total = experiment.mesh, experiment.total_steps
   mode = config.nonfinite
   train_step = steps.compile_train_step(steps.guard(experiment.objective.train_step, mode), state, mesh)
   writer = run_dir.MetricWriter(workdir)
-  progress = run_dir.Progress(start_step, total)
+  progress = Progress(start_step, total)
   history, last = [], {}
   if jax.process_index() == 0:
     print(f"training {config.model.name} on {config.data.name}: steps {start_step}->{total} "
           f"on {mesh.size} device(s), {jax.process_count()} process(es)", file=sys.stderr, flush=True)
-  config_path = os.path.join(workdir, run_dir.CONFIG_FILE)
   step, checkpointed, preempted = start_step, start_step, False
   pending = None  # The previous step's metrics, checked while the next step runs.
   try:
@@ -165,7 +183,7 @@ def _loop(experiment, workdir: str, state: TrainState, start_step: int, checkpoi
       checkpointer.check()
       if step == start_step + 1 and not run_dir.has_config(workdir):
         _check_finite(step, metrics, checkpointed, mode)  # The first step ran: the config works.
-        run_dir.write_json(config_path, config.to_dict())
+        run_dir.write_config(workdir, config.to_dict())
       stop = step < total and preemption.should_stop(step)
       log = step % config.log_every_steps == 0 or step == total
       save = stop or step == total or step % config.checkpoint_every_steps == 0

@@ -16,7 +16,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from advjax import attacks, checkpointing, evaluation, tasks
+from advjax import attacks, evaluation, run_dir, tasks
 from advjax.analysis import epochs as epochs_lib
 from advjax.analysis import sharedness as sharedness_lib
 from advjax.attacks import pgd
@@ -195,7 +195,7 @@ def test_history_starts_with_the_init_checkpoint(tmp_path):
   state = experiment.init_state()
   start = state.replace(params=jax.tree.map(lambda v: v + 1.0, state.params))
   for directory, saved, step in ((source, start, 12), (run, state, 4)):
-    checkpointer = checkpointing.Checkpointer(directory, keep=10)
+    checkpointer = run_dir.Checkpointer(directory, keep=10)
     checkpointer.save(step, saved, wait=True)
     checkpointer.close()
   # The experiment reads its config when asked, so one experiment serves every case.

@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from advjax import checkpointing, data, evaluation, saved_runs, tasks
+from advjax import data, evaluation, run_dir, saved_runs, tasks
 from advjax.attacks import make_logits_fn, synthesis as synthesis_lib
 from advjax.data import embedded
 from advjax.errors import ConfigError
@@ -79,7 +79,7 @@ def classifier_run(tmp_path_factory):
   # Distinct running statistics, so a loader that ignored them would be caught.
   init = {**init, "batch_stats": jax.tree.map(lambda v: v + 0.3, init["batch_stats"])}
   state = {"params": init["params"], "model_state": {"batch_stats": init["batch_stats"]}, "step": jnp.int32(7)}
-  saver = checkpointing.Checkpointer(workdir)
+  saver = run_dir.Checkpointer(workdir)
   saver.save(7, state, wait=True)
   return workdir, model, init
 

@@ -5,7 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from advjax import checkpointing, runs, tasks
+from advjax import run_dir, runs, tasks
 from advjax import config as config_lib
 from advjax.errors import ConfigError
 from advjax.experiment import Experiment
@@ -17,7 +17,7 @@ from configs import tiny
 
 def _restore(workdir, config):
   experiment = Experiment(config, jax.devices()[:1])
-  return checkpointing.Checkpointer(workdir, create=False).restore(experiment.init_state())[1]
+  return run_dir.Checkpointer(workdir, create=False).restore(experiment.init_state())[1]
 
 
 def _loss_fn(model, config, num_classes=10):

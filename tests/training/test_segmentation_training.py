@@ -36,8 +36,8 @@ def test_the_digit_canvas_configs():
     config_lib.validate(c, num_devices=8)
     assert (c.model.name, c.model.head, c.data.name) == ("convnet_dense", "fcn8s_fc:128,128", "mnist_seg_embedded")
   # Backbones from `make train`'s classifiers: ERM for the standard model, PGD (s = 1) for RB.
-  assert standard.model.backbone_checkpoint == "runs/compare/erm" and not standard.model.freeze_backbone
-  assert rb.model.backbone_checkpoint == "runs/compare/s1_eps76.5_sigma0.5" and rb.model.freeze_backbone
+  assert standard.model.backbone_checkpoint == "runs/compare/erm/seed0" and not standard.model.freeze_backbone
+  assert rb.model.backbone_checkpoint == "runs/compare/s1_eps76.5_sigma0.5/seed0" and rb.model.freeze_backbone
   # AT fine-tunes the standard model, keeping its backbone run (its input normalisation).
   assert at.init_checkpoint == "runs/seg_digits" and at.objective == "pgd_at"
   assert at.model.backbone_checkpoint == standard.model.backbone_checkpoint

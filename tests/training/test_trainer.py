@@ -19,7 +19,7 @@ import jax
 import numpy as np
 import pytest
 
-from advjax import checkpointing, data, experiment as experiment_lib, run_dir, runs
+from advjax import data, experiment as experiment_lib, run_dir, runs
 from configs import tiny
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -27,7 +27,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 
 def _final_state(workdir, config):
   experiment = experiment_lib.Experiment(config, jax.devices()[:1])
-  return checkpointing.Checkpointer(workdir, create=False).restore(experiment.init_state())[1]
+  return run_dir.Checkpointer(workdir, create=False).restore(experiment.init_state())[1]
 
 
 def _final_params(workdir, config):
@@ -80,7 +80,7 @@ def test_run_directory_holds_everything(reference_run):
   assert on_disk["evals"]["clean"] == {"accuracy": float(np.mean(predictions == y)), "num_examples": len(y)}
   assert records[-1]["eval/clean/accuracy"] == on_disk["evals"]["clean"]["accuracy"]
   assert os.path.exists(os.path.join(workdir, "config.json"))
-  assert checkpointing.Checkpointer(workdir, create=False).latest_step() == 12
+  assert run_dir.Checkpointer(workdir, create=False).latest_step() == 12
   # The loss went down: the step really trains.
   losses = _losses(workdir)
   assert losses[-3:].mean() < losses[:3].mean()
@@ -135,7 +135,7 @@ def test_sigterm_leaves_a_usable_checkpoint(tmp_path):
   _, err = proc.communicate(timeout=120)
   assert proc.returncode == 0, err
   assert "SIGTERM: saved checkpoint" in err
-  step = checkpointing.Checkpointer(workdir, create=False).latest_step()
+  step = run_dir.Checkpointer(workdir, create=False).latest_step()
   assert step is not None and step >= 1
   config = tiny.get_config()
   config.num_steps = 100000

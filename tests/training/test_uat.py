@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from jax.extend import core as jax_core
 
-from advjax import checkpointing, parallel
+from advjax import parallel, run_dir
 from advjax import config as config_lib
 from advjax.attacks import losses, threat
 from advjax.errors import ConfigError
@@ -83,7 +83,7 @@ def runs(experiment, initial_host_state, tmp_path_factory):
     state = _fresh_state(experiment, initial_host_state, config)
     step_fn = steps.compile_train_step(_objective(experiment, config).train_step, state, experiment.mesh)
     workdir = str(tmp_path_factory.mktemp(objective))
-    checkpointer = checkpointing.Checkpointer(workdir)
+    checkpointer = run_dir.Checkpointer(workdir)
     states, history = [jax.device_get(state)], []
     for t in range(4):
       state, metrics = step_fn(state, _batch(experiment, t))
@@ -151,7 +151,7 @@ def test_checkpoint_restores_delta_and_adam_state_and_resumes_exactly(experiment
   run = runs["uat_simultaneous"]
   template = _fresh_state(experiment, initial_host_state, run["config"])
   assert set(template.extras) == {"delta", "delta_opt_state"}
-  _, restored = checkpointing.Checkpointer(run["workdir"], create=False).restore(template)
+  _, restored = run_dir.Checkpointer(run["workdir"], create=False).restore(template)
   assert restored.extras["delta"].sharding.is_fully_replicated
   jax.tree.map(np.testing.assert_array_equal, jax.device_get(restored.extras), run["states"][2].extras)
   assert np.max(np.abs(run["states"][2].extras["delta_opt_state"][0].nu)) > 0
