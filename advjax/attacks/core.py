@@ -37,6 +37,7 @@ import jax.numpy as jnp
 import optax
 from jax import lax
 
+from advjax import typed_config
 from advjax.attacks import losses, rules, threat
 from advjax.errors import ConfigError
 
@@ -119,6 +120,15 @@ class AscentConfig:
     """Raises ConfigError naming `field` and its value unless `ok`."""
     if not ok:
       raise ConfigError(f"{field}={getattr(self, field)!r}: {why}")
+
+  @classmethod
+  def from_config(cls, config) -> "AscentConfig":
+    """Builds the config from a ConfigDict or mapping with fields of the same names (missing ones: the defaults).
+
+    Raises:
+      ConfigError: an unknown or renamed field, or a field with a bad type or value.
+    """
+    return typed_config.from_mapping(cls, config, cls.__name__)
 
   def rule(self) -> optax.GradientTransformation:
     """The ascent rule (`rules.get`)."""

@@ -51,7 +51,6 @@ import jax.numpy as jnp
 
 from advjax.cpu import compilation
 from advjax import tasks as tasks_lib
-from advjax import typed_config
 from advjax.attacks import core, diversity, losses, threat
 
 LABEL_SOURCES = ("true", "predicted")
@@ -108,22 +107,6 @@ class AttackConfig(core.AscentConfig):
     """The per-example `(logits, labels) -> [batch]` loss, with the margin losses' `confidence`."""
     return losses.get_loss(self.loss, self.targeted, label_smoothing=self.label_smoothing, kappa=self.kappa,
                            confidence=self.confidence)
-
-  @classmethod
-  def from_config(cls, config) -> "AttackConfig":
-    """Builds a config from a ConfigDict or dict with fields of the same names.
-
-    Args:
-      config: `ml_collections.ConfigDict` or mapping; missing fields keep
-        their defaults.
-
-    Returns:
-      The validated `AttackConfig`.
-
-    Raises:
-      ConfigError: an unknown field, or a field with a bad type or value.
-    """
-    return typed_config.from_mapping(cls, config, "attack config")
 
 
 def _kurakin_steps(eps: float) -> int:

@@ -69,7 +69,6 @@ import jax.numpy as jnp
 from jax import lax
 
 from advjax.cpu import compilation
-from advjax import typed_config
 from advjax.attacks import core, threat
 from advjax.data import streams
 from advjax.errors import ConfigError
@@ -110,22 +109,6 @@ class UniversalConfig(core.AscentConfig):
     self.check(self.target_class >= -1, "target_class", "must be a class >= 0, or -1 when a target map is given")
     self.check(isinstance(self.grad_batches, int) and self.grad_batches >= 1, "grad_batches",
                "must be an int >= 1")
-
-  @classmethod
-  def from_config(cls, config) -> "UniversalConfig":
-    """Builds a config from a ConfigDict or dict with fields of the same names.
-
-    Args:
-      config: `ml_collections.ConfigDict` or mapping; missing fields keep
-        their defaults.
-
-    Returns:
-      The validated `UniversalConfig`.
-
-    Raises:
-      ConfigError: an unknown field, or a field with a bad type or value.
-    """
-    return typed_config.from_mapping(cls, config, "universal config")
 
 
 def shared_at_eval_config(**overrides) -> UniversalConfig:

@@ -2,6 +2,7 @@
 
 import dataclasses
 
+import chex
 import jax
 import jax.numpy as jnp
 import ml_collections
@@ -117,22 +118,21 @@ def test_parallel_restarts_equal_the_loop(select, logits_fn, batch):
 
 def test_no_recompilation_for_same_shapes(model_and_variables, batch):
   model, variables = model_and_variables
-  traces = []
 
-  def counting_logits_fn(x):
-    traces.append(x.shape)
+  # A trace of the attack calls the model twice (the ascent's objective, the final scoring); the
+  # attack is traced twice: without an eps override and with a traced one, whatever its value.
+  @chex.assert_max_traces(n=4)
+  def logits_fn(x):
     return model.apply(variables, x)
 
   x, y = batch
   cfg = pgd_lib.pgd(8.0, num_steps=2)
-  pgd_lib.attack(counting_logits_fn, x, y, KEY, cfg)
-  first = len(traces)
-  pgd_lib.attack(counting_logits_fn, x + 0.01, y, jax.random.key(7), cfg)
-  pgd_lib.attack(counting_logits_fn, x, y, KEY, cfg, eps=4.0)
-  pgd_lib.attack(counting_logits_fn, x, y, KEY, cfg, eps=12.0)
-  second = len(traces)
-  pgd_lib.attack(counting_logits_fn, x, y, KEY, cfg, eps=3.0)
-  assert first > 0 and len(traces) == second
+  pgd_lib.attack(logits_fn, x, y, KEY, cfg)
+  pgd_lib.attack(logits_fn, x + 0.01, y, jax.random.key(7), cfg)
+  for eps in (4.0, 12.0, 3.0):
+    pgd_lib.attack(logits_fn, x, y, KEY, cfg, eps=eps)
+  with pytest.raises(AssertionError, match="traced > 4 times"):
+    pgd_lib.attack(logits_fn, x, y, KEY, dataclasses.replace(cfg, num_steps=3))  # Another program.
 
 
 def test_memory_does_not_grow_with_steps(logits_fn, batch):
