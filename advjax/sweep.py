@@ -14,7 +14,8 @@ ERM model for every sharedness, radius and weight). A sweep config says both:
                keep their keys sorted)
   seeds        the seeds every run is trained with, a grid axis of its own
                (`--config.seeds="(0,1,2)"`)
-  columns      config fields shown in the table ('adversarial.heap_size')
+  columns      config fields shown in the table ('adversarial.heap_size'; blank
+               for a run whose objective does not read that block)
   results      the results tabled, as flat names ('eps_uni/eps'); () for
                every number the runs' evaluations report
   pareto       x and y results of a Pareto plot, one front per group of runs
@@ -55,6 +56,7 @@ import numpy as np
 
 from advjax import config as config_lib, preemption, run_dir, runs, viz
 from advjax.errors import ConfigError
+from advjax.training import objectives
 
 RESULTS_CSV = "results.csv"
 RESULTS_MD = "results.md"
@@ -146,6 +148,13 @@ def _set_field(config: ml_collections.ConfigDict, path: str, value: Any) -> None
   for key in parents:
     node = node[key]
   node[leaf] = value
+
+
+def _reads(config: ml_collections.ConfigDict, path: str) -> bool:
+  """Whether the run uses the field: fields of another objective's block are left blank in the table."""
+  owner = {cls.BLOCK for cls in objectives.OBJECTIVES.values() if cls.BLOCK}
+  block = path.split(".")[0]
+  return block not in owner or block == objectives.get(config.objective).BLOCK
 
 
 def run_configs(sweep: ml_collections.ConfigDict, workdir: str,
@@ -317,7 +326,7 @@ def run_sweep(sweep: ml_collections.ConfigDict, workdir: str) -> list[dict[str, 
                   file=sys.stderr, flush=True)
           return None
       rows.append({"run": name, "seed": seed, "dir": directory,
-                   "config": {c: _field(config, c) for c in columns},
+                   "config": {c: _field(config, c) for c in columns if _reads(config, c)},
                    "results": flat_results(summary.get("evals", {})), "train_s": summary.get("wall_time_s")})
   if jax.process_index() == 0:
     results = tuple(sweep.get("results", ()))

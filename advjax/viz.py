@@ -44,20 +44,26 @@ def _to_uint8(image: np.ndarray) -> np.ndarray:
   return np.round(image * 255.0).astype(np.uint8)
 
 
-def amplify(perturbation: np.ndarray, eps: float | None = None) -> np.ndarray:
-  """Maps a perturbation from [-eps, eps] to [0, 1] for display.
+def amplify(perturbation: np.ndarray, eps: float | None = None, factor: float | None = None) -> np.ndarray:
+  """Maps perturbations to viewable images in [0, 1] centred on grey.
 
   Args:
-    perturbation: [H, W, C] on the [0, 1] image scale.
-    eps: radius on the [0, 1] scale; default (and for a non-positive eps)
-      max |perturbation|, or 1 if the perturbation is zero.
+    perturbation: [..., H, W, C] perturbation(s) on the [0, 1] image scale.
+    eps: show [-eps, eps] (the [0, 1] scale) as [0, 1]. Default (and for a
+      non-positive eps): each perturbation's own max |perturbation|, so its
+      extremes reach 0 or 1.
+    factor: instead, 0.5 + factor * perturbation (the universality paper's
+      "amplified by a factor of 10").
 
   Returns:
-    [H, W, C] float32 in [0, 1], 0.5 where the perturbation is 0.
+    float32 images of the shape of `perturbation` in [0, 1], 0.5 where it is 0.
   """
   perturbation = np.asarray(perturbation, np.float32)
+  if factor is not None:
+    return np.clip(0.5 + factor * perturbation, 0.0, 1.0)
   if eps is None or eps <= 0:
-    eps = float(np.max(np.abs(perturbation))) or 1.0
+    peak = np.max(np.abs(perturbation), axis=(-3, -2, -1), keepdims=True)
+    eps = np.where(peak > 0, peak, 1.0)
   return np.clip(0.5 + perturbation / (2.0 * eps), 0.0, 1.0)
 
 

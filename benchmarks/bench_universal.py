@@ -35,7 +35,7 @@ differ, JAX is as close to a float64 PyTorch run of the algorithm as float32
 PyTorch is (`harness.assert_images_close_or_as_accurate`). (3) The universal
 fooling rates of the two final deltas (the fraction of the fitted digits
 whose prediction the perturbation changes; JAX's measured with
-`advjax.evaluation.universal.evaluate_universal`) agree within one point
+`advjax.evaluation.universal_robustness.evaluate_universal`) agree within one point
 (two digits when a smoke run fits fewer than 200).
 
 Why (1) as well: sign ascent amplifies rounding. About 1% of the entries
@@ -69,7 +69,7 @@ import torch.nn.functional as F
 from advjax import attacks
 from advjax.attacks import threat
 from advjax.attacks import universal
-from advjax.evaluation import universal as universal_eval
+from advjax.evaluation import universal_robustness as universal_eval
 from benchmarks import bench_pgd, harness
 
 EPS = 76.5  # 0-255 pixel units: 0.3 on [0, 1].

@@ -22,8 +22,8 @@ and return NumPy arrays.
                 ratio per epoch (appendix C), cost change J^Delta now on other
                 inputs vs later on the own input and its log-log Pearson r
                 (sec. 3.1, figure 2)
-  universality  accuracy under per-epoch universal perturbations, the
-                perturbation x model-epoch matrix, amplified images (sec. 3.2)
+  universal_epochs  accuracy under per-epoch universal perturbations, the
+                perturbation x model-epoch matrix (sec. 3.2)
   destruction   destruction rate of Kurakin et al. under brightness, contrast,
                 Gaussian blur and noise, per strength, epoch and adversary
                 (sec. 3.3, appendix F)
@@ -40,7 +40,7 @@ then `stability.stability_profiles(fns, sets, y)`,
 """
 
 from advjax.analysis import (destruction, detection, epochs, sharedness, stability, transfer,
-                             universality)
+                             universal_epochs)
 
 __all__ = ["destruction", "detection", "epochs", "sharedness", "stability", "transfer",
-           "universality"]
+           "universal_epochs"]

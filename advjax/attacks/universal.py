@@ -50,7 +50,7 @@ The parts:
                            if re-iterable), one compile for all K updates and all eps
 
 Measuring a perturbation (accuracy, fooling ratio) and the eps_uni(delta)
-search live in `advjax.evaluation.universal`.
+search live in `advjax.evaluation.universal_robustness`.
 
 Batches are dicts {'image': [B, H, W, C] in [0, 1], 'label': [B] or [B, H, W],
 'mask': [B]}; the mask (optional, default all ones) removes padding from every

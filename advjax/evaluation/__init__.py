@@ -5,7 +5,8 @@
   base        the Evaluator protocol; clean metrics of a model
   search      the bisection behind eps_adv(delta) and eps_uni(delta)
   robustness  metrics under attack and eps_adv ('clean', 'pgd', 'eps_adv')
-  universal   metrics under universal perturbations and eps_uni ('universal', 'eps_uni')
+  universal_robustness
+              metrics under universal perturbations and eps_uni ('universal', 'eps_uni')
   denoising   feature maps before and after a denoising block ('denoise_figure')
   perturbation_analyses  the universality paper's analyses over a run's
               epochs ('stability', 'sharedness', 'universal_epochs',
@@ -28,19 +29,19 @@ from typing import Any
 
 from advjax.errors import ConfigError
 from advjax.evaluation import (base, context, denoising, perturbation_analyses, robustness, search, segmentation,
-                               synthesis, universal)
+                               synthesis, universal_robustness)
 from advjax.evaluation.base import EvalConfig, Evaluator, clean_metrics
 from advjax.evaluation.context import EvalContext
 from advjax.evaluation.robustness import attacked_metrics, eps_adv_config, eps_adv_search
-from advjax.evaluation.universal import eps_uni_search, evaluate_universal
+from advjax.evaluation.universal_robustness import eps_uni_search, evaluate_universal
 from advjax.registry import Registry
 
 EVALUATORS: Registry = Registry("evaluator", {
     "clean": robustness.Clean,
     "pgd": robustness.PGD,
     "eps_adv": robustness.EpsAdv,
-    "eps_uni": universal.EpsUni,
-    "universal": universal.Universal,
+    "eps_uni": universal_robustness.EpsUni,
+    "universal": universal_robustness.Universal,
     "dag": segmentation.DAG,
     "seg_figure": segmentation.SegFigure,
     "synthesis": synthesis.Synthesis,
@@ -125,4 +126,5 @@ def scalars(results: Mapping[str, Any], prefix: str = "") -> dict[str, float]:
 
 __all__ = ["EVALUATORS", "EvalConfig", "EvalContext", "Evaluator", "attacked_metrics", "base", "clean_metrics", "context",
            "eps_adv_config", "eps_adv_search", "eps_uni_search", "evaluate_universal", "parse", "perturbation_analyses",
-           "register_evaluator", "robustness", "run", "scalars", "search", "segmentation", "synthesis", "universal"]
+           "register_evaluator", "robustness", "run", "scalars", "search", "segmentation", "synthesis",
+           "universal_robustness"]

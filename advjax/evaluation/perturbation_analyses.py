@@ -65,7 +65,7 @@ import optax
 
 from advjax import viz
 from advjax.analysis import destruction, detection, epochs as epochs_lib, sharedness, stability, transfer
-from advjax.analysis import universality
+from advjax.analysis import universal_epochs
 from advjax.attacks import deepfool as deepfool_lib
 from advjax.attacks import pgd as pgd_lib
 from advjax.attacks import universal as universal_lib
@@ -326,7 +326,7 @@ class UniversalEpochs(EpochEvaluator):
     deltas = np.stack([np.asarray(universal_lib.universal_perturbation(
         self.ctx.model_fn, stream, self.ctx.key(self.name), cfg, self.ctx.image_shape, variables=v))
         for v in epoch_vars])
-    matrix = universality.universal_accuracy_matrix(fns, deltas, x, y, a.batch_size)
+    matrix = universal_epochs.universal_accuracy_matrix(fns, deltas, x, y, a.batch_size)
     clean = [float(np.mean(epochs_lib.predictions(fn, x, a.batch_size) == y)) for fn in fns]
     yield from self.header(chosen, steps, len(y))
     yield "accuracy", _floats(np.diagonal(matrix))
@@ -336,7 +336,7 @@ class UniversalEpochs(EpochEvaluator):
     path = self.path()
     if path:
       np.save(os.path.join(self.ctx.out_dir, f"{self.name}.npy"), deltas, allow_pickle=False)
-      images = np.asarray(universality.amplify(deltas, a.amplify or None))
+      images = viz.amplify(deltas, factor=a.amplify or None)
       viz.save_image_grid([images], path, scale=max(1, 96 // deltas.shape[1]))
     yield "path", path
 
@@ -490,6 +490,6 @@ class Detection(EpochEvaluator):
     if path:
       viz.plot_matrix(matrix, path, row_labels=chosen, col_labels=chosen, xlabel="perturbation epoch j",
                       ylabel="detector epoch i", title="detection accuracy (%)")
-      images = np.asarray(universality.amplify(np.stack(deltas)))
+      images = viz.amplify(np.stack(deltas))
       viz.save_image_grid([images], self.path("_universal"), scale=max(1, 96 // images.shape[1]))
     yield "path", path

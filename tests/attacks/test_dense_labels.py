@@ -24,7 +24,7 @@ from advjax.attacks import heap, make_logits_fn, universal
 from advjax.attacks import pgd as pgd_lib
 from advjax.data.segmentation import colorize
 from advjax.errors import ConfigError
-from advjax.evaluation import universal as universal_eval
+from advjax.evaluation import universal_robustness as universal_eval
 from advjax.evaluation.context import name_to_int
 from tests.attacks import tiny_models
 

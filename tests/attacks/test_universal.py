@@ -9,7 +9,7 @@ import pytest
 
 from advjax.attacks import losses, universal
 from advjax.errors import ConfigError, DataError
-from advjax.evaluation import universal as evaluation
+from advjax.evaluation import universal_robustness as evaluation
 from tests.attacks import tiny_models
 
 KEY = jax.random.key(3)

@@ -13,7 +13,7 @@ epoch's model on held-out data with its own epoch's Xi added (the
 "respective epoch" line, `universal_accuracy`), and of every model under the
 perturbations of epochs 0, 5 and 51 (rows of `universal_accuracy_matrix`).
 Figures 4, 13, 19 and 24 show the perturbations amplified for readability
-(`amplify`).
+(`advjax.viz.amplify`).
 """
 
 import functools
@@ -27,9 +27,6 @@ from jax import lax
 from advjax.cpu import compilation
 from advjax.analysis import epochs as epochs_lib
 from advjax.errors import DataError
-
-_TINY = 1e-12
-
 
 @functools.partial(compilation.jit, static_argnames=("logits_fn",))
 def _correct_under(logits_fn, perturbations, x, y):
@@ -92,22 +89,3 @@ def universal_accuracy(logits_fns: Sequence[epochs_lib.LogitsFn], perturbations,
         lambda xb, yb, fn=fn, xi=xi: _correct_under(fn, xi, xb, yb), [x, y], batch_size)
     out.append(correct[:, 0].mean())
   return np.asarray(out)
-
-
-def amplify(xi: jax.Array, factor: float | None = None) -> jax.Array:
-  """Maps a perturbation to a viewable image in [0, 1] centred on grey.
-
-  Args:
-    xi: [..., H, W, C] perturbation(s) on the [0, 1] scale.
-    factor: None normalises each perturbation, 0.5 + xi / (2 max|xi|), so its
-      extremes reach 0 or 1; a number gives 0.5 + factor * xi, clipped (the
-      paper's "amplified by a factor of 10").
-
-  Returns:
-    Images of the shape of `xi` in [0, 1]; a zero perturbation is uniform 0.5.
-  """
-  xi = jnp.asarray(xi)
-  if factor is not None:
-    return jnp.clip(0.5 + factor * xi, 0.0, 1.0)
-  peak = jnp.max(jnp.abs(xi), axis=(-3, -2, -1), keepdims=True)
-  return 0.5 + xi / (2.0 * jnp.maximum(peak, _TINY))
