@@ -9,6 +9,7 @@ naming the problem and exit status 2, before anything is written.
 
 import ast
 import os
+import re
 import sys
 from collections.abc import Callable
 
@@ -66,9 +67,31 @@ def _parse_flags(argv: list[str]) -> list[str]:
   except flags.Error as e:
     fail(str(e).splitlines()[0])
   except (AttributeError, KeyError) as e:
-    fail(f"config override names a field that does not exist: {e}")
+    fail(unknown_override(argv, e))
   except Exception as e:  # config_flags raises plain errors for unloadable files/values.
     fail(f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}")
+
+
+def unknown_override(argv: list[str], error: Exception) -> str:
+  """One line for a `--config.<path>=` override whose field does not exist: the path, and what it may mean.
+
+  ml_collections raises a KeyError whose text is the missing key and, for a
+  near miss, a 'Did you mean' line; this names the whole dotted path instead,
+  the suggestion, and where a field of an earlier version moved.
+  """
+  from advjax import config as config_lib  # pylint: disable=g-import-not-at-top  (flags parse before heavy imports)
+
+  text = str(error.args[0] if error.args else error).replace("\\n", "\n").replace("\\'", "'").strip("'\"")
+  key = text.splitlines()[0].strip("'\"")
+  suggestion = re.search(r'Did you mean "([^"]+)"', text)
+  paths = [arg.split("=", 1)[0][len("--config."):] for arg in argv if arg.startswith("--config.")]
+  path = next((p for p in paths if key in p.split(".")), key)
+  message = f"--config.{path}: no such field"
+  if path in config_lib.RENAMED:
+    return f"{message}; config.{path} is now config.{config_lib.RENAMED[path]}"
+  if suggestion:
+    return f"{message} (did you mean {suggestion.group(1)!r}?)"
+  return message
 
 
 def run(main: Callable[[object, str], None]) -> None:

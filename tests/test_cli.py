@@ -14,7 +14,7 @@ import sys
 import jax
 import pytest
 
-from advjax import config as config_lib, run_dir, runs
+from advjax import cli, config as config_lib, run_dir, runs
 from advjax.errors import AdvjaxError
 from configs import tiny
 
@@ -105,9 +105,20 @@ def test_the_scripts_turn_errors_into_one_line_and_status_2(finished_run, tmp_pa
   _one_error_line(_run("train.py", "--config", TINY, "--workdir", finished_run, "--config.batch_size=many"),
                   "batch_size")
   _one_error_line(_run("train.py", "--config", TINY, "--workdir", finished_run,
-                       "--config.optimizer.learning_rte=0.1"), "learning_rte")
+                       "--config.optimizer.learning_rte=0.1"),
+                  "--config.optimizer.learning_rte: no such field (did you mean 'learning_rate'?)")
   _one_error_line(_run("train.py", "--config", str(tmp_path / "nope.py"), "--workdir", str(tmp_path)), "nope.py")
   assert _snapshot(finished_run) == before
+
+
+def test_an_override_of_a_moved_field_names_where_it_went():
+  """The message for an unknown `--config.` path, from the error ml_collections raises (no subprocess needed)."""
+  argv = ["train.py", "--config", TINY, "--config.sharedness=8", "--workdir", "w"]
+  assert cli.unknown_override(argv, KeyError("'sharedness'")) == (
+      "--config.sharedness: no such field; config.sharedness is now config.adversarial.heap_size")
+  near_miss = KeyError("\\'atack\\'\\nDid you mean \"attack\" instead of \"atack\"?")
+  assert cli.unknown_override(["--config.adversarial.atack.eps=3"], near_miss) == (
+      "--config.adversarial.atack.eps: no such field (did you mean 'attack'?)")
 
 
 def test_unwritable_workdir(tmp_path):
