@@ -10,7 +10,9 @@ naming the problem and exit status 2, before anything is written.
 import ast
 import os
 import re
+import signal
 import sys
+import threading
 from collections.abc import Callable
 
 from absl import app, flags, logging
@@ -94,11 +96,58 @@ def unknown_override(argv: list[str], error: Exception) -> str:
   return message
 
 
+def _not_orbax(record) -> bool:
+  """A log filter: orbax's records are dropped (every failure of a save reaches the user as one CheckpointError)."""
+  return f"{os.sep}orbax{os.sep}" not in (record.pathname or "")
+
+
+def _orbax_leftover(unraisable) -> bool:
+  """Whether an exception Python could not raise is orbax's: a coroutine of a failed read outliving its loop."""
+  code = getattr(unraisable.object, "cr_code", None)
+  return ((code is not None and f"{os.sep}orbax{os.sep}" in code.co_filename)
+          or (isinstance(unraisable.exc_value, RuntimeError) and "Event loop is closed" in str(unraisable.exc_value)))
+
+
+def quiet_library_logs() -> None:
+  """Logs of the scripts: errors only, and nothing from orbax.
+
+  orbax logs every save at INFO, harmless notes at WARNING, and a failed
+  background save (a full disk) as tracebacks of its writer threads at
+  ERROR, dozens of lines before advjax's own one-line error for it; and a
+  read of a damaged checkpoint leaves coroutines whose 'Event loop is
+  closed' Python prints as it collects them. advjax reports every one of
+  these failures itself, in one line.
+  """
+  logging.set_verbosity(logging.ERROR)
+  handler = logging.get_absl_handler()
+  if _not_orbax not in handler.filters:
+    handler.addFilter(_not_orbax)
+  previous = sys.unraisablehook
+  if getattr(previous, "__name__", "") != "_quiet_unraisable":
+
+    def _quiet_unraisable(unraisable):
+      if not _orbax_leftover(unraisable):
+        previous(unraisable)
+
+    sys.unraisablehook = _quiet_unraisable
+
+
+def ignore_sigterm_from_now_on() -> None:
+  """The work is done (or reported): a SIGTERM during interpreter shutdown must not turn exit 0 into -15.
+
+  CPython sets a Python-level signal handler back to the default action while
+  it finalises, which takes a while after JAX and orbax; ignoring the signal
+  instead keeps the exit status the script chose.
+  """
+  if threading.current_thread() is threading.main_thread():
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+
+
 def run(main: Callable[[object, str], None]) -> None:
   """Parses flags, loads the config and calls `main(config, workdir)`, mapping input errors to exit 2."""
 
   def _main(argv):
-    logging.set_verbosity(logging.ERROR)  # orbax logs every save at INFO and harmless notes at WARNING.
+    quiet_library_logs()
     if len(argv) > 1:
       fail(f"unexpected arguments: {' '.join(argv[1:])}")
     if not flags.FLAGS["config"].present:
@@ -117,5 +166,6 @@ def run(main: Callable[[object, str], None]) -> None:
     finally:
       # orbax's background threads must not print after the error line.
       logging.set_verbosity(logging.FATAL)
+      ignore_sigterm_from_now_on()
 
   app.run(_main, flags_parser=_parse_flags)

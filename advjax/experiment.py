@@ -55,6 +55,7 @@ class Experiment:
         process_index=self.process_index, process_count=self.process_count,
         augmented_view="image_aug" in objective_cls.views(block))
     self.info = self.train_source.info
+    data.check_split(config.data, config.eval.split)  # Not only when the first evaluation starts.
     self.task = tasks.for_dataset(self.info)
     m = config.model
     mean, std = self.info.mean, self.info.std

@@ -58,29 +58,34 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, devices=
   with preemption.watch():
     parallel.initialize_distributed(**config.distributed)
     experiment = Experiment(config, devices)
-    result = trainer.train(experiment, workdir)
-    if result.preempted:
-      if result.state is None and jax.process_index() == 0:
-        print("SIGTERM before training started: nothing to save", file=sys.stderr, flush=True)
-      return {"preempted_at_step": result.step}
-    saved = run_dir.read_summary(workdir)
-    if not result.last_metrics and saved is not None and saved.get("steps") == result.step:
-      return saved
-    results = _evaluate(config, experiment, result.state.variables, tuple(config.train_evals), out_dir=workdir)
-    if results is None:
-      return {"preempted_at_step": result.step}
-    writer = run_dir.MetricWriter(workdir)
-    writer.write(result.step, evaluation.scalars(results, "eval/"))
-    writer.close()
-    summary = {
-        "final_train_metrics": result.last_metrics, "evals": results, "steps": result.step,
-        "wall_time_s": result.wall_time_s, "device_count": jax.device_count(),
-        "process_count": jax.process_count(), "config": config_lib.to_dict(config),
-    }
-    path = run_dir.write_summary(workdir, summary)
-    if jax.process_index() == 0:
-      print(f"evaluation {json.dumps(evaluation.scalars(results))}; summary in {path}", file=sys.stderr, flush=True)
-    return summary
+    with run_dir.lock(workdir, "a training run"):
+      return _train_and_evaluate(config, experiment, workdir)
+
+
+def _train_and_evaluate(config: ml_collections.ConfigDict, experiment: Experiment, workdir: str) -> dict[str, Any]:
+  result = trainer.train(experiment, workdir)
+  if result.preempted:
+    if result.state is None and jax.process_index() == 0:
+      print("SIGTERM before training started: nothing to save", file=sys.stderr, flush=True)
+    return {"preempted_at_step": result.step}
+  saved = run_dir.read_summary(workdir)
+  if not result.last_metrics and saved is not None and saved.get("steps") == result.step:
+    return saved
+  results = _evaluate(config, experiment, result.state.variables, tuple(config.train_evals), out_dir=workdir)
+  if results is None:
+    return {"preempted_at_step": result.step}
+  writer = run_dir.MetricWriter(workdir)
+  writer.write(result.step, evaluation.scalars(results, "eval/"))
+  writer.close()
+  summary = {
+      "final_train_metrics": result.last_metrics, "evals": results, "steps": result.step,
+      "wall_time_s": result.wall_time_s, "device_count": jax.device_count(),
+      "process_count": jax.process_count(), "config": config_lib.to_dict(config),
+  }
+  path = run_dir.write_summary(workdir, summary)
+  if jax.process_index() == 0:
+    print(f"evaluation {json.dumps(evaluation.scalars(results))}; summary in {path}", file=sys.stderr, flush=True)
+  return summary
 
 
 def evaluate_run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
@@ -97,18 +102,23 @@ def evaluate_run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, A
   with preemption.watch():
     parallel.initialize_distributed(**config.distributed)
     experiment = Experiment(config)
-    if not config.eval.cross_evaluate:
-      run_dir.check_same_model(workdir, config.to_dict())
-    step, variables = experiment.restore_model(workdir)
-    results = _evaluate(config, experiment, variables, tuple(config.eval.entries) or tuple(config.evals),
-                        out_dir=workdir)
-    if results is None:
-      return {"preempted_at_step": step}
-    report = {"step": step, **results}
-    if jax.process_index() == 0:
-      run_dir.write_eval(workdir, config.eval.output_file, report)
-      writer = run_dir.MetricWriter(workdir)
-      writer.write(step, evaluation.scalars(results, "eval/"))
-      writer.close()
-      print(json.dumps(report, indent=2))
-    return report
+    with run_dir.lock(workdir, "an evaluation", create=False):
+      return _evaluate_run(config, experiment, workdir)
+
+
+def _evaluate_run(config: ml_collections.ConfigDict, experiment: Experiment, workdir: str) -> dict[str, Any]:
+  if not config.eval.cross_evaluate:
+    run_dir.check_same_model(workdir, config.to_dict())
+  step, variables = experiment.restore_model(workdir)
+  results = _evaluate(config, experiment, variables, tuple(config.eval.entries) or tuple(config.evals),
+                      out_dir=workdir)
+  if results is None:
+    return {"preempted_at_step": step}
+  report = {"step": step, **results}
+  if jax.process_index() == 0:
+    run_dir.write_eval(workdir, config.eval.output_file, report)
+    writer = run_dir.MetricWriter(workdir)
+    writer.write(step, evaluation.scalars(results, "eval/"))
+    writer.close()
+    print(json.dumps(report, indent=2))
+  return report

@@ -121,6 +121,52 @@ def test_an_override_of_a_moved_field_names_where_it_went():
       "--config.adversarial.atack.eps: no such field (did you mean 'attack'?)")
 
 
+EXIT_PROBE = """
+import atexit, signal, sys
+from advjax import cli, preemption
+preemption.install()
+# At exit, after main returned: the disposition CPython's finalisation would find.
+atexit.register(lambda: print("sigterm at exit:", signal.getsignal(signal.SIGTERM) is signal.SIG_IGN, flush=True))
+cli.run(lambda config, workdir: None)
+"""
+
+
+def test_sigterm_after_the_work_is_done_cannot_change_the_exit_status(tmp_path):
+  """Python puts its own handler back to the default while it shuts down; the scripts ignore SIGTERM by then."""
+  env = dict(os.environ, PYTHONPATH=ROOT)
+  result = subprocess.run([sys.executable, "-c", EXIT_PROBE, "--config", TINY, "--workdir", str(tmp_path)],
+                          env=env, capture_output=True, text=True, timeout=120)
+  assert result.returncode == 0, result.stderr
+  assert "sigterm at exit: True" in result.stdout
+
+
+def test_orbax_logs_do_not_reach_the_scripts_output():
+  import logging
+
+  from absl import logging as absl_logging
+  cli.quiet_library_logs()
+  cli.quiet_library_logs()  # Idempotent.
+  handler = absl_logging.get_absl_handler()
+  assert handler.filters.count(cli._not_orbax) == 1  # pylint: disable=protected-access
+  record = lambda path: logging.LogRecord("absl", logging.ERROR, path, 1, "writer thread failed", None, None)  # noqa: E731
+  assert not handler.filter(record("/site-packages/orbax/checkpoint/_src/futures/future.py"))
+  assert handler.filter(record("/work/advjax/run_dir/checkpoints.py"))
+  # A read of a damaged checkpoint leaves orbax coroutines that fail as they are collected: not shown.
+  shown = []
+  before = sys.unraisablehook
+  try:
+    sys.unraisablehook = lambda u: shown.append(u.exc_value)  # What Python would print, recorded.
+    cli.quiet_library_logs()
+    hook = sys.unraisablehook
+    args = type("Unraisable", (), {"object": None, "exc_value": RuntimeError("Event loop is closed")})
+    hook(args)
+    other = type("Unraisable", (), {"object": None, "exc_value": ValueError("ours")})
+    hook(other)
+  finally:
+    sys.unraisablehook = before
+  assert [str(e) for e in shown] == ["ours"]
+
+
 def test_unwritable_workdir(tmp_path):
   blocker = tmp_path / "file"
   blocker.write_text("not a directory")

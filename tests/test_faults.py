@@ -149,6 +149,10 @@ def test_divergence_stops_the_run_before_anything_of_it_is_saved(tmp_path, monke
   assert not os.path.exists(os.path.join(workdir, run_dir.SUMMARY_FILE))
   step, state = _params(workdir, config)
   assert step == 2 and all(np.isfinite(p).all() for p in jax.tree.leaves(state.params))
+  # Diverging before any checkpoint: the message says there is none.
+  config.checkpoint_every_steps = 100
+  with pytest.raises(NonFiniteError, match="no checkpoint was saved yet"):
+    runs.train_and_evaluate(config, str(tmp_path / "fresh"))
 
 
 def test_divergence_can_be_skipped(tmp_path, monkeypatch):
@@ -173,6 +177,39 @@ def test_resuming_with_fewer_steps_is_refused_and_a_finished_run_is_left_alone(r
   assert runs.train_and_evaluate(_config(), workdir) == saved
   assert "finished at step 12: nothing to train" in capfd.readouterr().err
   assert _snapshot(workdir) == before
+
+
+def test_damaged_checkpoint_metadata_is_read_around_by_evaluation_and_fine_tuning(reference, tmp_path, capfd):
+  """Overwritten metadata can read as another tree: every reader falls back to the newest checkpoint that verifies."""
+  workdir = _copy(reference, tmp_path)
+  with open(os.path.join(workdir, "checkpoints", "12", run_dir.checkpoints.STATE_ITEM, "_METADATA"), "wb") as f:
+    f.write(np.random.default_rng(0).bytes(2000))
+  before = _snapshot(workdir)
+  assert runs.evaluate_run(_config(), workdir)["step"] == 8
+  assert "checkpoint 12" in capfd.readouterr().err
+  # Fine-tuning from it starts from checkpoint 8's model, and the source run is left as it was.
+  experiment = Experiment(_config(init_checkpoint=workdir), jax.devices()[:1])
+  tuned = experiment.init_from(workdir, experiment.init_state())
+  _, at_8 = run_dir.read_variables(reference, tuned.variables, step=8)
+  jax.tree.map(np.testing.assert_array_equal, tuned.params, at_8["params"])
+  assert "checkpoint 12" in capfd.readouterr().err
+  # Its checkpoints, the damaged one included, stay as they were: another run is read, not tidied.
+  assert {k: v for k, v in _snapshot(workdir).items() if k.startswith("checkpoints")} == {
+      k: v for k, v in before.items() if k.startswith("checkpoints")}
+
+
+def test_an_init_checkpoint_of_another_model_is_one_error_that_leaves_nothing(reference, tmp_path):
+  workdir = str(tmp_path / "new")
+  with pytest.raises(CheckpointError, match="holds another model"):
+    runs.train_and_evaluate(_config(init_checkpoint=reference, **{"model.name": "resnet20_tiny"}), workdir)
+  assert not os.path.exists(workdir)
+
+
+def test_a_bad_evaluation_split_is_refused_before_training(tmp_path):
+  workdir = str(tmp_path / "run")
+  with pytest.raises(ConfigError, match="has splits 'train' and 'test', not 'validation'"):
+    runs.train_and_evaluate(_config(**{"eval.split": "validation"}), workdir)
+  assert not os.path.exists(workdir)
 
 
 def test_eval_refuses_another_model_unless_asked(reference, tmp_path):
@@ -202,10 +239,15 @@ def test_cut_run_files_do_not_break_the_next_run(reference, tmp_path):
   runs.train_and_evaluate(_config(num_steps=2), fresh)
   with open(os.path.join(fresh, run_dir.CONFIG_FILE)) as f:
     assert json.load(f)["num_steps"] == 2
-  # With checkpoints, an unreadable config.json is one error.
-  open(os.path.join(fresh, run_dir.CONFIG_FILE), "w").close()
-  with pytest.raises(CheckpointError, match="config.json is unreadable"):
-    runs.train_and_evaluate(_config(num_steps=2), fresh)
+  # With checkpoints, an unreadable config.json, or one that is not a JSON object, is one error.
+  for text in ("", "[]", '"a string"'):
+    with open(os.path.join(fresh, run_dir.CONFIG_FILE), "w") as f:
+      f.write(text)
+    with pytest.raises(CheckpointError, match="config.json is unreadable or not a JSON object"):
+      runs.train_and_evaluate(_config(num_steps=2), fresh)
+  # Read for another purpose (a pretrained backbone), it is the same kind of error.
+  with pytest.raises(CheckpointError, match="not a JSON object"):
+    run_dir.read_config(fresh, "model.backbone_checkpoint")
 
 
 class _FailingERM(erm.ERM):
@@ -244,13 +286,79 @@ def test_a_failed_save_is_one_error_within_a_step_and_the_previous_checkpoint_su
   assert step == 4 and all(np.isfinite(p).all() for p in jax.tree.leaves(state.params))
 
 
+def _free_space(monkeypatch, free_bytes):
+  """The checkpoint directory's disk reports `free_bytes()` bytes free (the real disk is left alone)."""
+  real = shutil.disk_usage
+
+  def usage(path):
+    total, used, _ = real(path)
+    return type(real(path))(total, used, free_bytes())
+
+  monkeypatch.setattr(run_dir.checkpoints.shutil, "disk_usage", usage)
+
+
+def test_a_disk_without_room_for_a_checkpoint_is_found_before_training(tmp_path, monkeypatch):
+  _free_space(monkeypatch, lambda: 64 * 1024)
+  workdir = str(tmp_path / "run")
+  with pytest.raises(CheckpointError, match=r"cannot save checkpoint any: .* has 64\.0 KiB free, .* needs about"):
+    runs.train_and_evaluate(_config(num_steps=12), workdir)
+  assert not os.path.exists(os.path.join(workdir, run_dir.CONFIG_FILE))  # Not a step was trained.
+
+
+def test_a_disk_that_fills_up_is_reported_at_the_save_it_stops(tmp_path, monkeypatch):
+  """Room at the start and for checkpoint 4, not for 8: the error names step 8 and leaves checkpoint 4 intact."""
+  free = [10**12]
+  _free_space(monkeypatch, lambda: free[0])
+  original = run_dir.Checkpointer.save
+
+  def save(self, step, state, **kwargs):
+    original(self, step, state, **kwargs)
+    free[0] = 64 * 1024  # The disk is full after checkpoint 4.
+
+  monkeypatch.setattr(run_dir.Checkpointer, "save", save)
+  workdir = str(tmp_path / "run")
+  with pytest.raises(CheckpointError, match="cannot save checkpoint 8: .* free"):
+    runs.train_and_evaluate(_config(num_steps=12), workdir)
+  monkeypatch.undo()
+  assert sorted(os.listdir(os.path.join(workdir, "checkpoints"))) == ["4"]
+  step, state = _params(workdir, _config())
+  assert step == 4 and all(np.isfinite(p).all() for p in jax.tree.leaves(state.params))
+
+
+def test_a_save_that_fails_in_the_background_is_reported_under_its_own_step(tmp_path, monkeypatch):
+  """The writer thread's error surfaces at the next step's check, naming the save it broke; its leftovers go."""
+  workdir = str(tmp_path / "run")
+  original_save, original_check = ocp.CheckpointManager.save, ocp.CheckpointManager.check_for_errors
+  broken = []
+
+  def save(self, step, *args, **kwargs):
+    if step == 8:  # As orbax's writer leaves a save that failed on a full disk.
+      os.makedirs(os.path.join(self.directory, "8.orbax-checkpoint-tmp", "state.orbax-checkpoint-tmp"))
+      broken.append(step)
+      return True
+    return original_save(self, step, *args, **kwargs)
+
+  def check_for_errors(self):
+    if broken:
+      raise ValueError("RESOURCE_EXHAUSTED: Failed to write 25082 bytes: No space left on device")
+    return original_check(self)
+
+  monkeypatch.setattr(ocp.CheckpointManager, "save", save)
+  monkeypatch.setattr(ocp.CheckpointManager, "check_for_errors", check_for_errors)
+  with pytest.raises(CheckpointError, match="saving checkpoint 8 in .* failed: RESOURCE_EXHAUSTED"):
+    runs.train_and_evaluate(_config(num_steps=12), workdir)
+  monkeypatch.undo()
+  assert sorted(os.listdir(os.path.join(workdir, "checkpoints"))) == ["4"]
+
+
 def test_checkpoints_that_cannot_be_written_are_found_before_training(tmp_path):
   workdir = tmp_path / "run"
   workdir.mkdir()
   (workdir / "checkpoints").write_text("a file where the directory should be")
   with pytest.raises(CheckpointError, match="not writable"):
     runs.train_and_evaluate(_config(num_steps=2), str(workdir))
-  assert sorted(os.listdir(workdir)) == ["checkpoints"]
+  assert sorted(os.listdir(workdir)) == [run_dir.LOCK_FILE, "checkpoints"]
+  assert (workdir / run_dir.LOCK_FILE).read_text() == ""  # Released.
 
 
 def _train_process(workdir, *overrides):

@@ -18,7 +18,7 @@ budgets stay in pixel units.
 from advjax.data.datasets import DATASETS, DataConfig, lookup
 from advjax.data.embedded import digits_arrays, mnist_arrays, mnist_seg_arrays, photos, voc_photo
 from advjax.data.info import DatasetInfo
-from advjax.data.pipeline import TrainSource, get_info, make_eval_batches, make_train_source
+from advjax.data.pipeline import TrainSource, check_split, get_info, make_eval_batches, make_train_source
 from advjax.data.segmentation import colorize, voc_palette
 
 __all__ = [
@@ -26,6 +26,7 @@ __all__ = [
     "DataConfig",
     "DatasetInfo",
     "TrainSource",
+    "check_split",
     "colorize",
     "digits_arrays",
     "get_info",

@@ -176,6 +176,11 @@ def make_train_source(data_cfg, *, global_batch_size: int, seed: int, process_in
                      process_count=process_count, augmented_view=augmented_view)
 
 
+def check_split(data_cfg, split: str) -> None:
+  """Opens a split of the dataset, so that a split it lacks is one ConfigError before any work starts."""
+  datasets.lookup(data_cfg).split(data_cfg, split)
+
+
 def make_eval_batches(data_cfg, split: str, *, batch_size: int, process_index: int = 0,
                       process_count: int = 1, num_threads: int = 8) -> Iterator[dict[str, np.ndarray]]:
   """Iterates over a whole split in order, in padded batches of fixed shape.

@@ -1,5 +1,6 @@
 """The run directory: the one place that reads and writes a run's files.
 
+  .lock             held by the one process that works in the run (`lock`)
   config.json       the config of the run (written after its first step, checked on resume)
   checkpoints/      orbax checkpoints, the latest few, verified on restore (`checkpoints`)
   checkpoints_damaged/
@@ -34,10 +35,16 @@ every layer above can use it.
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
 import os
+import shutil
+import socket
 from collections.abc import Mapping
 from typing import Any
+
+import jax
 
 from advjax.errors import CheckpointError, ConfigError
 from advjax.run_dir import checkpoints, files
@@ -47,6 +54,7 @@ from advjax.run_dir.files import (METRICS_FILE, MetricWriter, read_metrics, stri
 
 CONFIG_FILE = "config.json"
 SUMMARY_FILE = "summary.json"
+LOCK_FILE = ".lock"
 # Top-level config fields that may change when a run is resumed (its length,
 # cadences and evaluation).
 RESUMABLE_CHANGES = ("num_epochs", "num_steps", "log_every_steps", "checkpoint_every_steps",
@@ -80,6 +88,66 @@ def _read_object(path: str) -> dict[str, Any] | None:
   except (OSError, ValueError, UnicodeDecodeError):
     return None
   return value if isinstance(value, dict) else None
+
+
+# ------------------------------------------------------------------------- lock
+
+
+@contextlib.contextmanager
+def lock(workdir: str, purpose: str, create: bool = True):
+  """Holds the run directory for one process (train.py, eval.py, a sweep's run) for the block.
+
+  An exclusive `fcntl.flock` on `<workdir>/.lock`, taken by process 0 of a
+  run (the one that writes); the file names the holder (its purpose, pid and
+  host) for the error a second process gets. The operating system drops the
+  lock when its holder dies, however it dies, so a stale lock of a killed
+  run never blocks the next one. A workdir the block created and left
+  without a file (it failed before writing anything) is removed again.
+
+  Args:
+    workdir: the run directory.
+    purpose: who holds it, for the message ('train.py', 'eval.py').
+    create: create a missing workdir; otherwise a missing one is not locked
+      (there is nothing in it to protect).
+
+  Raises:
+    ConfigError: the workdir cannot be created or written.
+    CheckpointError: another process holds the workdir.
+  """
+  if jax.process_index() != 0 or (not create and not os.path.isdir(workdir)):
+    yield
+    return
+  created = not os.path.isdir(workdir)
+  try:
+    os.makedirs(workdir, exist_ok=True)
+    handle = open(_path(workdir, LOCK_FILE), "a+")
+  except OSError as e:
+    raise ConfigError(f"workdir {workdir!r} cannot be created or written: {e.strerror}") from e
+  with handle:
+    try:
+      fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+      handle.seek(0)
+      holder = handle.read().strip() or "another process"
+      raise CheckpointError(f"workdir {workdir!r} is in use by {holder}; wait for it to finish, or use "
+                            "another workdir") from None
+    handle.truncate(0)
+    handle.write(f"{purpose} (pid {os.getpid()} on {socket.gethostname()})")  # 'a+' writes at the end: 0.
+    handle.flush()
+    try:
+      yield
+    except BaseException:
+      # A run that failed before writing anything leaves no workdir it created (a bad init checkpoint).
+      if created and _holds_nothing(workdir):
+        shutil.rmtree(workdir, ignore_errors=True)
+      raise
+    finally:
+      handle.truncate(0)  # An empty file: nobody holds the workdir (closing releases the lock).
+
+
+def _holds_nothing(directory: str) -> bool:
+  """Whether `directory` holds no file but the lock file (empty directories aside)."""
+  return all(name == LOCK_FILE and base == directory for base, _, names in os.walk(directory) for name in names)
 
 
 # ----------------------------------------------------------------------- config
@@ -247,9 +315,10 @@ def history(workdir: str, template: Mapping[str, Any]) -> list[tuple[int, dict[s
 
 
 __all__ = [
-    "CHECKPOINT_DIR", "CONFIG_FILE", "Checkpointer", "DAMAGED_DIR", "METRICS_FILE", "MODEL_FIELDS", "MetricWriter",
+    "CHECKPOINT_DIR", "CONFIG_FILE", "Checkpointer", "DAMAGED_DIR", "LOCK_FILE", "METRICS_FILE", "MODEL_FIELDS",
+    "MetricWriter",
     "RESUMABLE_CHANGES", "SUMMARY_FILE", "all_steps", "artifact_path", "check_same_model", "checkpoint_fields",
-    "checkpoints", "files", "fingerprints", "has_config", "history", "latest_step", "path_name", "prepare",
+    "checkpoints", "files", "fingerprints", "has_config", "history", "latest_step", "lock", "path_name", "prepare",
     "read_config", "read_eval", "read_metrics", "read_summary", "read_variables", "strict_json", "truncate_metrics",
     "write_config", "write_eval", "write_json", "write_summary", "write_text",
 ]

@@ -40,6 +40,7 @@ import functools
 import os
 import shutil
 import sys
+from collections.abc import Callable
 from typing import Any
 
 import jax
@@ -161,6 +162,7 @@ class Checkpointer:
       _check_writable(self.directory)
     self._options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=create)
     self._manager = self._open()
+    self._pending: int | None = None  # The step of the save that may still be running.
 
   def _open(self) -> ocp.CheckpointManager:
     return ocp.CheckpointManager(self.directory, options=self._options, item_handlers={
@@ -170,32 +172,65 @@ class Checkpointer:
     return self._manager.latest_step()
 
   def check(self) -> None:
-    """Raises the error of a failed asynchronous save, as one CheckpointError naming the directory."""
+    """Raises the error of a failed asynchronous save as one CheckpointError naming its step and the directory.
+
+    The failed save's temporary directory is removed; the previous
+    checkpoints are intact.
+    """
     try:
       self._manager.check_for_errors()
     except Exception as e:  # orbax re-raises whatever the writer thread hit.
-      raise CheckpointError(f"saving a checkpoint in {self.directory} failed: {_first_line(e)}") from e
+      step = self._pending
+      self._remove_partial(step)
+      which = "a checkpoint" if step is None else f"checkpoint {step}"
+      raise CheckpointError(f"saving {which} in {self.directory} failed: {_first_line(e)[:300]}") from e
+
+  def check_space(self, state: Any, step: int | str) -> None:
+    """Raises CheckpointError unless the directory's disk has room for one more checkpoint of `state`.
+
+    A checkpoint takes its arrays' bytes and some metadata; orbax writes a
+    new one before it removes the oldest, so one checkpoint's room must be
+    free. The estimate, 1.25 times the arrays' bytes and 256 KiB, errs high.
+    """
+    needed = int(1.25 * state_bytes(state)) + 256 * 1024
+    free = shutil.disk_usage(self.directory).free
+    if free < needed:
+      raise CheckpointError(f"cannot save checkpoint {step}: {self.directory} has {_size(free)} free, and a "
+                            f"checkpoint of this state needs about {_size(needed)}; free some space or use "
+                            "another workdir")
 
   def save(self, step: int, state: Any, *, wait: bool = False) -> None:
     """Saves `state` (a pytree of arrays) with its fingerprints as checkpoint `step`.
 
     Raises:
-      CheckpointError: a previous save failed, this one cannot start, or the
-        state holds non-finite values (it is never written).
+      CheckpointError: a previous save failed, there is no room on the disk
+        for this one, it cannot start, or the state holds non-finite values
+        (it is never written).
     """
     self.check()
+    self.check_space(state, step)
     prints = fingerprints(state)
     bad = next((name for name, (_, finite) in prints.items() if not finite), None)
     if bad is not None:
       raise CheckpointError(f"refusing to save checkpoint {step}: {bad} holds non-finite values")
+    self._pending = step
     try:
       self._manager.save(step, args=ocp.args.Composite(**{
           STATE_ITEM: ocp.args.StandardSave(state), INTEGRITY_ITEM: ocp.args.JsonSave(prints)}), force=True)
       if wait:
         self._manager.wait_until_finished()
     except Exception as e:  # Disk full, permissions: one line naming the directory.
-      raise CheckpointError(f"saving checkpoint {step} in {self.directory} failed: {_first_line(e)}") from e
+      self._remove_partial(step)
+      raise CheckpointError(f"saving checkpoint {step} in {self.directory} failed: {_first_line(e)[:300]}") from e
     self.check()
+
+  def _remove_partial(self, step: int | None) -> None:
+    """Removes what a failed save of `step` left in the directory (orbax's '<step>.orbax-checkpoint-tmp*')."""
+    if step is None or jax.process_index() != 0 or not os.path.isdir(self.directory):
+      return
+    for name in os.listdir(self.directory):
+      if name.startswith(f"{step}.orbax-checkpoint-tmp"):
+        shutil.rmtree(os.path.join(self.directory, name), ignore_errors=True)
 
   def restore(self, template: Any, step: int | None = None) -> tuple[int, Any]:
     """The newest checkpoint (or `step`) that verifies, restored into `template`'s structure.
@@ -213,28 +248,15 @@ class Checkpointer:
         or no checkpoint that verifies.
     """
     candidates = [step] if step is not None else sorted(self._manager.all_steps(), reverse=True)
-    if not candidates:
-      raise CheckpointError(f"no checkpoint in {self.directory}")
-    for candidate in candidates:
-      try:
-        metadata = self._manager.item_metadata(candidate)[STATE_ITEM]
-      except Exception as e:  # Unreadable metadata: the checkpoint is damaged.
-        self._set_aside(candidate, f"its metadata cannot be read ({_first_line(e)})")
-        continue
-      why = _structure_difference(template, metadata, partial=False)
-      if why is not None:
-        raise CheckpointError(f"checkpoint {candidate} in {self.directory} holds another model or state: {why}")
-      try:
-        restored = self._manager.restore(candidate, args=ocp.args.Composite(**{
-            STATE_ITEM: ocp.args.StandardRestore(_abstract(template)), INTEGRITY_ITEM: ocp.args.JsonRestore()}))
-        problem = _first_mismatch(fingerprints(restored[STATE_ITEM]), restored[INTEGRITY_ITEM])
-      except Exception as e:  # Undecodable bytes.
-        problem = f"it cannot be read ({_first_line(e)[:200]})"
-      if problem is None:
-        return candidate, restored[STATE_ITEM]
-      self._set_aside(candidate, problem)
-    raise CheckpointError(f"no checkpoint in {self.directory} verifies (the damaged ones are in "
-                          f"{os.path.join(self.workdir, DAMAGED_DIR)})")
+
+    def restore(candidate):
+      restored = self._manager.restore(candidate, args=ocp.args.Composite(**{
+          STATE_ITEM: ocp.args.StandardRestore(_abstract(template)), INTEGRITY_ITEM: ocp.args.JsonRestore()}))
+      return restored[STATE_ITEM], restored[INTEGRITY_ITEM]
+
+    return newest_good(self.directory, candidates, template, partial=False,
+                       metadata=lambda c: self._manager.item_metadata(c)[STATE_ITEM], restore=restore,
+                       damaged=self._set_aside)
 
   def _set_aside(self, step: int, why: str) -> None:
     """Moves a damaged checkpoint to `checkpoints_damaged/<step>` and says so on stderr."""
@@ -263,6 +285,25 @@ class Checkpointer:
       except Exception:  # A manager whose writer failed may fail to close again; the error is reported.
         if not quiet:
           raise
+
+
+def state_bytes(state: Any) -> int:
+  """The bytes of a pytree's arrays (PRNG keys by their key data)."""
+  total = 0
+  for leaf in jax.tree.leaves(state):
+    if jax.dtypes.issubdtype(leaf.dtype, jax.dtypes.prng_key):
+      leaf = jax.random.key_data(leaf)
+    total += int(np.prod(leaf.shape)) * leaf.dtype.itemsize
+  return total
+
+
+def _size(n: int) -> str:
+  """Bytes as a short human-readable size."""
+  for unit in ("B", "KiB", "MiB", "GiB"):
+    if n < 1024 or unit == "GiB":
+      return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+    n /= 1024
+  return f"{n:.1f} TiB"
 
 
 def _check_writable(directory: str) -> None:
@@ -316,40 +357,91 @@ def read(run_dir: str, template: dict[str, Any], step: int | None = None) -> tup
     CheckpointError: no checkpoint, fields that differ from `template`'s, or
       arrays that do not match their fingerprints.
   """
-  if step is None:
-    directory = os.path.join(os.path.abspath(run_dir), CHECKPOINT_DIR)
-    steps = sorted(ocp.path.step.checkpoint_steps(directory), reverse=True) if os.path.isdir(directory) else []
-    if not steps:
-      raise CheckpointError(f"no checkpoints in {run_dir!r}")
-    for candidate in steps[:-1]:
-      try:
-        return read(run_dir, template, candidate)
-      except CheckpointError as e:
-        if "does not hold this config's model" in str(e):
-          raise
-        print(f"warning: {e}; reading the previous checkpoint", file=sys.stderr, flush=True)
-    step = steps[-1]
-  base = os.path.join(os.path.abspath(run_dir), CHECKPOINT_DIR, str(step))
+  directory = os.path.join(os.path.abspath(run_dir), CHECKPOINT_DIR)
+  if step is not None:
+    candidates = [step]
+  else:
+    candidates = sorted(ocp.path.step.checkpoint_steps(directory), reverse=True) if os.path.isdir(directory) else []
   trees, jsons = _readers()
-  try:
-    metadata = trees.metadata(os.path.join(base, STATE_ITEM))
-    metadata = getattr(metadata, "item_metadata", metadata)
-  except Exception as e:
-    raise CheckpointError(f"checkpoint {step} in {run_dir!r} is damaged: its metadata cannot be read "
-                          f"({_first_line(e)[:200]})") from e
-  why = _structure_difference(template, metadata, partial=True)
-  if why is not None:
-    raise CheckpointError(f"checkpoint {step} in {run_dir!r} does not hold this config's model: {why}")
-  abstract = _abstract(template)
-  args = ocp.args.PyTreeRestore(item=abstract, restore_args=ocp.checkpoint_utils.construct_restore_args(abstract),
-                                partial_restore=True)
-  try:
-    restored = trees.restore(os.path.join(base, STATE_ITEM), args=args)
-    saved = jsons.restore(os.path.join(base, INTEGRITY_ITEM))
-  except Exception as e:
-    raise CheckpointError(f"checkpoint {step} in {run_dir!r} is damaged: it cannot be read "
-                          f"({_first_line(e)[:200]})") from e
-  problem = _first_mismatch(fingerprints(restored), saved)
-  if problem is not None:
-    raise CheckpointError(f"checkpoint {step} in {run_dir!r} is damaged: {problem}")
-  return step, restored
+
+  def metadata(candidate):
+    tree = trees.metadata(os.path.join(directory, str(candidate), STATE_ITEM))
+    return getattr(tree, "item_metadata", tree)
+
+  def restore(candidate):
+    abstract = _abstract(template)
+    args = ocp.args.PyTreeRestore(item=abstract, restore_args=ocp.checkpoint_utils.construct_restore_args(abstract),
+                                  partial_restore=True)
+    base = os.path.join(directory, str(candidate))
+    return trees.restore(os.path.join(base, STATE_ITEM), args=args), jsons.restore(os.path.join(base, INTEGRITY_ITEM))
+
+  def damaged(candidate, why):
+    # Another run's directory is read, not tidied: the damaged checkpoint stays where it is.
+    print(f"warning: checkpoint {candidate} in {directory} is damaged: {why}; reading the previous checkpoint",
+          file=sys.stderr, flush=True)
+
+  return newest_good(directory, candidates, template, partial=True, metadata=metadata, restore=restore,
+                     damaged=damaged)
+
+
+def newest_good(directory: str, candidates: list[int], template: Any, *, partial: bool,
+                metadata: Callable[[int], Any], restore: Callable[[int], tuple[Any, dict]],
+                damaged: Callable[[int, str], None]) -> tuple[int, Any]:
+  """The one verify-and-fall-back rule of every restore: the newest candidate that holds `template` and verifies.
+
+  Newest first, a checkpoint whose metadata cannot be read, whose arrays
+  cannot be decoded or do not match their fingerprints is damaged
+  (`damaged(step, why)` is told, and the next one is tried). One whose
+  metadata does not hold the template's arrays is passed over too, since
+  damaged metadata can read as another tree; if no checkpoint verifies and
+  one of them held another tree, that is the error (the run holds another
+  model), else that none verifies.
+
+  Args:
+    directory: the checkpoints' directory, for messages.
+    candidates: steps, newest first.
+    template: the tree (or, with `partial`, the subtree) to restore into.
+    partial: the checkpoint may hold more than `template`.
+    metadata: step -> the saved tree's metadata.
+    restore: step -> (restored tree, saved fingerprints).
+    damaged: told each damaged checkpoint and why.
+
+  Returns:
+    (step, restored tree).
+
+  Raises:
+    CheckpointError: no candidate, or none that verifies.
+  """
+  if not candidates:
+    raise CheckpointError(f"no checkpoints in {directory}")
+  other_tree, problems = None, []
+
+  def set_aside(candidate, why):
+    problems.append(f"checkpoint {candidate} is damaged: {why}")
+    damaged(candidate, why)
+
+  for candidate in candidates:
+    try:
+      saved_tree = metadata(candidate)
+    except Exception as e:  # Unreadable metadata: the checkpoint is damaged.
+      set_aside(candidate, f"its metadata cannot be read ({_first_line(e)[:200]})")
+      continue
+    why = _structure_difference(template, saved_tree, partial=partial)
+    if why is not None:
+      other_tree = other_tree or (candidate, why)
+      continue
+    try:
+      restored, fingerprints_saved = restore(candidate)
+      problem = _first_mismatch(fingerprints(restored), fingerprints_saved)
+    except Exception as e:  # Undecodable bytes.
+      problem = f"it cannot be read ({_first_line(e)[:200]})"
+    if problem is None:
+      if other_tree is not None:
+        damaged(other_tree[0], f"its metadata does not describe this config's model ({other_tree[1]}), while "
+                               f"checkpoint {candidate} does")
+      return candidate, restored
+    set_aside(candidate, problem)
+  if other_tree is not None:
+    raise CheckpointError(f"checkpoint {other_tree[0]} in {directory} holds another model or state than this "
+                          f"config's: {other_tree[1]}")
+  raise CheckpointError(f"no checkpoint in {directory} verifies ({'; '.join(problems)})")

@@ -23,8 +23,11 @@ What a run does when something goes wrong:
   damaged checkpoint
                  it is set aside and the newest one that verifies is restored
                  (`advjax.run_dir.checkpoints`).
-  failed write   a save that fails (a full disk, permissions) is one
-                 `CheckpointError` within a step; the previous checkpoint is intact.
+  failed write   room for a checkpoint is checked before training and at
+                 every save; a save that fails anyway (a full disk,
+                 permissions) is one `CheckpointError` naming its step,
+                 within a step, its partial files removed; the previous
+                 checkpoint is intact.
 
 `config.json` is written only after the first step succeeded, so a run that
 fails while starting (a bad seed, an image size that exhausts memory) leaves
@@ -92,15 +95,23 @@ def _mean_metrics(history: list[dict]) -> dict[str, float]:
   return {k: float(np.mean([h[k] for h in history])) for k in history[0]}
 
 
-def _check_finite(step: int, metrics: dict, checkpointed: int, mode: str) -> None:
-  """Raises NonFiniteError if the step's guard flag is down (mode 'stop')."""
+def _check_finite(step: int, metrics: dict, checkpointed: int | None, mode: str) -> None:
+  """Raises NonFiniteError if the step's guard flag is down (mode 'stop').
+
+  Args:
+    step: the step just run.
+    metrics: its metrics, with the guard's 'finite'.
+    checkpointed: the newest checkpoint of the run, None if none was saved yet.
+    mode: config.nonfinite.
+  """
   if mode != "stop" or bool(jax.device_get(metrics["finite"])):
     return
   values = {k: float(v) for k, v in jax.device_get(metrics).items() if k in ("loss", "grad_norm")}
   shown = ", ".join(f"{k} {v:.4g}" for k, v in values.items()) or "the new state"
+  newest = "no checkpoint was saved yet" if checkpointed is None else f"the newest checkpoint is step {checkpointed}"
   raise NonFiniteError(
       f"training diverged at step {step} ({shown} not finite); nothing from that step was saved "
-      f"(the newest checkpoint is step {checkpointed}); lower the learning rate, or set config.nonfinite='skip'")
+      f"({newest}); lower the learning rate, or set config.nonfinite='skip'")
 
 
 def train(experiment: Any, workdir: str) -> TrainResult:
@@ -133,17 +144,18 @@ def train(experiment: Any, workdir: str) -> TrainResult:
   if preemption.requested():
     return TrainResult(None, latest or 0, True, {}, time.time() - t_start)
   state = experiment.init_state()
+  if latest is None:  # Other runs are read before anything of this one is created.
+    if config.model.backbone_checkpoint:
+      state = experiment.init_backbone(config.model.backbone_checkpoint, state)
+    if config.init_checkpoint:
+      state = experiment.init_from(config.init_checkpoint, state)
   checkpointer = run_dir.Checkpointer(workdir, keep=config.keep_checkpoints)
   start_step = 0
   failed = True
   try:
+    checkpointer.check_space(state, "any")  # A full disk is found before training, not at the first save.
     if latest is not None:
       start_step, state = checkpointer.restore(state)
-    else:
-      if config.model.backbone_checkpoint:
-        state = experiment.init_backbone(config.model.backbone_checkpoint, state)
-      if config.init_checkpoint:
-        state = experiment.init_from(config.init_checkpoint, state)
     if start_step == total:
       if jax.process_index() == 0:
         print(f"the run in {workdir} finished at step {total}: nothing to train", file=sys.stderr, flush=True)
@@ -170,7 +182,7 @@ def _loop(experiment, workdir: str, state: TrainState, start_step: int, checkpoi
   if jax.process_index() == 0:
     print(f"training {config.model.name} on {config.data.name}: steps {start_step}->{total} "
           f"on {mesh.size} device(s), {jax.process_count()} process(es)", file=sys.stderr, flush=True)
-  step, checkpointed, preempted = start_step, start_step, False
+  step, checkpointed, preempted = start_step, (start_step or None), False
   pending = None  # The previous step's metrics, checked while the next step runs.
   try:
     for host_batch in experiment.train_source.iterate(start_step, total - start_step):
