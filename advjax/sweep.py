@@ -282,7 +282,7 @@ def _write_figures(sweep: ml_collections.ConfigDict, rows: Sequence[dict[str, An
   """pareto.png (one front per group of runs) and perturbations.png, where the sweep asks for them."""
   pareto = sweep.get("pareto") or {}
   x, y = pareto.get("x", ""), pareto.get("y", "")
-  points = [dict(sharedness=row["run"].split("_")[0], clean_accuracy=row["results"][y], eps_uni=row["results"][x])
+  points = [dict(heap_size=row["run"].split("_")[0], clean_accuracy=row["results"][y], eps_uni=row["results"][x])
             for row in rows if x and x in row["results"] and y in row["results"]]
   if points:
     viz.plot_pareto(points, os.path.join(workdir, "pareto.png"), title=f"{y} vs {x}")

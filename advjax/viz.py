@@ -149,10 +149,10 @@ def pareto_front(points: Iterable[tuple[float, float]]) -> list[tuple[float, flo
 
 def plot_pareto(points: Sequence[dict], path: str, *, delta: float | None = None,
                 title: str | None = None) -> str:
-  """Plots accuracy-robustness Pareto fronts, one curve per sharedness (fig. 3).
+  """Plots accuracy-robustness Pareto fronts, one curve per heap size s (fig. 3).
 
   Args:
-    points: dicts with 'sharedness' (an int, or a label such as 'ERM'),
+    points: dicts with 'heap_size' (the sharedness s, an int, or a label such as 'ERM'),
       'clean_accuracy' (fraction or percent) and 'eps_uni' (0-255 units), one
       per trained model.
     path: PNG path; directories are created.
@@ -160,16 +160,16 @@ def plot_pareto(points: Sequence[dict], path: str, *, delta: float | None = None
     title: optional figure title.
 
   Returns:
-    `path`. All points are drawn as markers; each sharedness's non-dominated
+    `path`. All points are drawn as markers; each group's non-dominated
     points are joined by a line.
   """
   _ensure_dir(path)
   by_s: dict[object, list[tuple[float, float]]] = {}
   for p in points:
-    by_s.setdefault(p["sharedness"], []).append(
+    by_s.setdefault(p["heap_size"], []).append(
         (float(p["clean_accuracy"]), float(p["eps_uni"])))
   fig, ax = plt.subplots(figsize=(5, 4), dpi=100)
-  # Numbered sharedness values in order, then named groups such as "ERM".
+  # Numbered heap sizes in order, then named groups such as "ERM".
   for s in sorted(by_s, key=lambda k: (not isinstance(k, int), k if isinstance(k, int) else 0, str(k))):
     pts = np.asarray(by_s[s])
     label = f"s = {s}" if isinstance(s, int) else str(s)

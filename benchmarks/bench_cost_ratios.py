@@ -40,7 +40,7 @@ PROMISES = (
 )
 
 
-def variant_config(variant: str, model_name: str, batch: int, num_steps: int, sharedness: int,
+def variant_config(variant: str, model_name: str, batch: int, num_steps: int, heap_size: int,
                    bn_mode: str = "eval"):
   """The experiment config of one variant: CIFAR-shaped data, SGD, the same attacker.
 
@@ -61,7 +61,7 @@ def variant_config(variant: str, model_name: str, batch: int, num_steps: int, sh
   block.attack.eps = eps
   block.attack.step_size = 2.0
   block.attack.num_steps = num_steps
-  c.adversarial.heap_size = sharedness if variant == "shared_at" else 1
+  c.adversarial.heap_size = heap_size if variant == "shared_at" else 1
   block.bn_mode = bn_mode
   c.uat.eps = eps
   return c
@@ -102,7 +102,7 @@ def main(argv=None):
   p.add_argument("--model", default="resnet20")
   p.add_argument("--batch", type=int, default=16)
   p.add_argument("--steps", type=int, default=3, help="attack steps k of every adversarial variant")
-  p.add_argument("--sharedness", type=int, default=8)
+  p.add_argument("--heap_size", type=int, default=8)
   p.add_argument("--bn-mode", default="eval", choices=("eval", "batch"),
                  help="BatchNorm during every attack ('eval': running statistics)")
   p.add_argument("--budget", type=float, default=60.0, help="seconds of timed calls in all")
@@ -122,10 +122,10 @@ def main(argv=None):
       "label": rng.integers(0, num_classes, size=(args.batch,)).astype(np.int32)}, mesh)
   timers = {}
   for variant in variants:
-    config = variant_config(variant, args.model, args.batch, args.steps, args.sharedness, args.bn_mode)
+    config = variant_config(variant, args.model, args.batch, args.steps, args.heap_size, args.bn_mode)
     timers[variant] = step_timer(config, image_shape, num_classes, mesh, batch)
   timings = harness.time_interleaved(timers, budget_s=args.budget)
-  print(f"\n{args.model}, batch {args.batch}, attack steps k = {args.steps}, s = {args.sharedness}, "
+  print(f"\n{args.model}, batch {args.batch}, attack steps k = {args.steps}, s = {args.heap_size}, "
         f"attack BN {args.bn_mode}, {jax.devices()[0].platform}")
   print("| variant | median ms | IQR ms | reps |\n|---|---|---|---|")
   for name, t in timings.items():

@@ -33,7 +33,7 @@ VARIANTS = {
 
 def variant_config(insert_block: str, model_name: str, batch: int, num_steps: int):
   """The PGD adversarial-training config of one variant (eps 16, as the thesis' ImageNet recipe)."""
-  c = bench_cost_ratios.variant_config("pgd_at", model_name, batch, num_steps, sharedness=1, bn_mode="eval")
+  c = bench_cost_ratios.variant_config("pgd_at", model_name, batch, num_steps, heap_size=1, bn_mode="eval")
   c.adversarial.attack.eps, c.adversarial.attack.step_size = 16.0, 1.6
   c.model.insert_block = insert_block
   c.model.insert_after = "stages"

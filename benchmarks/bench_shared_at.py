@@ -34,33 +34,33 @@ from advjax.attacks import threat
 from benchmarks import bench_pgd, bench_pgd_at, harness
 
 OBJECTIVE = "shared_at"
-SHAREDNESS = 8  # Or the largest power of two dividing a smaller batch.
+HEAP_SIZE = 8  # Or the largest power of two dividing a smaller batch.
 
 
-def sharedness_for(batch: int) -> int:
-  return math.gcd(SHAREDNESS, batch)
+def heap_size_for(batch: int) -> int:
+  return math.gcd(HEAP_SIZE, batch)
 
 
-def torch_heap_pgd(tm, x, y, *, sharedness: int, eps: float, alpha: float, steps: int,
+def torch_heap_pgd(tm, x, y, *, heap_size: int, eps: float, alpha: float, steps: int,
                    dtype: str = "float32"):
-  """L-inf PGD with one perturbation per heap of `sharedness` consecutive images, from zero."""
+  """L-inf PGD with one perturbation per heap of `heap_size` consecutive images, from zero."""
   n, c, h, w = x.shape
-  delta = torch.zeros(n // sharedness, c, h, w, device=x.device, dtype=x.dtype)
+  delta = torch.zeros(n // heap_size, c, h, w, device=x.device, dtype=x.dtype)
   for _ in range(steps):
     delta.requires_grad_(True)
-    x_adv = harness.clip_like_jax(x + delta.repeat_interleave(sharedness, dim=0), 0.0, 1.0)
+    x_adv = harness.clip_like_jax(x + delta.repeat_interleave(heap_size, dim=0), 0.0, 1.0)
     with harness.autocast(dtype):
       per_example = F.cross_entropy(harness.loss_logits(tm(x_adv)), y, reduction="none")
-    loss = per_example.sum() / sharedness
+    loss = per_example.sum() / heap_size
     (grad,) = torch.autograd.grad(loss, delta)
     delta = torch.clamp(delta.detach() + alpha * grad.sign(), -eps, eps)
-  return torch.clamp(x + delta.repeat_interleave(sharedness, dim=0), 0.0, 1.0)
+  return torch.clamp(x + delta.repeat_interleave(heap_size, dim=0), 0.0, 1.0)
 
 
-def torch_shared_at_step(tm, opt, x, y, *, sharedness: int, steps: int, dtype: str) -> None:
+def torch_shared_at_step(tm, opt, x, y, *, heap_size: int, steps: int, dtype: str) -> None:
   """Heap attack in eval mode, then one SGD step on the adversarial batch in training mode."""
   tm.eval()
-  x_adv = torch_heap_pgd(tm, x, y, sharedness=sharedness, eps=threat.to_unit(bench_pgd.EPS),
+  x_adv = torch_heap_pgd(tm, x, y, heap_size=heap_size, eps=threat.to_unit(bench_pgd.EPS),
                          alpha=threat.to_unit(bench_pgd.STEP_SIZE), steps=steps, dtype=dtype)
   tm.train()
   opt.zero_grad(set_to_none=True)
@@ -74,7 +74,7 @@ def build(spec: harness.Spec) -> harness.Workload:
   m = harness.matched_models(spec)
   x, y = harness.make_batch(spec)
   batch = {"image": jnp.asarray(x), "label": jnp.asarray(y)}
-  s = sharedness_for(spec.batch)
+  s = heap_size_for(spec.batch)
 
   def configure(c):
     c.adversarial.heap_size = s
@@ -84,7 +84,7 @@ def build(spec: harness.Spec) -> harness.Workload:
   tol = 10 * harness.TOLERANCE[spec.dtype]
 
   def torch_step(tm, opt, xt, yt, dtype):
-    torch_shared_at_step(tm, opt, xt, yt, sharedness=s, steps=spec.steps, dtype=dtype)
+    torch_shared_at_step(tm, opt, xt, yt, heap_size=s, steps=spec.steps, dtype=dtype)
 
   def check():
     before = harness.torch_params(m.torch_model)

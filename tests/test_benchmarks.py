@@ -48,7 +48,7 @@ def test_check_fails_when_the_sides_differ(monkeypatch):
 def test_heap_check_fails_for_per_example_perturbations(monkeypatch):
   original = bench_shared_at.torch_heap_pgd
   monkeypatch.setattr(bench_shared_at, "torch_heap_pgd",
-                      lambda *args, sharedness, **kw: original(*args, sharedness=1, **kw))
+                      lambda *args, heap_size, **kw: original(*args, heap_size=1, **kw))
   with pytest.raises(harness.AgreementError):
     bench_shared_at.build(SPEC).check()
 
@@ -105,7 +105,7 @@ def test_cost_ratio_benchmark_runs(capsys):
   Two variants keep it short; every objective's step is built and run by its training tests.
   """
   from benchmarks import bench_cost_ratios
-  bench_cost_ratios.main(["--model", "resnet20_tiny", "--batch", "8", "--steps", "1", "--sharedness", "4",
+  bench_cost_ratios.main(["--model", "resnet20_tiny", "--batch", "8", "--steps", "1", "--heap_size", "4",
                           "--budget", "0.01", "--variants", "pgd_at,shared_at"])
   out = capsys.readouterr().out
   for variant in ("pgd_at", "shared_at"):

@@ -34,7 +34,7 @@ def test_image_grid_and_pareto(tmp_path):
                              str(tmp_path / "grid.png"), padding=1)
   assert _png(path).shape == (3 * 7 + 1, 4 * 7 + 1, 3)
 
-  points = [dict(sharedness=s, clean_accuracy=a, eps_uni=e)
+  points = [dict(heap_size=s, clean_accuracy=a, eps_uni=e)
             for s, a, e in [(1, 0.93, 15.0), (1, 0.90, 30.0), (1, 0.91, 20.0),
                             (64, 0.93, 22.7), (64, 0.90, 44.1)]]
   path = viz.plot_pareto(points, str(tmp_path / "pareto.png"), delta=0.75)
